@@ -1,0 +1,21 @@
+"""Shared fixtures. The research photos live in ../shared and are never copied into the project."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_IM2GPS = Path(
+    os.environ.get("GEOPIN_SHARED_IM2GPS", PROJECT_ROOT.parent / "shared" / "data" / "im2gps3k")
+)
+
+
+@pytest.fixture(scope="session")
+def im2gps_dir() -> Path:
+    """The Im2GPS3k folder beside the project; tests that need it skip with the reason where absent."""
+    if not (SHARED_IM2GPS / "labels.csv").exists():
+        pytest.skip(f"shared data not found at {SHARED_IM2GPS} (set GEOPIN_SHARED_IM2GPS or place ../shared beside the project)")
+    return SHARED_IM2GPS
