@@ -39,7 +39,7 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
     return Path(path)
 
 
@@ -62,7 +62,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     raise ValueError(f"{path}: unsupported table format {suffix!r} (use .csv, .tsv or .parquet)")
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     import numpy as np
 
     if isinstance(obj, np.integer):

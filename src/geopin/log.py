@@ -15,6 +15,7 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
         stream=sys.stderr,
         force=True,
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
 
 
 def progress(iterable=None, **kwargs):

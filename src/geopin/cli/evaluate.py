@@ -1,0 +1,63 @@
+"""`geopin evaluate`: cross-validated comparison of the model with the prior, baselines and oracle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def evaluate_cmd(
+    manifest: Path = typer.Argument(..., help="Manifest Parquet from `geopin ingest`."),
+    embeddings: Path = typer.Option(..., "--embeddings", "-e", help="Folder written by `geopin embed` for this manifest."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for report.json, per-photo predictions and PNG plots."),
+    folds: int = typer.Option(5, help="Outer folds per scenario."),
+    scenario: list[str] = typer.Option(["group", "random"], help="'group' (new photographers) and/or 'random' (archive completion)."),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
+) -> None:
+    """Compare model, classifier (per level, hierarchical), nearest neighbour, prior constant and oracle."""
+    from geopin.evaluate import EvalConfig, calibration_table, methods_table, report_for_json, write_plots
+    from geopin.embed import load_embeddings
+    from geopin.ingest import read_manifest
+    from geopin.io import write_json, write_parquet
+
+    try:
+        man = read_manifest(manifest)
+        emb, _ = load_embeddings(embeddings, man)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    import numpy as np
+
+    from geopin.evaluate import evaluate_cv
+
+    ok = np.isfinite(emb).all(axis=1)
+    man = man[ok].reset_index(drop=True)
+    groups = man["group"].to_numpy() if man["group"].notna().all() else None
+    report = evaluate_cv(emb[ok], man.lat.to_numpy(), man.lon.to_numpy(), groups, EvalConfig(scenarios=tuple(scenario), folds=folds, seed=seed))
+    out.mkdir(parents=True, exist_ok=True)
+    for sc, df in report["per_photo"].items():
+        df = df.copy()
+        df.insert(0, "id", man["id"].to_numpy()[df.row.to_numpy()])
+        write_parquet(df, out / f"predictions_{sc}.parquet")
+    plots = write_plots(report, out)
+    doc = report_for_json(report)
+    doc["plots"] = [str(p) for p in plots]
+    write_json(doc, out / "report.json")
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
+        for sc in report["scenarios"]:
+            typer.echo(f"\n== {report['scenarios'][sc]['label']}")
+            typer.echo(methods_table(report, sc).to_string(index=False))
+            typer.echo(calibration_table(report, sc).to_string(index=False))
+    typer.echo(f"\nreport: {out / 'report.json'}; plots: {', '.join(p.name for p in plots)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="evaluate")(evaluate_cmd)

@@ -1,0 +1,80 @@
+"""`geopin predict` and `geopin demo`: where was this photo taken?"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _table(results: list[dict]) -> str:
+    lines = []
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['path']}: ERROR {r['error']}")
+            continue
+        conf = "  ".join(f"{k} km {v:4.0%}" for k, v in r["within_km"].items())
+        lines.append(f"{r['path']}")
+        lines.append(f"  best guess   {r['lat']:9.4f} {r['lon']:10.4f}  {r['country'] or '??'}  cell {r['cell'] or '-'}")
+        lines.append(f"  confidence   {conf}")
+        lines.append(f"  in words     {r['summary']}")
+        for i, t in enumerate(r["top_k"], 1):
+            lines.append(
+                f"  top {i}        {t['lat']:9.4f} {t['lon']:10.4f}  {t['country'] or '??':2}  {t['probability']:5.1%}  cell {t['cell'] or '-'}"
+            )
+        if r.get("exif_gps"):
+            g = r["exif_gps"]
+            lines.append(f"  exif_gps     {g['lat']:9.4f} {g['lon']:10.4f}  (the photo carries GPS; the guess uses pixels only)")
+    return "\n".join(lines)
+
+
+def predict_cmd(
+    paths: list[Path] = typer.Argument(..., help="Photos or folders (searched recursively)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder; default: the bundled model."),
+    top_k: int = typer.Option(5, "--top-k", "-k", help="How many candidate places to list."),
+    as_json: bool = typer.Option(False, "--json", help="JSON array of results on stdout."),
+) -> None:
+    """Predict where each photo was taken: best guess, top-k places, within-km confidences."""
+    from geopin.predict import PredictConfig, Predictor
+
+    try:
+        predictor = Predictor(PredictConfig(model_dir=model, top_k=top_k))
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    results = []
+    for r in predictor.predict_paths(paths):
+        results.append(r)
+        if not as_json:
+            typer.echo(_table([r]))
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+    if results and all("error" in r for r in results):
+        raise typer.Exit(1)
+
+
+def demo_cmd(
+    as_json: bool = typer.Option(False, "--json", help="JSON result on stdout."),
+) -> None:
+    """Predict the bundled example photo (a Cape Canaveral launch pad) and print the distance to the truth."""
+    from geopin.predict import EXAMPLE_PHOTO, EXAMPLE_TRUTH, PredictConfig, Predictor, distance_to_truth_km
+
+    r = next(Predictor(PredictConfig()).predict_paths([EXAMPLE_PHOTO]))
+    if "error" in r:
+        typer.echo(f"error: {r['error']}", err=True)
+        raise typer.Exit(1)
+    r["truth"] = {"lat": EXAMPLE_TRUTH[0], "lon": EXAMPLE_TRUTH[1]}
+    r["error_km"] = distance_to_truth_km(r, EXAMPLE_TRUTH)
+    if as_json:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    typer.echo(_table([r]))
+    typer.echo(f"  truth        {EXAMPLE_TRUTH[0]:9.4f} {EXAMPLE_TRUTH[1]:10.4f}  US  (Space Launch Complex 40, Cape Canaveral)")
+    typer.echo(f"  distance from best guess to truth: {r['error_km']:.0f} km")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="predict")(predict_cmd)
+    app.command(name="demo")(demo_cmd)

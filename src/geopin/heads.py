@@ -1,0 +1,144 @@
+"""The learned parts: a multi-granularity geocell classifier and a retrieval gallery.
+
+Both work on cached embeddings, so training takes seconds on a CPU and can be repeated inside
+cross-validation to fit the posterior's mixing weights on held-out photos.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from geopin.geo import pairwise_km
+
+log = logging.getLogger(__name__)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+@dataclass
+class ClassifierConfig:
+    """Defaults measured on the shared set (see bench/bench_accuracy.py)."""
+
+    hidden: int = 0  # 0: one linear layer per granularity on the embedding
+    epochs: int = 40
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    batch_size: int = 256
+    dropout: float = 0.2
+    label_tau_km: float = 75.0  # PIGEON's haversine label smoothing
+    seed: int = 0
+
+
+def smoothed_targets(lat, lon, rep_lat, rep_lon, tau_km: float) -> np.ndarray:
+    """Soft labels exp(-(d_c - d_min)/tau): a near miss costs less than a wrong continent (PIGEON)."""
+    d = pairwise_km(lat, lon, rep_lat, rep_lon)
+    d = d - d.min(axis=1, keepdims=True)
+    t = np.exp(-d / tau_km)
+    return (t / t.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class CellClassifier(nn.Module):
+    """A shared (optional) hidden layer and one linear head per granularity."""
+
+    def __init__(self, dim: int, n_classes: list[int], hidden: int = 0, dropout: float = 0.2):
+        super().__init__()
+        self.register_buffer("mu", torch.zeros(dim))
+        self.register_buffer("sd", torch.ones(dim))
+        if hidden > 0:
+            self.trunk = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden), nn.GELU())
+            width = hidden
+        else:
+            self.trunk = nn.Dropout(dropout)
+            width = dim
+        self.heads = nn.ModuleList(nn.Linear(width, k) for k in n_classes)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        z = self.trunk((x - self.mu) / self.sd)
+        return [head(z) for head in self.heads]
+
+
+def train_classifier(
+    emb: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    reps: list[tuple[np.ndarray, np.ndarray]],
+    cfg: ClassifierConfig = ClassifierConfig(),
+) -> CellClassifier:
+    """Train all granularities jointly on smoothed labels; returns the model in eval mode."""
+    with torch_threads(1):  # small matrices: threads cost more in sync than they gain
+        return _train_classifier(emb, lat, lon, reps, cfg)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_classifier(emb, lat, lon, reps, cfg: ClassifierConfig) -> CellClassifier:
+    x = torch.from_numpy(l2_normalize(emb))
+    targets = [torch.from_numpy(smoothed_targets(lat, lon, rl, rn, cfg.label_tau_km)) for rl, rn in reps]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = CellClassifier(x.shape[1], [len(r[0]) for r in reps], cfg.hidden, cfg.dropout)
+    model.mu.copy_(x.mean(0))
+    model.sd.copy_(x.std(0).clamp_min(1e-6))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = x.shape[0]
+    steps = cfg.epochs * max(1, -(-n // cfg.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
+    model.train()
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            outs = model(x[idx])
+            loss = sum(
+                -(t[idx] * torch.log_softmax(o, dim=1)).sum(1).mean() for o, t in zip(outs, targets)
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    return model
+
+
+@torch.inference_mode()
+def classifier_logits(model: CellClassifier, emb: np.ndarray, batch: int = 4096) -> list[np.ndarray]:
+    x = torch.from_numpy(l2_normalize(emb))
+    chunks = [model(x[i : i + batch]) for i in range(0, x.shape[0], batch)]
+    return [torch.cat([c[level] for c in chunks]).numpy() for level in range(len(model.heads))]
+
+
+class Gallery:
+    """Nearest neighbours over L2-normalised embeddings (cosine similarity), backed by FAISS."""
+
+    def __init__(self, emb: np.ndarray):
+        import faiss
+
+        vecs = l2_normalize(emb)
+        self.index = faiss.IndexFlatIP(vecs.shape[1])
+        self.index.add(vecs)
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    def search(self, emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, len(self))
+        sims, idx = self.index.search(l2_normalize(emb), k)
+        return sims, idx

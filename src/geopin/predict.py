@@ -1,0 +1,136 @@
+"""Where was this photo taken? Best guess, top-k places and honest within-km confidences.
+
+A bad file gets an error row naming it and the reason; the other photos go on. Photos that carry GPS
+in their EXIF say so (`exif_gps`), and are still predicted from their pixels only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from geopin.model import GeoModel
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic"}
+
+#: The photo shipped with geopin for the README's first command, with its true location.
+EXAMPLE_PHOTO = Path(__file__).resolve().parent / "data" / "examples" / "rocket_cape_canaveral.jpg"
+EXAMPLE_TRUTH = (28.5619, -80.5772)
+
+
+@dataclass
+class PredictConfig:
+    model_dir: Path | None = None  # None: the model bundled with geopin
+    top_k: int = 5
+    batch_size: int = 16
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders searched recursively for images; a missing path is kept to report it."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(p)
+    return out
+
+
+class Predictor:
+    """A loaded model and its backbone, reused across calls (the API and the CLI keep one)."""
+
+    def __init__(self, cfg: PredictConfig = PredictConfig()):
+        from geopin.backbones import create_backbone
+        from geopin.embed import EmbedConfig
+
+        self.cfg = cfg
+        self.model = GeoModel.load(cfg.model_dir)
+        emb_meta = self.model.meta.get("embedding", {}) or {}
+        name = self.model.meta.get("backbone") or emb_meta.get("backbone") or "efficientnet_lite0"
+        self.embed_cfg = EmbedConfig.from_dict(emb_meta.get("config", {})) if emb_meta.get("config") else EmbedConfig(backbone=name)
+        self.backbone = create_backbone(self.embed_cfg.backbone)
+        want = self.model.meta.get("embedding", {}).get("version")
+        if want and want != self.backbone.version:
+            log.warning("model was trained on %s features, this backbone is %s", want, self.backbone.version)
+
+    def predict_images(self, images: list, names: list[str]) -> list[dict]:
+        from geopin.embed import embed_images
+
+        emb = embed_images(images, self.backbone, self.embed_cfg)
+        results = self.model.predict_embeddings(emb, top_k=self.cfg.top_k)
+        for name, r in zip(names, results):
+            r["path"] = name
+        return results
+
+    def predict_paths(self, paths: Iterable[str | Path]) -> Iterator[dict]:
+        """Yield one result per file, in order; errors are results too (with an `error` key)."""
+        from PIL import Image
+
+        files = expand_paths(paths)
+        batch_imgs, batch_meta = [], []
+        for path in files:
+            info = {"path": str(path)}
+            try:
+                with Image.open(path) as im:
+                    im.load()
+                    img = im.convert("RGB")
+            except FileNotFoundError:
+                yield {**info, "error": f"{path}: no such file"}
+                continue
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                yield {**info, "error": f"{path}: not a readable image ({exc})"}
+                continue
+            info.update(_exif_info(path))
+            batch_imgs.append(img)
+            batch_meta.append(info)
+            if len(batch_imgs) >= self.cfg.batch_size:
+                yield from self._flush(batch_imgs, batch_meta)
+                batch_imgs, batch_meta = [], []
+        if batch_imgs:
+            yield from self._flush(batch_imgs, batch_meta)
+
+    def _flush(self, imgs: list, metas: list[dict]) -> Iterator[dict]:
+        results = self.predict_images(imgs, [m["path"] for m in metas])
+        for meta, res in zip(metas, results):
+            res.update(meta)
+            yield _ordered(res)
+
+
+def _exif_info(path: Path) -> dict:
+    from geopin.exif import ExifGpsError, read_exif_gps
+
+    try:
+        gps = read_exif_gps(path)
+    except ExifGpsError as exc:
+        return {"exif_gps": None, "exif_gps_error": str(exc)}
+    except (OSError, ValueError) as exc:
+        return {"exif_gps": None, "exif_gps_error": f"unreadable EXIF: {exc}"}
+    return {"exif_gps": None if gps is None else {"lat": gps[0], "lon": gps[1]}}
+
+
+_KEY_ORDER = ["path", "lat", "lon", "country", "cell", "within_km", "summary", "top_k", "regions", "exif_gps"]
+
+
+def _ordered(res: dict) -> dict:
+    out = {k: res[k] for k in _KEY_ORDER if k in res}
+    out.update({k: v for k, v in res.items() if k not in out})
+    return out
+
+
+def predict(paths: Iterable[str | Path], cfg: PredictConfig = PredictConfig()) -> list[dict]:
+    return list(Predictor(cfg).predict_paths(paths))
+
+
+def distance_to_truth_km(result: dict, truth: tuple[float, float]) -> float:
+    from geopin.geo import haversine_km
+
+    return float(haversine_km(result["lat"], result["lon"], truth[0], truth[1]))
+
+
+__all__ = ["PredictConfig", "Predictor", "predict", "expand_paths", "EXAMPLE_PHOTO", "EXAMPLE_TRUTH", "distance_to_truth_km"]

@@ -1,0 +1,206 @@
+"""Train a geolocation model on cached embeddings.
+
+The heads are cheap to fit, so the posterior's mixing weights, temperatures and calibration are
+fit on out-of-fold predictions: the training photos are split into folds of the same kind as the
+intended use (by photographer for new photographers, at random for archive completion), the heads
+are refit without each fold (geocells included, so no held-out photo shapes a cell), and the fold is
+predicted. The final heads are then fit on all training photos.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from geopin.cells import Granularity, build_cells, default_granularities, locate
+from geopin.geo import pairwise_km
+from geopin.heads import ClassifierConfig, Gallery, train_classifier
+from geopin.model import GeoModel, Heads
+from geopin.posterior import (
+    CONFIDENCE_KM,
+    Calibration,
+    Evidence,
+    FitConfig,
+    MixParams,
+    Places,
+    best_constant,
+    decide,
+    fit_mixture,
+    mixture,
+)
+from geopin.splits import group_kfold, random_kfold
+
+log = logging.getLogger(__name__)
+
+SCENARIOS = ("group", "random")
+
+
+@dataclass
+class TrainConfig:
+    granularities: list[Granularity] | None = None  # None: scaled to the number of training photos
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    k: int = 32  # neighbours retrieved per photo
+    scenario: str = "group"  # how the held-out photos that fit the posterior are chosen
+    inner_folds: int = 5
+    seed: int = 0
+    fit: FitConfig = field(default_factory=FitConfig)
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {SCENARIOS}, not {self.scenario!r}")
+
+
+def fit_heads(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, cfg: TrainConfig) -> Heads:
+    """Geocells, classifier, gallery and prior from one set of training photos."""
+    lat = np.asarray(lat, dtype=np.float64)
+    lon = np.asarray(lon, dtype=np.float64)
+    grans = cfg.granularities or default_granularities(len(lat))
+    part = build_cells(lat, lon, grans)
+    names = [g.name for g in grans]
+    tables = [part.table(name) for name in names]
+    for name, t in zip(names, tables):
+        if len(t) == 0:
+            raise ValueError(f"granularity {name!r} has no cell with enough photos: lower its min or add photos")
+    fine = tables[-1]
+    f_lat, f_lon = fine.lat.to_numpy(), fine.lon.to_numpy()
+    ancestors = [locate(f_lat, f_lon, part, name) for name in names[:-1]] + [np.arange(len(fine))]
+    # The prior counts every photo: one whose fine cell was dropped counts for its nearest place.
+    photo_place = part.assignments[f"class_{names[-1]}"].to_numpy()
+    nearest = photo_place.copy()
+    lost = np.flatnonzero(nearest < 0)
+    if len(lost):
+        nearest[lost] = np.argmin(pairwise_km(lat[lost], lon[lost], f_lat, f_lon), axis=1)
+    prior = np.bincount(nearest, minlength=len(fine)).astype(np.float64)
+    prior /= prior.sum()
+    places = Places(f_lat, f_lon, prior, ancestors, best_constant(lat, lon, seed=cfg.seed))
+    clf = train_classifier(emb, lat, lon, [(t.lat.to_numpy(), t.lon.to_numpy()) for t in tables], cfg.classifier)
+    cells = pd.concat(tables, ignore_index=True)
+    return Heads(cells, names, places, clf, Gallery(emb), lat, lon, photo_place, cfg.k)
+
+
+def inner_folds(n: int, groups, cfg: TrainConfig) -> np.ndarray:
+    if cfg.scenario == "group":
+        if groups is None:
+            raise ValueError("scenario 'group' needs a group (photographer) for every photo; use scenario 'random'")
+        return group_kfold(np.asarray(groups), k=cfg.inner_folds, seed=cfg.seed)
+    return random_kfold(n, k=cfg.inner_folds, seed=cfg.seed)
+
+
+@dataclass
+class OutOfFold:
+    """Held-out evidence from the inner folds, kept for fitting and for reports."""
+
+    places: list[Places]
+    evidence: list[Evidence]
+    truth: list[tuple[np.ndarray, np.ndarray]]
+    rows: list[np.ndarray]
+
+
+def out_of_fold(emb, lat, lon, groups, cfg: TrainConfig) -> OutOfFold:
+    folds = inner_folds(len(lat), groups, cfg)
+    oof = OutOfFold([], [], [], [])
+    for f in np.unique(folds):
+        tr, va = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
+        heads = fit_heads(emb[tr], lat[tr], lon[tr], cfg)
+        oof.places.append(heads.places)
+        oof.evidence.append(heads.evidence(emb[va]))
+        oof.truth.append((lat[va], lon[va]))
+        oof.rows.append(va)
+    return oof
+
+
+def fit_posterior(oof: OutOfFold, cfg: TrainConfig) -> tuple[MixParams, Calibration, dict]:
+    params, report = fit_mixture(oof.places, oof.evidence, oof.truth, cfg.fit)
+    raw, hit = [], []
+    for places, ev, (t_lat, t_lon) in zip(oof.places, oof.evidence, oof.truth):
+        cell, nb = mixture(places, ev, params)
+        dec = decide(places, ev, cell, nb)
+        km = pairwise_km(dec.lat, dec.lon, t_lat, t_lon).diagonal()
+        raw.append(dec.raw_within)
+        hit.append(km[:, None] <= np.asarray(CONFIDENCE_KM)[None, :])
+    calibration = Calibration.fit(np.concatenate(raw), np.concatenate(hit))
+    return params, calibration, report
+
+
+def train_model(
+    emb: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    groups=None,
+    cfg: TrainConfig = TrainConfig(),
+    meta: dict | None = None,
+) -> GeoModel:
+    t0 = time.perf_counter()
+    emb = np.asarray(emb, dtype=np.float32)
+    lat = np.asarray(lat, dtype=np.float64)
+    lon = np.asarray(lon, dtype=np.float64)
+    if len(emb) != len(lat):
+        raise ValueError(f"{len(emb)} embeddings but {len(lat)} locations")
+    oof = out_of_fold(emb, lat, lon, groups, cfg)
+    params, calibration, report = fit_posterior(oof, cfg)
+    heads = fit_heads(emb, lat, lon, cfg)
+    info = dict(meta or {})
+    info.update(
+        {
+            "n_train": int(len(lat)),
+            "n_groups": int(len(pd.unique(pd.Series(groups)))) if groups is not None else None,
+            "train_config": _config_dict(cfg),
+            "fit_report": {k: v for k, v in report.items() if k != "grid"},
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+    )
+    log.info("trained in %.1fs: %s", time.perf_counter() - t0, params)
+    return GeoModel(heads, params, calibration, info)
+
+
+def _config_dict(cfg: TrainConfig) -> dict:
+    d = asdict(cfg)
+    if cfg.granularities is None:
+        d["granularities"] = None
+    return d
+
+
+def train(
+    manifest: str | Path,
+    embeddings_dir: str | Path,
+    out_dir: str | Path,
+    cfg: TrainConfig = TrainConfig(),
+    split: str | Path | None = None,
+    split_value: str = "train",
+) -> GeoModel:
+    """Train from files: the manifest, its embeddings (row-aligned) and optionally a split file."""
+    from geopin.embed import load_embeddings
+    from geopin.ingest import read_manifest
+
+    man = read_manifest(manifest)
+    emb, emb_meta = load_embeddings(embeddings_dir, man)
+    keep = np.isfinite(emb).all(axis=1)
+    if split is not None:
+        sp = pd.read_parquet(split)
+        col = "split" if "split" in sp.columns else None
+        if col is None:
+            raise ValueError(f"{split}: expected a 'split' column with values such as {split_value!r}")
+        chosen = set(sp.loc[sp[col].astype(str) == split_value, "id"])
+        keep &= man["id"].isin(chosen).to_numpy()
+    if (~keep).any():
+        log.warning("training on %d of %d photos (%d without embedding or outside the split)", keep.sum(), len(man), (~keep).sum())
+    m = man[keep].reset_index(drop=True)
+    groups = m["group"].to_numpy() if "group" in m.columns and m["group"].notna().all() else None
+    if cfg.scenario == "group" and groups is None:
+        log.warning("not every photo has a group: fitting the posterior on random folds (archive completion)")
+        cfg = TrainConfig(**{**cfg.__dict__, "scenario": "random"})
+    model = train_model(
+        emb[keep],
+        m["lat"].to_numpy(),
+        m["lon"].to_numpy(),
+        groups,
+        cfg,
+        meta={"backbone": emb_meta.get("backbone"), "embedding": emb_meta, "manifest": str(manifest)},
+    )
+    model.save(out_dir)
+    return model
