@@ -246,7 +246,7 @@ class GeoModel:
 def _place_masses(cell: np.ndarray, nb: np.ndarray, nb_place: np.ndarray) -> dict[int, float]:
     """Mass per fine place; a neighbour outside every class is a place of its own (key -j-1)."""
     masses: dict[int, float] = {}
-    nz = np.flatnonzero(cell > 1e-9)
+    nz = np.flatnonzero(cell > 0)
     for p in nz:
         masses[int(p)] = float(cell[p])
     for j, (m, p) in enumerate(zip(nb, nb_place)):

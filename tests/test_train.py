@@ -1,0 +1,109 @@
+"""Training, saving and predicting with real heads on embeddings that carry a known amount of geography."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geopin.cells import Granularity
+from geopin.geo import haversine_km, to_xyz
+from geopin.heads import ClassifierConfig
+from geopin.metrics import geoscore
+from geopin.model import GeoModel
+from geopin.train import TrainConfig, train_model
+
+SITES = [  # (lat, lon) of photo hot spots, each shot by several photographers
+    (48.86, 2.35), (41.90, 12.50), (40.71, -74.01), (35.68, 139.65), (-33.87, 151.21),
+    (-22.91, -43.17), (51.51, -0.13), (37.77, -122.42), (30.04, 31.24), (19.43, -99.13),
+    (55.75, 37.62), (1.35, 103.82),
+]
+
+
+def synthetic(n_per_site: int = 40, signal: float = 1.0, seed: int = 0):
+    """Embeddings = a site signature * signal + noise; groups = photographers, 4 per site."""
+    rng = np.random.default_rng(seed)
+    dim = 48
+    sig = rng.normal(size=(len(SITES), dim))
+    rows = []
+    for s, (lat, lon) in enumerate(SITES):
+        for i in range(n_per_site):
+            rows.append((s, lat + rng.normal(0, 0.05), lon + rng.normal(0, 0.05), f"p{s}_{i % 4}"))
+    df = pd.DataFrame(rows, columns=["site", "lat", "lon", "group"])
+    emb = signal * sig[df.site.to_numpy()] + rng.normal(size=(len(df), dim))
+    return df, emb.astype(np.float32)
+
+
+FAST = TrainConfig(
+    granularities=[Granularity("coarse", 120, 3), Granularity("fine", 30, 3)],
+    classifier=ClassifierConfig(epochs=15),
+    k=8,
+    inner_folds=3,
+)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    df, emb = synthetic()
+    test = df.group.str.endswith("_3").to_numpy()  # one photographer per site is never seen
+    model = train_model(emb[~test], df.lat[~test], df.lon[~test], df.group[~test].to_numpy(), FAST)
+    return model, df[test].reset_index(drop=True), emb[test]
+
+
+def test_model_beats_the_prior_when_photos_carry_geography(trained):
+    model, test, emb = trained
+    out = model.predict_embeddings(emb, top_k=3)
+    km = haversine_km([o["lat"] for o in out], [o["lon"] for o in out], test.lat, test.lon)
+    c_lat, c_lon = model.heads.places.best_constant
+    km_prior = haversine_km(c_lat, c_lon, test.lat, test.lon)
+    assert geoscore(km).mean() > geoscore(km_prior).mean() + 1000
+    assert np.mean(km <= 25) > 0.8
+    assert model.params.w_prior < 0.5  # the fit trusted the informative heads
+
+
+def test_prediction_schema_and_consistency(trained):
+    model, test, emb = trained
+    out = model.predict_embeddings(emb[:5], top_k=4)
+    for o in out:
+        conf = [o["within_km"][k] for k in ("25", "200", "750", "2500")]
+        assert all(0.0 <= c <= 1.0 for c in conf) and conf == sorted(conf)
+        probs = [t["probability"] for t in o["top_k"]]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
+        assert 1 <= len(o["top_k"]) <= 4
+        assert all(len(t["country"]) in (0, 2) for t in o["top_k"])
+        assert set(o["regions"]) == {"50%", "90%"}
+        assert isinstance(o["summary"], str) and o["summary"]
+
+
+def test_save_and_load_roundtrip(trained, tmp_path):
+    model, test, emb = trained
+    path = model.save(tmp_path / "model")
+    again = GeoModel.load(path)
+    a = model.predict_embeddings(emb[:6])
+    b = again.predict_embeddings(emb[:6])
+    for x, y in zip(a, b):
+        assert x["lat"] == pytest.approx(y["lat"], abs=1e-3)
+        assert x["within_km"]["2500"] == pytest.approx(y["within_km"]["2500"], abs=1e-3)
+    # saving again over an existing model swaps the folder whole
+    model.save(path)
+    assert sorted(p.name for p in path.iterdir()) == ["cells.parquet", "classifier.pt", "gallery.npz", "model.json", "places.npz"]
+
+
+def test_no_geography_means_low_confidence_and_prior_like_answers():
+    df, emb = synthetic(signal=0.0, seed=1)
+    test = df.group.str.endswith("_3").to_numpy()
+    model = train_model(emb[~test], df.lat[~test], df.lon[~test], df.group[~test].to_numpy(), FAST)
+    out = model.predict_embeddings(emb[test])
+    conf25 = np.array([o["within_km"]["25"] for o in out])
+    # 12 equally likely sites: honest confidence within 25 km is near 1/12, never near certainty
+    assert conf25.max() < 0.5
+    # and without evidence the answers score about as well as the prior's constant, not worse
+    km = haversine_km([o["lat"] for o in out], [o["lon"] for o in out], df.lat[test], df.lon[test])
+    km_prior = haversine_km(*model.heads.places.best_constant, df.lat[test], df.lon[test])
+    assert geoscore(km).mean() > geoscore(km_prior).mean() - 250
+
+
+def test_group_scenario_needs_groups():
+    df, emb = synthetic(n_per_site=10)
+    with pytest.raises(ValueError, match="group"):
+        train_model(emb, df.lat, df.lon, None, FAST)
