@@ -1,0 +1,67 @@
+"""`geopin ingest`: build the photo manifest from a table or a folder of geotagged photos."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def ingest_cmd(
+    source: Path = typer.Argument(..., help="A CSV/Parquet table of image paths with lat/lon, or a folder of "
+                                            "photos with GPS in their EXIF (searched recursively)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for manifest.parquet, rejects.parquet/.csv."),
+    lat_col: str = typer.Option("lat", help="Table: latitude column."),
+    lon_col: str = typer.Option("lon", help="Table: longitude column."),
+    image_col: str = typer.Option("image", help="Table: image path column (relative paths resolve against "
+                                                "the table's folder or --image-root)."),
+    group_col: Optional[str] = typer.Option(None, help="Table: group column, e.g. the photographer."),
+    image_root: Optional[Path] = typer.Option(None, help="Table: folder that relative image paths start from."),
+    group_from: str = typer.Option("none", help="Folder: group from 'subfolder' (first folder under SOURCE), "
+                                                "'artist' (EXIF Artist) or 'none'."),
+    faces: bool = typer.Option(False, "--faces/--no-faces", help="Drop photos whose faces cover more than "
+                                                                 "--face-threshold of the image."),
+    face_threshold: float = typer.Option(0.035, help="Face filter: largest allowed fraction of the image area."),
+    min_side: int = typer.Option(64, help="Reject photos whose smaller side is below this many pixels."),
+    max_pixels: Optional[int] = typer.Option(None, help="Reject photos above this many pixels (default: Pillow's limit)."),
+    workers: int = typer.Option(0, help="Worker processes (0 = one per core)."),
+    chunk_size: int = typer.Option(256, help="Photos per unit of work (and per resumable part file)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Check every photo (position, decodable, size, duplicates, optionally faces) and write the manifest.
+
+    An interrupted run resumes from its finished parts when rerun with the same input and options.
+    """
+    from geopin.faces import FaceDetectorUnavailable
+    from geopin.ingest import PILLOW_MAX_PIXELS, IngestConfig, IngestInputError, ingest
+
+    cfg = IngestConfig(
+        lat_col=lat_col, lon_col=lon_col, image_col=image_col, group_col=group_col, image_root=image_root,
+        group_from=group_from, min_side=min_side, max_pixels=max_pixels or PILLOW_MAX_PIXELS, faces=faces,
+        face_threshold=face_threshold, workers=workers or (os.cpu_count() or 1), chunk_size=chunk_size,
+    )
+    try:
+        summary = ingest(source, out, cfg)
+    except (IngestInputError, FaceDetectorUnavailable) as exc:
+        typer.echo(f"geopin ingest: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if json_out:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+        return
+    lines = [("photos", f"{summary.n_input}"), ("kept", f"{summary.n_kept}"),
+             ("rejected", f"{summary.n_rejected}")]
+    lines += [(f"  {reason}", f"{n}") for reason, n in summary.reasons.items() if n]
+    if summary.n_resumed:
+        lines.append(("resumed", f"{summary.n_resumed}"))
+    lines += [("photos/s", f"{summary.photos_per_s:.1f} ({summary.workers} workers)"),
+              ("seconds", f"{summary.seconds:.1f}"), ("manifest", summary.manifest_path),
+              ("rejects", summary.rejects_csv_path)]
+    width = max(len(k) for k, _ in lines)
+    typer.echo("\n".join(f"{k:<{width}}  {v}" for k, v in lines))
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="ingest")(ingest_cmd)

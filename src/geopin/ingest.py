@@ -1,0 +1,583 @@
+"""Stage 1: turn a table of geotagged photos, or a folder of photos with GPS EXIF, into a manifest.
+
+Every input photo ends either in `manifest.parquet` (decoded in full, big enough, with a valid
+position and a content hash that later stages key their caches on) or in `rejects.parquet` /
+`rejects.csv` with a reason from REJECT_REASONS: nothing is dropped silently.
+
+Work is split into chunks of photos processed on all cores. Each finished chunk is written
+atomically to `<out>/.ingest-work/<fingerprint>/part-NNNNN.parquet`; the fingerprint covers the
+input and every setting that changes results, so an interrupted run resumes where it stopped. The
+final files are written once, at the end, after duplicates are removed in input order (the result
+does not depend on which worker finished first).
+
+Empty (zero-byte) files get their own reason, `empty_file`, because "the copy failed" and "this is
+not an image" call for different fixes. Decode failures after a readable header (cut-off bytes,
+corrupt entropy data) are all `truncated`; the detail carries Pillow's message.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from geopin.exif import ExifGpsError, coord_problem, gps_from_exif, read_artist
+from geopin.io import atomic_path, read_table, write_json
+from geopin.log import progress
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ("id", "path", "lat", "lon", "group", "width", "height", "sha256", "source_row")
+REJECT_COLUMNS = ("id", "path", "source_row", "reason", "detail")
+REJECT_REASONS = (
+    "coords_missing",
+    "coords_not_numeric",
+    "coords_out_of_range",
+    "coords_null_island",
+    "file_missing",
+    "empty_file",
+    "not_an_image",
+    "truncated",
+    "too_small",
+    "decompression_bomb",
+    "duplicate",
+    "faces",
+)
+#: Pillow's own default for Image.MAX_IMAGE_PIXELS (about 89.5 megapixels).
+PILLOW_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+#: Suffixes taken from a folder; other files are counted and logged, not treated as photos.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".heic", ".heif"}
+)
+GROUP_FROM = ("none", "subfolder", "artist")
+WORK_DIR_NAME = ".ingest-work"
+MANIFEST_NAME, REJECTS_NAME, REJECTS_CSV_NAME, SUMMARY_NAME = (
+    "manifest.parquet", "rejects.parquet", "rejects.csv", "ingest_summary.json")
+# Bump when the per-photo checks change, so parts from older code are not reused.
+_RESULT_VERSION = 1
+
+MANIFEST_SCHEMA = pa.schema([
+    ("id", pa.string()), ("path", pa.string()), ("lat", pa.float64()), ("lon", pa.float64()),
+    ("group", pa.string()), ("width", pa.int64()), ("height", pa.int64()), ("sha256", pa.string()),
+    ("source_row", pa.int64()),
+])
+REJECTS_SCHEMA = pa.schema([
+    ("id", pa.string()), ("path", pa.string()), ("source_row", pa.int64()), ("reason", pa.string()),
+    ("detail", pa.string()),
+])
+# One row per input photo, kept (reason null) or not, as stored in the part files.
+_PART_SCHEMA = pa.schema([
+    ("id", pa.string()), ("path", pa.string()), ("source_row", pa.int64()), ("lat", pa.float64()),
+    ("lon", pa.float64()), ("group", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
+    ("sha256", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+])
+
+
+class IngestInputError(ValueError):
+    """The input as a whole is unusable (missing table, missing column, no photos)."""
+
+
+@dataclass
+class IngestConfig:
+    """How to read the input and what to keep. Defaults work for a CSV with image,lat,lon columns."""
+
+    lat_col: str = "lat"
+    lon_col: str = "lon"
+    image_col: str = "image"
+    group_col: str | None = None  # table: e.g. the photographer; None = no group
+    image_root: Path | None = None  # table: base for relative paths (default: the table's folder)
+    group_from: str = "none"  # folder: "none" | "subfolder" (first folder under the root) | "artist" (EXIF)
+    min_side: int = 64
+    max_pixels: int = PILLOW_MAX_PIXELS
+    faces: bool = False
+    face_threshold: float = 0.035
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    chunk_size: int = 256
+
+    def validate(self) -> None:
+        if self.group_from not in GROUP_FROM:
+            raise IngestInputError(f"group_from={self.group_from!r}: expected one of {', '.join(GROUP_FROM)}")
+        if self.min_side < 1 or self.max_pixels < 1 or self.chunk_size < 1 or self.workers < 1:
+            raise IngestInputError("min_side, max_pixels, chunk_size and workers must be positive")
+        if not 0.0 < self.face_threshold <= 1.0:
+            raise IngestInputError(f"face_threshold={self.face_threshold}: expected a fraction in (0, 1]")
+
+
+@dataclass
+class IngestSummary:
+    source: str
+    n_input: int
+    n_kept: int
+    n_rejected: int
+    reasons: dict[str, int]
+    seconds: float
+    photos_per_s: float  # photos processed in this run (not resumed ones) per wall-clock second
+    manifest_path: str
+    rejects_path: str
+    rejects_csv_path: str
+    n_resumed: int = 0  # photos taken over from the finished parts of an interrupted run
+    n_ignored_files: int = 0  # folder input: files without an image suffix
+    workers: int = 1
+    fingerprint: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One input photo as the workers see it; lat/lon are the raw table values."""
+
+    id: str
+    path: str
+    source_row: int
+    raw_lat: Any = None
+    raw_lon: Any = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class _Options:
+    from_exif: bool
+    group_from_artist: bool
+    min_side: int
+    max_pixels: int
+    faces: bool
+    face_threshold: float
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def ingest(source: Path, out_dir: Path, cfg: IngestConfig | None = None) -> IngestSummary:
+    """Build `<out_dir>/manifest.parquet` and the rejects files from a table or a photo folder."""
+    cfg = cfg or IngestConfig()
+    cfg.validate()
+    started = time.perf_counter()
+    source, out_dir = Path(os.path.abspath(source)), Path(os.path.abspath(out_dir))
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated photos "
+                    "will decode as grey-filled and be kept instead of rejected")
+    if cfg.faces:
+        from geopin.faces import check_face_detector
+
+        check_face_detector()  # fail before any work, not once per photo
+    if source.is_dir():
+        tasks, input_digest, n_ignored = _folder_tasks(source, out_dir, cfg)
+        opts = _options(cfg, from_exif=True)
+    elif source.is_file():
+        tasks, input_digest = _table_tasks(source, cfg)
+        n_ignored = 0
+        opts = _options(cfg, from_exif=False)
+    else:
+        raise IngestInputError(f"{source}: no such file or folder")
+    if not tasks:
+        what = "table has no rows" if source.is_file() else (
+            f"folder has no photos (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise IngestInputError(f"{source}: {what}")
+
+    fingerprint = _fingerprint(source, input_digest, cfg)
+    work = out_dir / WORK_DIR_NAME / fingerprint
+    chunks = [tasks[i:i + cfg.chunk_size] for i in range(0, len(tasks), cfg.chunk_size)]
+    log.info("ingest %s: %d photos in %d chunks, %d workers, work dir %s",
+             source, len(tasks), len(chunks), cfg.workers, work)
+    parts, n_resumed = _run_chunks(chunks, work, opts, cfg.workers)
+    seconds_work = time.perf_counter() - started
+
+    table = pa.concat_tables(parts[i] for i in range(len(chunks)))
+    kept, rejects = _split_and_dedup(table)
+    if kept.num_rows + rejects.num_rows != len(tasks):  # cannot happen; never hide it if it does
+        raise RuntimeError(f"ingest lost photos: {kept.num_rows} kept + {rejects.num_rows} rejected "
+                           f"!= {len(tasks)} input")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rejects_path, rejects_csv_path, manifest_path = (
+        out_dir / REJECTS_NAME, out_dir / REJECTS_CSV_NAME, out_dir / MANIFEST_NAME)
+    _write_table(rejects, rejects_path)
+    with atomic_path(rejects_csv_path) as tmp:
+        rejects.to_pandas().to_csv(tmp, index=False)
+    _write_table(kept, manifest_path)
+
+    reasons = {r: 0 for r in REJECT_REASONS}
+    for reason in rejects.column("reason").to_pylist():
+        reasons[reason] += 1
+    seconds = time.perf_counter() - started
+    n_processed = len(tasks) - n_resumed
+    summary = IngestSummary(
+        source=str(source), n_input=len(tasks), n_kept=kept.num_rows, n_rejected=rejects.num_rows,
+        reasons=reasons, seconds=round(seconds, 3),
+        photos_per_s=round(n_processed / seconds_work, 1) if n_processed and seconds_work > 0 else 0.0,
+        manifest_path=str(manifest_path), rejects_path=str(rejects_path),
+        rejects_csv_path=str(rejects_csv_path), n_resumed=n_resumed, n_ignored_files=n_ignored,
+        workers=cfg.workers, fingerprint=fingerprint,
+    )
+    write_json(summary.to_dict(), out_dir / SUMMARY_NAME)
+    shutil.rmtree(work, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        work.parent.rmdir()  # only when no other fingerprint's work is left
+    log.info("ingest done: %d input = %d kept + %d rejected (%s); %.1f photos/s over %d processed, "
+             "%d resumed, %.1f s", summary.n_input, summary.n_kept, summary.n_rejected,
+             ", ".join(f"{k} {v}" for k, v in reasons.items() if v) or "no rejects",
+             summary.photos_per_s, n_processed, n_resumed, seconds)
+    return summary
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Load a manifest, failing with the file and the column when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found (run `geopin ingest` first)")
+    try:
+        df = pd.read_parquet(path)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise ValueError(f"{path}: not a readable Parquet manifest: {exc}") from exc
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: not a geopin manifest: missing column(s) {', '.join(map(repr, missing))}")
+    for col in ("lat", "lon", "width", "height", "source_row"):
+        if not pd.api.types.is_numeric_dtype(df[col]):
+            raise ValueError(f"{path}: column {col!r} should be numeric, found {df[col].dtype}")
+    return df[list(MANIFEST_COLUMNS)]
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def _options(cfg: IngestConfig, *, from_exif: bool) -> _Options:
+    return _Options(from_exif=from_exif, group_from_artist=from_exif and cfg.group_from == "artist",
+                    min_side=cfg.min_side, max_pixels=cfg.max_pixels, faces=cfg.faces,
+                    face_threshold=cfg.face_threshold)
+
+
+def _table_tasks(table_path: Path, cfg: IngestConfig) -> tuple[list[_Task], str]:
+    if cfg.group_from != "none":
+        log.warning("group_from=%r only applies to folder input; use group_col for tables", cfg.group_from)
+    try:
+        df = read_table(table_path)
+    except (ValueError, OSError) as exc:
+        raise IngestInputError(f"{table_path}: cannot read table: {exc}") from exc
+    needed = [cfg.image_col, cfg.lat_col, cfg.lon_col] + ([cfg.group_col] if cfg.group_col else [])
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise IngestInputError(
+            f"{table_path}: missing column(s) {', '.join(map(repr, missing))}; "
+            f"it has {', '.join(map(repr, map(str, df.columns)))}")
+    base = Path(os.path.abspath(cfg.image_root)) if cfg.image_root else table_path.parent
+    groups = df[cfg.group_col] if cfg.group_col else None
+    tasks = []
+    for row, (image, lat, lon) in enumerate(zip(df[cfg.image_col], df[cfg.lat_col], df[cfg.lon_col])):
+        group = None if groups is None else _clean_group(groups.iat[row])
+        if _is_blank(image):
+            tasks.append(_Task(id="", path="", source_row=row, raw_lat=lat, raw_lon=lon, group=group))
+            continue
+        abs_path = Path(os.path.normpath(base / str(image)))  # an absolute image path replaces base
+        tasks.append(_Task(id=_relative_id(abs_path, base), path=str(abs_path), source_row=row,
+                           raw_lat=lat, raw_lon=lon, group=group))
+    digest = hashlib.sha256(table_path.read_bytes()).hexdigest()
+    return tasks, f"table:{digest}:base={base}"
+
+
+def _folder_tasks(root: Path, out_dir: Path, cfg: IngestConfig) -> tuple[list[_Task], str, int]:
+    if cfg.group_col:
+        log.warning("group_col=%r only applies to table input; use group_from for folders", cfg.group_col)
+    listing = hashlib.sha256()
+    tasks, ignored = [], []
+    for rel, path in sorted((p.relative_to(root).as_posix(), p) for p in _walk_files(root, skip=out_dir)):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            ignored.append(rel)
+            continue
+        st = path.stat()
+        listing.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        group = None
+        if cfg.group_from == "subfolder" and "/" in rel:
+            group = rel.split("/", 1)[0]
+        tasks.append(_Task(id=rel, path=str(path), source_row=-1, group=group))
+    if ignored:
+        log.info("%s: ignored %d file(s) without an image suffix, e.g. %s",
+                 root, len(ignored), ", ".join(ignored[:3]))
+    return tasks, f"folder:{listing.hexdigest()}:group_from={cfg.group_from}", len(ignored)
+
+
+def _walk_files(root: Path, skip: Path) -> Iterator[Path]:
+    """Files under root, leaving out hidden entries and the output folder."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and (here / d) != skip]
+        for name in filenames:
+            if not name.startswith("."):
+                yield here / name
+
+
+def _relative_id(abs_path: Path, base: Path) -> str:
+    try:
+        return abs_path.relative_to(base).as_posix()
+    except ValueError:
+        return abs_path.as_posix()
+
+
+def _is_blank(value: Any) -> bool:
+    """None, NaN, pandas NA or an empty string: a cell with nothing in it."""
+    if isinstance(value, str):
+        return not value.strip()
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
+def _clean_group(value: Any) -> str | None:
+    if _is_blank(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a numeric group column read as float: "12", not "12.0"
+    return str(value).strip()
+
+
+def _fingerprint(source: Path, input_digest: str, cfg: IngestConfig) -> str:
+    settings = dataclasses.asdict(cfg)
+    settings.pop("workers")  # results do not depend on it
+    settings["image_root"] = os.path.abspath(cfg.image_root) if cfg.image_root else None
+    blob = json.dumps({"v": _RESULT_VERSION, "source": str(source), "input": input_digest,
+                       "cfg": settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# running chunks, resuming
+
+
+def _run_chunks(chunks: list[list[_Task]], work: Path, opts: _Options, workers: int
+                ) -> tuple[dict[int, pa.Table], int]:
+    work.mkdir(parents=True, exist_ok=True)
+    for stale in work.glob(".part-*.tmp"):  # left by a run killed while writing a part
+        stale.unlink(missing_ok=True)
+    parts: dict[int, pa.Table] = {}
+    for k, chunk in enumerate(chunks):
+        done = _load_part(work / _part_name(k), chunk)
+        if done is not None:
+            parts[k] = done
+    n_resumed = sum(t.num_rows for t in parts.values())
+    todo = [k for k in range(len(chunks)) if k not in parts]
+    if parts:
+        log.info("resuming: %d of %d chunks (%d photos) already done in %s",
+                 len(parts), len(chunks), n_resumed, work)
+    total = sum(len(c) for c in chunks)
+    with progress(total=total, initial=n_resumed, desc="ingest", unit="photo") as bar:
+        for k, rows in _map_chunks(todo, chunks, opts, workers):
+            table = pa.Table.from_pylist(rows, schema=_PART_SCHEMA)
+            with atomic_path(work / _part_name(k)) as tmp:
+                pq.write_table(table, tmp)
+            parts[k] = table
+            bar.update(len(rows))
+    return parts, n_resumed
+
+
+def _map_chunks(todo: list[int], chunks: list[list[_Task]], opts: _Options, workers: int
+                ) -> Iterator[tuple[int, list[dict]]]:
+    """(chunk index, results) in completion order, keeping only a few chunks in flight."""
+    if workers == 1 or len(todo) <= 1:
+        for k in todo:
+            yield k, _process_chunk(chunks[k], opts)
+        return
+    queue = iter(todo)
+    with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+        pending: dict[cf.Future, int] = {}
+
+        def submit_next() -> None:
+            k = next(queue, None)
+            if k is not None:
+                pending[pool.submit(_process_chunk, chunks[k], opts)] = k
+
+        for _ in range(2 * workers):
+            submit_next()
+        while pending:
+            done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                k = pending.pop(fut)
+                try:
+                    rows = fut.result()
+                except cf.process.BrokenProcessPool as exc:
+                    raise RuntimeError(
+                        f"an ingest worker died (out of memory or a crashing decoder) on chunk {k}; "
+                        f"finished chunks are kept, rerun to resume") from exc
+                yield k, rows
+                submit_next()
+
+
+def _part_name(k: int) -> str:
+    return f"part-{k:05d}.parquet"
+
+
+def _load_part(path: Path, chunk: list[_Task]) -> pa.Table | None:
+    """A finished part, or None when absent or not the results for this exact chunk."""
+    if not path.is_file():
+        return None
+    try:
+        table = pq.read_table(path, schema=_PART_SCHEMA)
+    except (OSError, pa.ArrowException) as exc:
+        log.warning("%s: unreadable part, redoing it (%s)", path, exc)
+        return None
+    if table.num_rows != len(chunk) or table.column("id").to_pylist() != [t.id for t in chunk]:
+        log.warning("%s: part does not match its chunk, redoing it", path)
+        return None
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# per photo (runs in the workers)
+
+
+def _process_chunk(tasks: list[_Task], opts: _Options) -> list[dict]:
+    return [_process_one(task, opts) for task in tasks]
+
+
+def _process_one(task: _Task, opts: _Options) -> dict:
+    row = {"id": task.id, "path": task.path, "source_row": task.source_row, "lat": None, "lon": None,
+           "group": task.group, "width": None, "height": None, "sha256": None, "reason": None,
+           "detail": None}
+    try:
+        if not opts.from_exif:
+            row["lat"], row["lon"] = _parse_coords(task.raw_lat, task.raw_lon)
+        row.update(_check_photo(task, opts))
+    except _Reject as rej:
+        row["reason"], row["detail"] = rej.reason, rej.detail
+    return row
+
+
+def _parse_coords(raw_lat: Any, raw_lon: Any) -> tuple[float, float]:
+    values = []
+    for name, raw in (("lat", raw_lat), ("lon", raw_lon)):
+        if _is_blank(raw):
+            raise _Reject("coords_missing", f"{name} is empty")
+        if isinstance(raw, bool):
+            raise _Reject("coords_not_numeric", f"{name}={raw!r} is not a number")
+        try:
+            value = float(raw.strip() if isinstance(raw, str) else raw)
+        except (TypeError, ValueError):
+            raise _Reject("coords_not_numeric", f"{name}={raw!r} is not a number") from None
+        if math.isnan(value):
+            raise _Reject("coords_missing", f"{name} is NaN")
+        values.append(value)
+    problem = coord_problem(values[0], values[1])
+    if problem:
+        raise _Reject(*problem)
+    return values[0], values[1]
+
+
+def _check_photo(task: _Task, opts: _Options) -> dict:
+    """Read, decode and measure one photo; raise _Reject with the first problem found."""
+    if not task.path:
+        raise _Reject("file_missing", "no image path given")
+    path = Path(task.path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise _Reject("file_missing", "no such file") from None
+    except IsADirectoryError:
+        raise _Reject("file_missing", "is a folder, not a file") from None
+    except OSError as exc:
+        raise _Reject("file_missing", f"cannot read: {exc.strerror or exc}") from None
+    if not data:
+        raise _Reject("empty_file", "zero bytes")
+
+    out: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit below
+        try:
+            img = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:
+            raise _Reject("decompression_bomb", str(exc)) from None
+        except UnidentifiedImageError:
+            raise _Reject("not_an_image", "Pillow cannot identify an image format") from None
+        except Exception as exc:  # noqa: BLE001 - any plugin may fail on hostile headers; one photo must not end the job
+            raise _Reject("not_an_image", f"unreadable header: {type(exc).__name__}: {exc}") from None
+    with img:
+        exif = _safe_exif(img)
+        if opts.from_exif:
+            try:
+                position = gps_from_exif(exif)
+            except ExifGpsError as exc:
+                raise _Reject(exc.reason, exc.detail) from None
+            if position is None:
+                raise _Reject("coords_missing", "no GPS position in EXIF")
+            out["lat"], out["lon"] = position
+            if opts.group_from_artist:
+                out["group"] = read_artist(exif)
+        width, height = img.size
+        if width * height > opts.max_pixels:
+            raise _Reject("decompression_bomb", f"{width}x{height} = {width * height} pixels > {opts.max_pixels}")
+        if min(width, height) < opts.min_side:
+            raise _Reject("too_small", f"{width}x{height}, smaller side under {opts.min_side} px")
+        try:
+            img.load()
+        except Exception as exc:  # noqa: BLE001 - truncated data surfaces as OSError, corrupt data as anything
+            raise _Reject("truncated", f"decoding failed: {type(exc).__name__}: {exc}") from None
+        if opts.faces:
+            from geopin.faces import face_area_fraction
+
+            fraction = face_area_fraction(img)
+            if fraction > opts.face_threshold:
+                raise _Reject("faces", f"faces cover {fraction:.1%} of the image (> {opts.face_threshold:.1%})")
+    if exif.get(0x0112) in (5, 6, 7, 8):  # EXIF orientation rotates by 90 degrees: report as displayed
+        width, height = height, width
+    out.update(width=width, height=height, sha256=hashlib.sha256(data).hexdigest())
+    return out
+
+
+def _safe_exif(img: Image.Image) -> Image.Exif:
+    try:
+        return img.getexif()
+    except Exception as exc:  # noqa: BLE001 - a broken EXIF block should not hide a good image
+        log.debug("unreadable EXIF: %s", exc)
+        return Image.Exif()
+
+
+# ---------------------------------------------------------------------------------------------
+# final tables
+
+
+def _split_and_dedup(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Kept photos and rejects in input order; a repeat of an earlier kept photo's bytes is a duplicate."""
+    rows = table.to_pylist()
+    first_by_hash: dict[str, str] = {}
+    kept, rejects = [], []
+    for row in rows:
+        if row["reason"] is None:
+            first = first_by_hash.get(row["sha256"])
+            if first is None:
+                first_by_hash[row["sha256"]] = row["id"]
+                kept.append({c: row[c] for c in MANIFEST_COLUMNS})
+                continue
+            row["reason"] = "duplicate"
+            row["detail"] = f"same bytes (sha256 {row['sha256'][:12]}...) as kept photo {first!r}"
+        rejects.append({c: row[c] for c in REJECT_COLUMNS})
+    return (pa.Table.from_pylist(kept, schema=MANIFEST_SCHEMA),
+            pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA))
+
+
+def _write_table(table: pa.Table, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+

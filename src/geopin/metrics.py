@@ -1,0 +1,172 @@
+"""Geolocation metrics: distance-threshold accuracy, GeoScore, country accuracy, and calibration.
+
+The thresholds are the customary street/city/region/country/continent scales of the Im2GPS line of
+work, so numbers are comparable with published results.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from geopin.geo import haversine_km
+
+THRESHOLDS_KM: tuple[float, ...] = (1, 25, 200, 750, 2500)
+GEOSCORE_MAX = 5000.0
+GEOSCORE_SCALE_KM = 1492.7
+
+
+def _km_array(km) -> np.ndarray:
+    km = np.asarray(km, dtype=np.float64).ravel()
+    if np.any(np.isnan(km)):
+        raise ValueError(f"km: {int(np.isnan(km).sum())} distance(s) are NaN")
+    if np.any(km < 0):
+        raise ValueError("km: distances must be non-negative")
+    return km
+
+
+def geoscore(km) -> np.ndarray | float:
+    """GeoGuessr-style score per guess, 5000 at the spot decaying with a 1492.7 km scale."""
+    arr = np.asarray(km, dtype=np.float64)
+    out = GEOSCORE_MAX * np.exp(-arr / GEOSCORE_SCALE_KM)
+    return float(out) if out.ndim == 0 else out
+
+
+def _threshold_key(t: float) -> str:
+    return str(int(t)) if float(t).is_integer() else str(t)
+
+
+def accuracy_within(km, thresholds: Sequence[float] = THRESHOLDS_KM) -> dict[str, float]:
+    """Share of guesses within each threshold (inclusive), keyed by the threshold as text ("25")."""
+    km = _km_array(km)
+    if km.size == 0:
+        return {_threshold_key(t): float("nan") for t in thresholds}
+    return {_threshold_key(t): float(np.mean(km <= t)) for t in thresholds}
+
+
+def median_km(km) -> float:
+    km = _km_array(km)
+    return float(np.median(km)) if km.size else float("nan")
+
+
+def _country_codes(cc) -> np.ndarray:
+    arr = pd.Series(cc, dtype="object")
+    return arr.where(arr.notna(), "").astype(str).str.strip().str.upper().to_numpy()
+
+
+def country_accuracy(pred_cc, true_cc) -> float:
+    """Share of guesses in the right country, over photos whose true country is known.
+
+    Photos at sea or otherwise unplaceable (empty/None truth) are left out rather than counted as
+    misses, since no country answer could be right for them.
+    """
+    pred = _country_codes(pred_cc)
+    true = _country_codes(true_cc)
+    if pred.shape != true.shape:
+        raise ValueError(f"country_accuracy: {pred.size} predictions for {true.size} truths")
+    known = true != ""
+    if not known.any():
+        return float("nan")
+    return float(np.mean(pred[known] == true[known]))
+
+
+def summarize(
+    pred_lat,
+    pred_lon,
+    true_lat,
+    true_lon,
+    pred_country=None,
+    true_country=None,
+    thresholds: Sequence[float] = THRESHOLDS_KM,
+) -> dict[str, float]:
+    """The standard report for a set of guesses: accuracies, median/mean error, GeoScore, country."""
+    arrays = [np.asarray(a, dtype=np.float64).ravel() for a in (pred_lat, pred_lon, true_lat, true_lon)]
+    n = arrays[0].size
+    if any(a.size != n for a in arrays):
+        raise ValueError(f"summarize: lat/lon arrays differ in length ({[a.size for a in arrays]})")
+    km = haversine_km(*arrays)
+    out: dict[str, float] = {"n": int(n)}
+    for key, share in accuracy_within(km, thresholds).items():
+        out[f"acc_{key}km"] = share
+    out["median_km"] = median_km(km)
+    out["mean_km"] = float(np.mean(km)) if n else float("nan")
+    out["geoscore"] = float(np.mean(geoscore(km))) if n else float("nan")
+    if pred_country is not None and true_country is not None:
+        out["country_acc"] = country_accuracy(pred_country, true_country)
+    else:
+        out["country_acc"] = float("nan")
+    return out
+
+
+def _prob_hit(prob, hit) -> tuple[np.ndarray, np.ndarray]:
+    prob = np.asarray(prob, dtype=np.float64).ravel()
+    hit = np.asarray(hit, dtype=np.float64).ravel()
+    if prob.shape != hit.shape:
+        raise ValueError(f"prob and hit lengths differ ({prob.size} vs {hit.size})")
+    # Calibrated probabilities may overshoot [0, 1] by rounding; anything more is a units mistake (e.g. %).
+    if np.any(~np.isfinite(prob)) or np.any((prob < -1e-9) | (prob > 1 + 1e-9)):
+        raise ValueError("prob: confidences must be fractions in [0, 1]")
+    prob = np.clip(prob, 0.0, 1.0)
+    if np.any((hit != 0) & (hit != 1)):
+        raise ValueError("hit: outcomes must be 0/1 or booleans")
+    return prob, hit
+
+
+def _bin_index(prob: np.ndarray, n_bins: int) -> np.ndarray:
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    # Equal-width bins [k/n, (k+1)/n); a confidence of exactly 1 belongs to the last bin.
+    return np.minimum((prob * n_bins).astype(np.int64), n_bins - 1)
+
+
+def reliability_table(prob, hit, n_bins: int = 10) -> pd.DataFrame:
+    """Per confidence bin: its bounds, how many guesses fell in it, their mean confidence and hit rate."""
+    prob, hit = _prob_hit(prob, hit)
+    idx = _bin_index(prob, n_bins)
+    n = np.bincount(idx, minlength=n_bins)
+    sum_p = np.bincount(idx, weights=prob, minlength=n_bins)
+    sum_h = np.bincount(idx, weights=hit, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_prob = np.where(n > 0, sum_p / np.maximum(n, 1), np.nan)
+        hit_rate = np.where(n > 0, sum_h / np.maximum(n, 1), np.nan)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return pd.DataFrame(
+        {"lo": edges[:-1], "hi": edges[1:], "n": n.astype(np.int64), "mean_prob": mean_prob, "hit_rate": hit_rate}
+    )
+
+
+def expected_calibration_error(prob, hit, n_bins: int = 10) -> float:
+    """ECE: the count-weighted mean gap between confidence and hit rate over equal-width bins.
+
+    Tells whether "70 % sure" means right 70 % of the time, which is what users act on.
+    """
+    table = reliability_table(prob, hit, n_bins)
+    total = int(table["n"].sum())
+    if total == 0:
+        return float("nan")
+    filled = table[table["n"] > 0]
+    return float(np.sum(filled["n"] / total * np.abs(filled["mean_prob"] - filled["hit_rate"])))
+
+
+def global_average_precision(confidence, correct) -> float:
+    """GAP (micro average precision) of the Google Landmarks challenge.
+
+    Predictions are ranked by confidence, highest first; GAP = (1/M) * sum_i P(i) * rel(i), with M the
+    number of queries (every prediction counts, so abstaining is not free) and P(i) the precision among
+    the top i. It rewards confidences that put the right answers first. Ties keep the input order.
+    """
+    conf = np.asarray(confidence, dtype=np.float64).ravel()
+    rel = np.asarray(correct).astype(bool).ravel()
+    if conf.shape != rel.shape:
+        raise ValueError(f"confidence and correct lengths differ ({conf.size} vs {rel.size})")
+    if np.any(np.isnan(conf)):
+        raise ValueError("confidence: NaN values cannot be ranked")
+    m = conf.size
+    if m == 0:
+        return float("nan")
+    order = np.argsort(-conf, kind="stable")
+    rel = rel[order]
+    precision_at_i = np.cumsum(rel) / np.arange(1, m + 1)
+    return float(np.sum(precision_at_i * rel) / m)

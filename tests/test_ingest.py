@@ -1,0 +1,433 @@
+"""ingest on generated photo folders and tables with every kind of bad record, resume after SIGKILL, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import piexif
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from geopin.exif import gps_exif_bytes, gps_ifd
+from geopin.ingest import (
+    MANIFEST_COLUMNS,
+    REJECT_REASONS,
+    IngestConfig,
+    IngestInputError,
+    ingest,
+    read_manifest,
+)
+
+CLI = [sys.executable, "-c", "from geopin.cli import main; main()"]
+
+
+def make_photo(path: Path, size=(320, 240), lat=None, lon=None, *, seed=0, exif: bytes | None = None,
+               artist: str | None = None, fmt="JPEG") -> Path:
+    """A textured photo (distinct bytes per seed), optionally with GPS EXIF as a camera writes it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(1, size[1] // 8), max(1, size[0] // 8), 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize(size, Image.Resampling.BILINEAR)
+    if exif is None and (lat is not None or artist is not None):
+        exif = gps_exif_bytes(lat, lon, artist=artist)
+    kwargs = {"exif": exif} if exif is not None else {}
+    img.save(path, fmt, quality=90, **kwargs)
+    return path
+
+
+def rejects_by_id(out: Path) -> dict[str, str]:
+    rej = pd.read_parquet(out / "rejects.parquet")
+    return dict(zip(rej["id"], rej["reason"]))
+
+
+def check_outputs_consistent(out: Path, summary) -> pd.DataFrame:
+    """The invariants every run must keep: kept + rejected == input, both rejects files agree."""
+    manifest = read_manifest(out / "manifest.parquet")
+    rej = pd.read_parquet(out / "rejects.parquet")
+    rej_csv = pd.read_csv(out / "rejects.csv", keep_default_na=False)
+    assert len(manifest) == summary.n_kept and len(rej) == summary.n_rejected
+    assert summary.n_kept + summary.n_rejected == summary.n_input
+    assert list(rej_csv["reason"]) == list(rej["reason"]) and list(rej_csv["id"]) == list(rej["id"])
+    assert set(rej["reason"]) <= set(REJECT_REASONS)
+    assert rej["detail"].str.len().min() > 0 if len(rej) else True
+    assert sum(summary.reasons.values()) == summary.n_rejected
+    assert manifest["id"].is_unique and manifest["sha256"].is_unique
+    assert list(manifest.columns) == list(MANIFEST_COLUMNS)
+    assert manifest["lat"].dtype == np.float64 and manifest["lon"].dtype == np.float64
+    for row in manifest.itertuples():
+        assert Path(row.path).is_absolute()
+        data = Path(row.path).read_bytes()
+        assert row.sha256 == hashlib.sha256(data).hexdigest()
+        with Image.open(row.path) as img:
+            assert (row.width, row.height) == img.size
+    assert not (out / ".ingest-work").exists()  # finished work is cleaned up
+    assert json.loads((out / "ingest_summary.json").read_text())["n_input"] == summary.n_input
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------- folder
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> tuple[Path, dict[str, tuple[float, float] | str]]:
+    """Good and broken photos; expected value: (lat, lon) for keepers, the reject reason otherwise."""
+    root = tmp_path_factory.mktemp("folder") / "photos"
+    expect: dict[str, tuple[float, float] | str] = {}
+
+    def good(rel, lat, lon, **kw):
+        make_photo(root / rel, lat=lat, lon=lon, **kw)
+        expect[rel] = (lat, lon)
+
+    good("alice/a.jpg", 48.8584, 2.2945, seed=1, size=(320, 240))
+    good("alice/b.jpg", -33.8568, 151.2153, seed=2, size=(200, 300))
+    good("bob/c.jpg", -22.9519, -43.2105, seed=3, size=(64, 64))
+    good("bob/deep/d.JPG", 64.1466, -21.9426, seed=4, size=(500, 120))
+    good("e.png", 35.6586, 139.7454, seed=5, size=(128, 96), fmt="PNG")
+    good("f.jpg", 0.0, 10.5, seed=6, size=(100, 100))  # on the equator: lat 0 alone is fine
+
+    # a truncated JPEG: a good one cut in half (the EXIF in its header survives)
+    full = make_photo(root / "broken" / "truncated.jpg", size=(400, 300), lat=10.0, lon=20.0, seed=7)
+    data = full.read_bytes()
+    full.write_bytes(data[: len(data) // 2])
+    expect["broken/truncated.jpg"] = "truncated"
+    (root / "broken" / "text.jpg").write_text("this is not a JPEG\n" * 20)
+    expect["broken/text.jpg"] = "not_an_image"
+    (root / "broken" / "empty.jpg").write_bytes(b"")
+    expect["broken/empty.jpg"] = "empty_file"
+    make_photo(root / "gps" / "lat95.jpg", lat=95.0, lon=10.0, seed=8)
+    expect["gps/lat95.jpg"] = "coords_out_of_range"
+    no_ref = gps_ifd(40.0, 10.0)
+    del no_ref[piexif.GPSIFD.GPSLatitudeRef]
+    make_photo(root / "gps" / "no_ref.jpg", exif=gps_exif_bytes(None, None, gps=no_ref), seed=9)
+    expect["gps/no_ref.jpg"] = "coords_missing"
+    zero_den = gps_ifd(40.0, 10.0)
+    zero_den[piexif.GPSIFD.GPSLongitude] = ((10, 0), (0, 1), (0, 1))
+    make_photo(root / "gps" / "zero_den.jpg", exif=gps_exif_bytes(None, None, gps=zero_den), seed=10)
+    expect["gps/zero_den.jpg"] = "coords_not_numeric"
+    make_photo(root / "gps" / "null_island.jpg", lat=0.0, lon=0.0, seed=11)
+    expect["gps/null_island.jpg"] = "coords_null_island"
+    make_photo(root / "gps" / "no_gps.jpg", seed=12)
+    expect["gps/no_gps.jpg"] = "coords_missing"
+    shutil.copyfile(root / "alice" / "a.jpg", root / "zz_copy_of_a.jpg")  # sorts after alice/a.jpg
+    expect["zz_copy_of_a.jpg"] = "duplicate"
+    make_photo(root / "tiny.jpg", size=(10, 10), lat=1.0, lon=1.0, seed=13)
+    expect["tiny.jpg"] = "too_small"
+    make_photo(root / "huge.jpg", size=(600, 500), lat=1.0, lon=1.0, seed=14)
+    expect["huge.jpg"] = "decompression_bomb"  # with max_pixels=250_000 below
+    (root / "notes.txt").write_text("not a photo suffix: ignored and counted\n")
+    (root / ".hidden.jpg").write_bytes(b"")  # hidden files are not photos
+    return root, expect
+
+
+FOLDER_CFG = dict(group_from="subfolder", max_pixels=250_000, workers=2, chunk_size=4)
+
+
+def test_folder_keeps_exactly_the_good_photos(photo_folder, tmp_path):
+    root, expect = photo_folder
+    summary = ingest(root, tmp_path / "out", IngestConfig(**FOLDER_CFG))
+    manifest = check_outputs_consistent(tmp_path / "out", summary)
+
+    kept = {rel: v for rel, v in expect.items() if isinstance(v, tuple)}
+    assert sorted(manifest["id"]) == sorted(kept)
+    for row in manifest.itertuples():
+        assert (row.lat, row.lon) == pytest.approx(kept[row.id], abs=1e-6)
+        assert row.path == str(root / row.id)
+        assert row.source_row == -1
+        if "/" in row.id:
+            assert row.group == row.id.split("/")[0]
+        else:
+            assert pd.isna(row.group)  # null group: no subfolder
+    assert rejects_by_id(tmp_path / "out") == {rel: v for rel, v in expect.items() if isinstance(v, str)}
+    assert summary.n_input == len(expect) and summary.n_ignored_files == 1 and summary.n_resumed == 0
+    rej = pd.read_parquet(tmp_path / "out" / "rejects.parquet").set_index("id")
+    assert "alice/a.jpg" in rej.loc["zz_copy_of_a.jpg", "detail"]  # the duplicate names the photo it repeats
+    assert "truncated" in rej.loc["broken/truncated.jpg", "detail"]
+
+
+def test_folder_result_does_not_depend_on_workers_or_chunks(photo_folder, tmp_path):
+    root, _ = photo_folder
+    a = ingest(root, tmp_path / "a", IngestConfig(**FOLDER_CFG))
+    b = ingest(root, tmp_path / "b", IngestConfig(**{**FOLDER_CFG, "workers": 1, "chunk_size": 100}))
+    pd.testing.assert_frame_equal(read_manifest(a.manifest_path), read_manifest(b.manifest_path))
+    pd.testing.assert_frame_equal(pd.read_parquet(a.rejects_path), pd.read_parquet(b.rejects_path))
+
+
+def test_folder_group_from_artist_and_orientation(tmp_path):
+    root = tmp_path / "photos"
+    make_photo(root / "x.jpg", size=(300, 200), lat=51.5, lon=-0.12, artist="Ann Lee", seed=1)
+    make_photo(root / "y.jpg", size=(300, 200), lat=51.5, lon=-0.13, seed=2)
+    rotated = piexif.dump({"0th": {piexif.ImageIFD.Orientation: 6}, "GPS": gps_ifd(51.5, -0.14)})
+    make_photo(root / "z.jpg", size=(300, 200), exif=rotated, seed=3)
+    summary = ingest(root, tmp_path / "out", IngestConfig(group_from="artist", workers=1))
+    manifest = read_manifest(summary.manifest_path).set_index("id")
+    assert manifest.loc["x.jpg", "group"] == "Ann Lee"
+    assert pd.isna(manifest.loc["y.jpg", "group"])
+    # EXIF orientation 6 (rotate 90): width and height as the photo is shown
+    assert tuple(manifest.loc["z.jpg", ["width", "height"]]) == (200, 300)
+    assert tuple(manifest.loc["x.jpg", ["width", "height"]]) == (300, 200)
+
+
+def test_folder_without_photos_is_an_input_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("hi")
+    with pytest.raises(IngestInputError, match="no photos"):
+        ingest(tmp_path / "empty", tmp_path / "out", IngestConfig(workers=1))
+    with pytest.raises(IngestInputError, match="no such file or folder"):
+        ingest(tmp_path / "nowhere", tmp_path / "out", IngestConfig(workers=1))
+
+
+# --------------------------------------------------------------------------------------------- table
+
+
+@pytest.fixture(scope="module")
+def photo_table(tmp_path_factory):
+    """A labels table with every kind of bad row; expected reason per row (None = kept)."""
+    base = tmp_path_factory.mktemp("table")
+    imgs = base / "images"
+    for i in range(4):
+        make_photo(imgs / f"g{i}.jpg", size=(160 + 10 * i, 120), seed=100 + i)  # no EXIF needed for tables
+    make_photo(imgs / "small.jpg", size=(40, 200), seed=200)
+    rows = [  # image, lat, lon, author, expected reason
+        ("images/g0.jpg", "48.85", "2.29", "ann", None),
+        (str(imgs / "g1.jpg"), "-33.5", "151.0", "bob", None),  # absolute path inside the table folder
+        ("./images/g2.jpg", "-90", "-180", "ann", None),  # the range ends are valid
+        ("images/g3.jpg", "abc", "2.0", "cy", "coords_not_numeric"),
+        ("images/g3.jpg", "", "2.0", "cy", "coords_missing"),
+        ("images/g3.jpg", "12.0", "", "cy", "coords_missing"),
+        ("images/g3.jpg", "91", "2.0", "cy", "coords_out_of_range"),
+        ("images/g3.jpg", "10", "181", "cy", "coords_out_of_range"),
+        ("images/g3.jpg", "0", "0", "cy", "coords_null_island"),
+        ("images/missing.jpg", "10", "10", "cy", "file_missing"),
+        ("", "10", "10", "cy", "file_missing"),
+        ("images/small.jpg", "10", "10", "", "too_small"),
+        ("images/g0.jpg", "10", "10", "dan", "duplicate"),  # same file again, other coords
+        ("images/g3.jpg", "1e1", " 20.5 ", "", None),
+    ]
+    csv = base / "labels.csv"
+    pd.DataFrame([r[:4] for r in rows], columns=["image", "lat", "lon", "author"]).to_csv(csv, index=False)
+    return csv, [r[4] for r in rows]
+
+
+def test_table_keeps_good_rows_and_names_each_problem(photo_table, tmp_path):
+    csv, expected = photo_table
+    summary = ingest(csv, tmp_path / "out", IngestConfig(group_col="author", workers=2, chunk_size=3))
+    manifest = check_outputs_consistent(tmp_path / "out", summary)
+    rej = pd.read_parquet(tmp_path / "out" / "rejects.parquet")
+
+    assert summary.n_input == len(expected)
+    got = {int(r): reason for r, reason in zip(rej["source_row"], rej["reason"])}
+    assert got == {i: r for i, r in enumerate(expected) if r is not None}
+    assert list(manifest["source_row"]) == [i for i, r in enumerate(expected) if r is None]
+    assert list(manifest["id"]) == ["images/g0.jpg", "images/g1.jpg", "images/g2.jpg", "images/g3.jpg"]
+    assert list(manifest["lat"]) == [48.85, -33.5, -90.0, 10.0]
+    assert list(manifest["lon"]) == [2.29, 151.0, -180.0, 20.5]
+    assert list(manifest["group"].iloc[:3]) == ["ann", "bob", "ann"] and pd.isna(manifest["group"].iloc[3])
+    assert list(manifest["width"]) == [160, 170, 180, 190]
+    dup = rej[rej["reason"] == "duplicate"].iloc[0]
+    assert "images/g0.jpg" in dup["detail"]
+
+
+def test_parquet_table_gives_the_same_manifest(photo_table, tmp_path):
+    csv, _ = photo_table
+    pq_path = csv.with_suffix(".parquet")
+    pd.read_csv(csv, dtype=str, keep_default_na=False).to_parquet(pq_path)
+    cfg = IngestConfig(group_col="author", workers=1)
+    a = ingest(csv, tmp_path / "csv", cfg)
+    b = ingest(pq_path, tmp_path / "pq", cfg)
+    pd.testing.assert_frame_equal(read_manifest(a.manifest_path), read_manifest(b.manifest_path))
+    assert a.reasons == b.reasons
+
+
+def test_numeric_parquet_with_image_root_and_custom_columns(tmp_path):
+    photos = tmp_path / "elsewhere"
+    make_photo(photos / "sub" / "p.jpg", seed=1)
+    make_photo(photos / "q.jpg", seed=2)
+    table = pd.DataFrame({"file": ["sub/p.jpg", "q.jpg"], "latitude": [45.0, np.nan],
+                          "longitude": [7.5, 8.0], "who": [12, 13]})
+    (tmp_path / "tables").mkdir()
+    table.to_parquet(tmp_path / "tables" / "t.parquet")
+    cfg = IngestConfig(image_col="file", lat_col="latitude", lon_col="longitude", group_col="who",
+                       image_root=photos, workers=1)
+    summary = ingest(tmp_path / "tables" / "t.parquet", tmp_path / "out", cfg)
+    manifest = read_manifest(summary.manifest_path)
+    assert list(manifest["id"]) == ["sub/p.jpg"]
+    assert manifest["path"][0] == str(photos / "sub" / "p.jpg")
+    assert manifest["group"][0] == "12"
+    assert rejects_by_id(tmp_path / "out") == {"q.jpg": "coords_missing"}
+
+
+def test_missing_table_and_columns_are_clear_errors(photo_table, tmp_path):
+    csv, _ = photo_table
+    with pytest.raises(IngestInputError, match="no such file"):
+        ingest(tmp_path / "nope.csv", tmp_path / "out")
+    with pytest.raises(IngestInputError) as info:
+        ingest(csv, tmp_path / "out", IngestConfig(lat_col="latitude", group_col="photographer", workers=1))
+    msg = str(info.value)
+    assert str(csv) in msg and "'latitude'" in msg and "'photographer'" in msg
+    assert not (tmp_path / "out" / "manifest.parquet").exists()
+
+
+def test_read_manifest_names_file_and_missing_column(tmp_path):
+    bad = tmp_path / "m.parquet"
+    pd.DataFrame({"id": ["a"], "lat": [1.0]}).to_parquet(bad)
+    with pytest.raises(ValueError, match=r"m\.parquet.*'path'"):
+        read_manifest(bad)
+    with pytest.raises(FileNotFoundError, match="nothere.parquet"):
+        read_manifest(tmp_path / "nothere.parquet")
+
+
+# --------------------------------------------------------------------------------------------- faces
+
+
+def grace_hopper() -> Path:
+    import matplotlib
+
+    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    if not path.exists():
+        pytest.skip(f"no face photo on this machine ({path} missing)")
+    return path
+
+
+def test_face_area_fraction_real_face_and_plain_colour():
+    from geopin.faces import detect_faces, face_area_fraction
+
+    with Image.open(grace_hopper()) as img:
+        img.load()
+        fraction = face_area_fraction(img)
+        assert len(detect_faces(img)) == 1
+    assert 0.035 < fraction < 0.5  # a portrait: one face, well above the 3.5 % default
+    assert face_area_fraction(Image.new("RGB", (640, 480), (40, 130, 200))) == 0.0
+    assert face_area_fraction(Image.new("L", (10, 10), 200)) == 0.0
+
+
+def test_faces_filter_drops_the_portrait_only(tmp_path):
+    photos = tmp_path / "p"
+    photos.mkdir()
+    shutil.copyfile(grace_hopper(), photos / "portrait.jpg")
+    for i, colour in enumerate([(40, 130, 200), (200, 180, 90)]):
+        Image.new("RGB", (320, 240), colour).save(photos / f"plain{i}.jpg")
+    table = pd.DataFrame({"image": ["p/portrait.jpg", "p/plain0.jpg", "p/plain1.jpg"],
+                          "lat": [38.9, 10.0, 11.0], "lon": [-77.0, 10.0, 11.0]})
+    table.to_csv(tmp_path / "t.csv", index=False)
+    on = ingest(tmp_path / "t.csv", tmp_path / "on", IngestConfig(faces=True, workers=1))
+    assert rejects_by_id(tmp_path / "on") == {"p/portrait.jpg": "faces"}
+    assert on.n_kept == 2
+    off = ingest(tmp_path / "t.csv", tmp_path / "off", IngestConfig(faces=False, workers=1))
+    assert off.n_kept == 3
+    high = ingest(tmp_path / "t.csv", tmp_path / "high", IngestConfig(faces=True, face_threshold=0.9, workers=1))
+    assert high.n_kept == 3
+
+
+# --------------------------------------------------------------------------------------------- resume
+
+
+def _parts(out: Path) -> list[Path]:
+    return sorted((out / ".ingest-work").glob("*/part-*.parquet"))
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes_and_matches_uninterrupted_run(tmp_path):
+    root = tmp_path / "photos"
+    for i in range(360):
+        make_photo(root / f"d{i % 6}" / f"p{i:04d}.jpg", size=(384, 288), lat=10 + i * 0.01, lon=20 - i * 0.01,
+                   seed=i)
+    shutil.copyfile(root / "d0" / "p0000.jpg", root / "d5" / "p9999.jpg")  # a duplicate across chunks
+    args = ["--workers", "2", "--chunk-size", "8", "--group-from", "subfolder"]
+
+    reference = tmp_path / "ref"
+    subprocess.run([*CLI, "ingest", str(root), "--out", str(reference), *args], check=True,
+                   capture_output=True, timeout=300)
+
+    out = tmp_path / "out"
+    # an earlier, complete run with other settings: its manifest must survive the kill untouched
+    subprocess.run([*CLI, "ingest", str(root), "--out", str(out), "--min-side", "300", "--workers", "1"],
+                   check=True, capture_output=True, timeout=300)
+    previous = (out / "manifest.parquet").read_bytes()
+    assert len(pq.read_table(out / "manifest.parquet")) == 0  # all too small for min side 300
+
+    proc = subprocess.Popen([*CLI, "ingest", str(root), "--out", str(out), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_parts(out)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert proc.poll() is None, "ingest finished before it could be killed: make the data set bigger"
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole run, workers included
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / "manifest.parquet").read_bytes() == previous
+    done = _parts(out)
+    assert done, "no finished part to resume from"
+    n_done = sum(pq.read_metadata(p).num_rows for p in done)
+    assert 0 < n_done < 361
+
+    summary = ingest(root, out, IngestConfig(workers=2, chunk_size=8, group_from="subfolder"))
+    assert summary.n_resumed == n_done
+    assert summary.n_input == 361 and summary.reasons["duplicate"] == 1
+    check_outputs_consistent(out, summary)
+    pd.testing.assert_frame_equal(read_manifest(out / "manifest.parquet"),
+                                  read_manifest(reference / "manifest.parquet"))
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "rejects.parquet"),
+                                  pd.read_parquet(reference / "rejects.parquet"))
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_help_and_json(photo_table, tmp_path):
+    helped = subprocess.run([*CLI, "ingest", "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0
+    for option in ("--out", "--lat-col", "--image-col", "--group-col", "--image-root", "--faces", "--json"):
+        assert option in helped.stdout
+
+    csv, expected = photo_table
+    ran = subprocess.run([*CLI, "ingest", str(csv), "--out", str(tmp_path / "out"), "--group-col", "author",
+                          "--workers", "1", "--json"], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    summary = json.loads(ran.stdout)
+    assert summary["n_input"] == len(expected)
+    assert summary["n_kept"] == expected.count(None)
+    assert summary["reasons"]["coords_out_of_range"] == 2
+    assert Path(summary["manifest_path"]).exists()
+
+    plain = subprocess.run([*CLI, "ingest", str(csv), "--out", str(tmp_path / "out2"), "--workers", "1"],
+                           capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0 and "kept" in plain.stdout and "coords_null_island" in plain.stdout
+
+
+def test_cli_unusable_input_exits_non_zero_with_the_reason(photo_table, tmp_path):
+    csv, _ = photo_table
+    ran = subprocess.run([*CLI, "ingest", str(csv), "--out", str(tmp_path / "o"), "--lat-col", "breite"],
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 2
+    assert str(csv) in ran.stderr and "'breite'" in ran.stderr
+    assert ran.stdout == ""
+
+
+# --------------------------------------------------------------------------------------------- shared data
+
+
+@pytest.mark.shared
+def test_im2gps3k_labels_all_kept(im2gps_dir, tmp_path):
+    labels = im2gps_dir / "labels.csv"
+    summary = ingest(labels, tmp_path / "out", IngestConfig(group_col="author", chunk_size=128))
+    manifest = read_manifest(summary.manifest_path)
+    truth = pd.read_csv(labels)
+    assert summary.n_input == len(truth) == 2652
+    assert summary.n_kept == 2652 and summary.n_rejected == 0
+    assert manifest["group"].nunique() == truth["author"].nunique() == 173
+    assert manifest["id"].tolist() == truth["image"].tolist()
+    np.testing.assert_array_equal(manifest["lat"].to_numpy(), truth["lat"].to_numpy())
+    assert manifest["sha256"].is_unique
