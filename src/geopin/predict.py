@@ -53,7 +53,9 @@ class Predictor:
         self.model = GeoModel.load(cfg.model_dir)
         emb_meta = self.model.meta.get("embedding", {}) or {}
         name = self.model.meta.get("backbone") or emb_meta.get("backbone") or "efficientnet_lite0"
-        self.embed_cfg = EmbedConfig.from_dict(emb_meta.get("config", {})) if emb_meta.get("config") else EmbedConfig(backbone=name)
+        # the same preprocessing the model was trained on; where and how fast to compute are ours
+        saved = {k: v for k, v in (emb_meta.get("config") or {}).items() if k in ("backbone", "mode", "long_side", "tta")}
+        self.embed_cfg = EmbedConfig(**{"backbone": name, **saved, "use_cache": False})
         self.backbone = create_backbone(self.embed_cfg.backbone)
         want = self.model.meta.get("embedding", {}).get("version")
         if want and want != self.backbone.version:
