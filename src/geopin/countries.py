@@ -103,3 +103,30 @@ def country_of(lat, lon, max_km: float = DEFAULT_MAX_KM) -> np.ndarray:
         codes = places.cc[idx]
         out[ok] = np.where(km <= max_km, codes, UNKNOWN)
     return out.reshape(shape)
+
+
+@functools.lru_cache(maxsize=1)
+def _country_table() -> dict[str, tuple[str, str]]:
+    """ISO2 -> (short name, continent) from the table shipped in country_converter.
+
+    Read directly with "NA" kept as Namibia: the package's own loader trips over it with pandas 3.
+    """
+    import importlib.resources
+
+    import pandas as pd
+
+    with importlib.resources.files("country_converter").joinpath("country_data.tsv").open("rb") as fh:
+        table = pd.read_csv(fh, sep="\t", keep_default_na=False, usecols=["name_short", "ISO2", "Continent_7"])
+    return {r.ISO2: (r.name_short, r.Continent_7 or "") for r in table.itertuples() if len(r.ISO2) == 2}
+
+
+def country_name(cc: str) -> str:
+    """Short English name of an ISO alpha-2 code ("" for unknown)."""
+    return _country_table().get(str(cc).upper(), ("", ""))[0]
+
+
+def continent_of(cc) -> np.ndarray:
+    """Continent (seven-continent model: North and South America apart) per ISO alpha-2 code."""
+    table = _country_table()
+    codes = np.atleast_1d(np.asarray(cc, dtype=object))
+    return np.array([table.get(str(c).upper(), ("", ""))[1] for c in codes], dtype=object)

@@ -57,12 +57,15 @@ class Heads:
     gallery_lat: np.ndarray
     gallery_lon: np.ndarray
     gallery_place: np.ndarray
+    gallery_country: np.ndarray  # ISO code of each training photo's location
     k: int = 32
 
     def evidence(self, emb: np.ndarray) -> Evidence:
         logits = classifier_logits(self.classifier, emb)
         sim, idx = self.gallery.search(emb, self.k)
-        return Evidence(logits, sim, self.gallery_lat[idx], self.gallery_lon[idx], self.gallery_place[idx])
+        return Evidence(
+            logits, sim, self.gallery_lat[idx], self.gallery_lon[idx], self.gallery_place[idx], self.gallery_country[idx]
+        )
 
 
 @dataclass
@@ -89,6 +92,7 @@ class GeoModel:
         fine = self.fine_cells
         out = []
         guess_cc = country_of(dec.lat, dec.lon)
+        place_cc = fine.country.to_numpy(dtype=str)
         for i in range(len(ev)):
             places = _place_masses(cell[i], nb[i], ev.nb_place[i])
             order = sorted(places.items(), key=lambda kv: -kv[1])
@@ -117,6 +121,7 @@ class GeoModel:
                     regions[f"{int(round(targets.pop(0) * 100))}%"] = list(tokens)
                 if not targets:
                     break
+            region = _region(cell[i], nb[i], place_cc, ev.nb_country[i])
             out.append(
                 {
                     "lat": float(dec.lat[i]),
@@ -124,7 +129,8 @@ class GeoModel:
                     "country": str(guess_cc[i]),
                     "cell": self.cell_token_of(float(dec.lat[i]), float(dec.lon[i])),
                     "within_km": {f"{int(r)}": float(conf[i, r_i]) for r_i, r in enumerate(CONFIDENCE_KM)},
-                    "summary": confidence_summary(conf[i], str(guess_cc[i])),
+                    "region": region,
+                    "summary": confidence_summary(conf[i], region),
                     "top_k": top,
                     "regions": regions,
                     "expected_geoscore": float(dec.expected_geoscore[i]),
@@ -176,6 +182,7 @@ class GeoModel:
                 lat=h.gallery_lat,
                 lon=h.gallery_lon,
                 place=h.gallery_place,
+                country=h.gallery_country.astype("<U2"),
             )
             doc = {
                 "format_version": FORMAT_VERSION,
@@ -238,6 +245,7 @@ class GeoModel:
             gallery_lat=gz["lat"],
             gallery_lon=gz["lon"],
             gallery_place=gz["place"],
+            gallery_country=gz["country"],
             k=int(doc["k"]),
         )
         return cls(heads, MixParams(**doc["params"]), Calibration.from_dict(doc["calibration"]), doc.get("meta", {}))
@@ -255,10 +263,41 @@ def _place_masses(cell: np.ndarray, nb: np.ndarray, nb_place: np.ndarray) -> dic
     return masses
 
 
-def confidence_summary(conf_row: np.ndarray, country: str) -> str:
-    """Plain words for the calibrated confidences, e.g. 'within 750 km (62%), low confidence nearer'."""
-    for r_i, r in enumerate(CONFIDENCE_KM):
+def _region(cell: np.ndarray, nb: np.ndarray, place_cc: np.ndarray, nb_cc: np.ndarray) -> dict:
+    """The most probable continent and country, from the posterior mass of every place."""
+    from geopin.countries import continent_of, country_name
+
+    by_cc: dict[str, float] = {}
+    for cc, m in zip(place_cc, cell):
+        by_cc[cc] = by_cc.get(cc, 0.0) + float(m)
+    for cc, m in zip(nb_cc, nb):
+        by_cc[str(cc)] = by_cc.get(str(cc), 0.0) + float(m)
+    codes = [c for c in by_cc if c]
+    by_continent: dict[str, float] = {}
+    for cc, cont in zip(codes, continent_of(codes) if codes else []):
+        by_continent[cont or ""] = by_continent.get(cont or "", 0.0) + by_cc[cc]
+    best_cc = max(codes, key=by_cc.get) if codes else ""
+    named = {k: v for k, v in by_continent.items() if k}
+    best_cont = max(named, key=named.get) if named else ""
+    return {
+        "continent": best_cont,
+        "continent_probability": float(named.get(best_cont, 0.0)),
+        "country": best_cc,
+        "country_name": country_name(best_cc) if best_cc else "",
+        "country_probability": float(by_cc.get(best_cc, 0.0)),
+    }
+
+
+def confidence_summary(conf_row: np.ndarray, region: dict) -> str:
+    """Plain words for what the photo says, e.g. 'Europe (64%), perhaps France (22%); 3% within 25 km'."""
+    for r_i, r in enumerate(CONFIDENCE_KM[:2]):
         if conf_row[r_i] >= 0.5:
-            where = f" ({country})" if country else ""
+            where = f" ({region['country_name']})" if region.get("country_name") else ""
             return f"within {int(r)} km of the guess{where} with {conf_row[r_i]:.0%} probability"
-    return f"low confidence: {conf_row[-1]:.0%} within {int(CONFIDENCE_KM[-1])} km of the guess"
+    words = []
+    if region.get("continent"):
+        words.append(f"{region['continent']} ({region['continent_probability']:.0%})")
+    if region.get("country_name"):
+        words.append(f"perhaps {region['country_name']} ({region['country_probability']:.0%})")
+    level = "low confidence" if conf_row[2] < 0.5 else "moderate confidence"
+    return f"{', '.join(words) or 'anywhere'}; {level}: {conf_row[0]:.0%} within 25 km, {conf_row[2]:.0%} within 750 km"

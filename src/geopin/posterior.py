@@ -63,13 +63,19 @@ class Evidence:
     nb_lat: np.ndarray  # (B, k)
     nb_lon: np.ndarray  # (B, k)
     nb_place: np.ndarray  # (B, k) index of the neighbour's fine place, -1 if its cell was dropped
+    nb_country: np.ndarray | None = None  # (B, k) ISO code of each neighbour's location
 
     def __len__(self) -> int:
         return self.nb_sim.shape[0]
 
     def take(self, rows: np.ndarray) -> "Evidence":
         return Evidence(
-            [lg[rows] for lg in self.logits], self.nb_sim[rows], self.nb_lat[rows], self.nb_lon[rows], self.nb_place[rows]
+            [lg[rows] for lg in self.logits],
+            self.nb_sim[rows],
+            self.nb_lat[rows],
+            self.nb_lon[rows],
+            self.nb_place[rows],
+            None if self.nb_country is None else self.nb_country[rows],
         )
 
 

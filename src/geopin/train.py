@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from geopin.cells import Granularity, build_cells, default_granularities, locate
+from geopin.countries import country_of
 from geopin.geo import pairwise_km
 from geopin.heads import ClassifierConfig, Gallery, train_classifier
 from geopin.model import GeoModel, Heads
@@ -80,7 +81,7 @@ def fit_heads(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, cfg: TrainConfi
     places = Places(f_lat, f_lon, prior, ancestors, best_constant(lat, lon, seed=cfg.seed))
     clf = train_classifier(emb, lat, lon, [(t.lat.to_numpy(), t.lon.to_numpy()) for t in tables], cfg.classifier)
     cells = pd.concat(tables, ignore_index=True)
-    return Heads(cells, names, places, clf, Gallery(emb), lat, lon, photo_place, cfg.k)
+    return Heads(cells, names, places, clf, Gallery(emb), lat, lon, photo_place, country_of(lat, lon), cfg.k)
 
 
 def inner_folds(n: int, groups, cfg: TrainConfig) -> np.ndarray:
