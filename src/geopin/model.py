@@ -175,10 +175,10 @@ class GeoModel:
                 {"state_dict": h.classifier.state_dict(), "n_classes": [hd.out_features for hd in h.classifier.heads]},
                 tmp / "classifier.pt",
             )
-            vecs = h.gallery.index.reconstruct_n(0, len(h.gallery))
             np.savez(
                 tmp / "gallery.npz",
-                emb=vecs.astype(np.float16),
+                vectors=h.gallery.vectors().astype(np.float16),
+                mu=h.gallery.mu,
                 lat=h.gallery_lat,
                 lon=h.gallery_lon,
                 place=h.gallery_place,
@@ -241,7 +241,7 @@ class GeoModel:
             granularities=list(doc["granularities"]),
             places=places,
             classifier=clf,
-            gallery=Gallery(gz["emb"].astype(np.float32)),
+            gallery=Gallery(vectors=gz["vectors"].astype(np.float32), mu=gz["mu"]),
             gallery_lat=gz["lat"],
             gallery_lon=gz["lon"],
             gallery_place=gz["place"],

@@ -20,7 +20,7 @@ def train_cmd(
     k: int = typer.Option(32, help="Neighbours retrieved per photo."),
     inner_folds: int = typer.Option(5, help="Folds for the out-of-fold posterior fit."),
     epochs: int = typer.Option(40, help="Classifier epochs."),
-    hidden: int = typer.Option(0, help="Classifier hidden width (0 = linear heads)."),
+    hidden: int = typer.Option(512, help="Classifier hidden width (0 = linear heads)."),
     split: Optional[Path] = typer.Option(None, help="Split Parquet (id, split) from `geopin split`; train on rows whose split is --split-value."),
     split_value: str = typer.Option("train", help="Which split value to train on."),
     seed: int = typer.Option(0),
