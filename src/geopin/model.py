@@ -160,6 +160,7 @@ class GeoModel:
         out_dir = Path(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model is meant to be shared and packaged
         try:
             h = self.heads
             h.cells.to_parquet(tmp / "cells.parquet", index=False)

@@ -177,8 +177,8 @@ def truth_masks(places: Places, ev: Evidence, true_lat: np.ndarray, true_lon: np
 
 @dataclass
 class FitConfig:
-    t_clf_grid: tuple[float, ...] = (0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
-    t_knn_grid: tuple[float, ...] = (0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2)
+    t_clf_grid: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 9.0, 13.0)
+    t_knn_grid: tuple[float, ...] = (0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.18, 0.27, 0.4)
     floor: float = 1e-4  # probability floor inside the log so one surprise cannot dominate
     em_iters: int = 300
 

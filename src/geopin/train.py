@@ -201,7 +201,7 @@ def train(
         m["lon"].to_numpy(),
         groups,
         cfg,
-        meta={"backbone": emb_meta.get("backbone"), "embedding": emb_meta, "manifest": str(manifest)},
+        meta={"backbone": emb_meta.get("backbone"), "embedding": emb_meta, "manifest": Path(manifest).name},
     )
     model.save(out_dir)
     return model
