@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests check values, not speed: a shared 2-core CI machine must not turn them flaky.
+settings.register_profile("geopin", deadline=None)
+settings.load_profile("geopin")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_IM2GPS = Path(

@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Command modules, each defining `register(app)`. A module not yet written is skipped.
+# Command modules, each defining `register(app)`.
 _COMMAND_MODULES = ["ingest", "cells", "splits", "embed", "train", "predict", "evaluate"]
 
 
@@ -34,13 +34,7 @@ def _root(
 
 
 for _name in _COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"geopin.cli.{_name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"geopin.cli.{_name}":
-            raise
-        continue
-    _mod.register(app)
+    importlib.import_module(f"geopin.cli.{_name}").register(app)
 
 
 def main() -> None:
