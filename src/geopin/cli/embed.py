@@ -1,0 +1,82 @@
+"""`geopin embed` and `geopin backbones`: thin wrappers over geopin.embed and geopin.backbones."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def embed(
+    manifest: Path = typer.Argument(..., help="Manifest (Parquet or CSV) with id, path and sha256 columns, as written by `geopin ingest`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for embeddings.npy and embeddings.json."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Registered backbone (see `geopin backbones`)."),
+    mode: str = typer.Option("whole", "--mode", help="whole: the full photo at its own aspect ratio; center_crop: the network's native square."),
+    long_side: int = typer.Option(384, "--long-side", help="Long side in pixels of whole-mode inputs."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Photos per forward pass (within one input shape)."),
+    tta: str = typer.Option("", "--tta", help="Test-time augmentation, comma-separated: flip,crops (features are averaged)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Embedding cache root (default: $GEOPIN_CACHE/embeddings, else ~/.cache/geopin/embeddings)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the cache."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads for the forward pass (default: all cores)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode threads (default: min(4, cores))."),
+    shard_size: int = typer.Option(256, "--shard-size", help="Photos per cache shard (the most an interruption can lose)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary to stdout."),
+) -> None:
+    """Compute backbone features for every photo of a manifest (cached by content; resumable)."""
+    _sleeping_openmp_threads()
+    from geopin.backbones import BackboneUnavailable
+    from geopin.embed import EmbedConfig, embed_manifest
+
+    try:
+        cfg = EmbedConfig(
+            backbone=backbone, mode=mode, long_side=long_side, batch_size=batch_size,
+            tta=tuple(t.strip() for t in tta.split(",") if t.strip()), cache_dir=cache_dir,
+            threads=threads, workers=workers, shard_size=shard_size, use_cache=not no_cache,
+        )
+        summary = embed_manifest(manifest, out, cfg)
+    except (ValueError, FileNotFoundError, BackboneUnavailable) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if json_out:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        typer.echo(
+            f"{summary.n} photos -> {summary.embeddings_path} ({summary.backbone}, dim {summary.dim}): "
+            f"{summary.n_embedded} embedded ({summary.photos_per_s:.1f} photos/s), {summary.n_cached} from cache, "
+            f"{summary.n_failed} failed"
+        )
+
+
+def _sleeping_openmp_threads() -> None:
+    """Idle OpenMP threads sleep instead of spinning (read once, when torch loads; a user's setting wins).
+
+    Spinning threads compete with the decode threads for the cores; on a busy 2-core machine they made the
+    forward pass of small batches 10-30x slower.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "torch" in sys.modules:
+        logging.getLogger(__name__).debug("torch was imported before `geopin embed` could set OMP_WAIT_POLICY")
+
+
+def backbones(json_out: bool = typer.Option(False, "--json", help="Print a machine-readable list to stdout.")) -> None:
+    """List registered backbones and whether their weights are available on this machine."""
+    from geopin.backbones import backbone_status, list_backbones
+
+    rows = [backbone_status(name) for name in list_backbones()]
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        state = "available" if r["available"] else f"unavailable: {r['reason']}"
+        typer.echo(f"{r['name']:<{width}}  {r['description']}\n{'':<{width}}  {state}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="embed")(embed)
+    app.command(name="backbones")(backbones)

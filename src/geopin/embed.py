@@ -1,0 +1,655 @@
+"""Backbone features for every photo of a manifest, cached by content so no photo is embedded twice.
+
+Output (`<out>/embeddings.npy`, float32 (N, dim), row i = manifest row i, not normalised; `<out>/embeddings.json`
+with the backbone, its version, the config, the id order's hash, failures and throughput) is written atomically.
+The cache is keyed by each photo's sha256 and by backbone + weights + preprocessing, and lives in append-only
+shard files, so an interrupted run (or another manifest sharing photos) embeds only what is missing.
+
+Speed on CPU: set OMP_WAIT_POLICY=PASSIVE before torch is imported (`geopin embed` does) so idle OpenMP threads
+sleep rather than spin against the decode threads; see also `keep_freed_memory`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+
+from geopin.backbones import MODES, Backbone, create_backbone
+from geopin.io import atomic_path, read_table, write_json
+from geopin.log import progress
+
+logger = logging.getLogger(__name__)
+
+# Bump when decoding or view generation changes in a way that changes vectors: it is part of the cache key.
+PREPROCESS_VERSION = "v1"
+TTA_OPTIONS = ("flip", "crops")
+CROP_FRACTION = 0.75  # side of each TTA crop relative to the base view
+EMBEDDINGS_NPY = "embeddings.npy"
+EMBEDDINGS_JSON = "embeddings.json"
+
+
+def default_cache_dir() -> Path:
+    """$GEOPIN_CACHE/embeddings if set (GEOPIN_CACHE is geopin's cache root), else ~/.cache/geopin/embeddings."""
+    root = os.environ.get("GEOPIN_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "geopin"
+    return base / "embeddings"
+
+
+@dataclass
+class EmbedConfig:
+    backbone: str = "efficientnet_lite0"
+    mode: str = "whole"  # "whole": own aspect ratio, long side = long_side; "center_crop": native-size square
+    long_side: int = 384
+    batch_size: int = 32
+    tta: tuple[str, ...] = ()  # "flip", "crops": features averaged over the extra views
+    cache_dir: Path | None = None  # None: default_cache_dir()
+    threads: int | None = None  # torch threads for the forward pass; None: all cores
+    workers: int | None = None  # decode threads; None: min(4, cores)
+    shard_size: int = 256  # photos per cache shard: what an interruption can lose at most
+    use_cache: bool = True
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if isinstance(self.tta, str):
+            self.tta = tuple(t for t in self.tta.split(",") if t.strip())
+        tta = {t.strip() for t in self.tta}
+        unknown = tta - set(TTA_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown TTA option(s) {', '.join(sorted(unknown))}; choose from {', '.join(TTA_OPTIONS)}")
+        self.tta = tuple(t for t in TTA_OPTIONS if t in tta)  # canonical order: same views, same cache key
+        for name in ("long_side", "batch_size", "shard_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("threads", "workers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if self.cache_dir is not None:
+            self.cache_dir = Path(self.cache_dir)
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir).expanduser() if self.cache_dir is not None else default_cache_dir()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tta"] = list(self.tta)
+        d["cache_dir"] = str(self.cache_dir) if self.cache_dir is not None else None
+        return d
+
+
+@dataclass
+class EmbedSummary:
+    out_dir: Path
+    embeddings_path: Path
+    meta_path: Path
+    backbone: str
+    version: str
+    dim: int
+    n: int
+    n_unique: int
+    n_cached: int
+    n_embedded: int
+    n_failed: int
+    failures: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    embed_seconds: float = 0.0  # decode + forward of the photos not in the cache
+    forward_seconds: float = 0.0
+    photos_per_s: float = 0.0  # newly embedded photos per second of embed_seconds
+    cache_key: str = ""
+    cache_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("out_dir", "embeddings_path", "meta_path"):
+            d[k] = str(d[k])
+        return d
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cache
+
+
+def cache_key(backbone: Backbone, cfg: EmbedConfig) -> str:
+    """Folder name for vectors that are interchangeable: same weights, same preprocessing, same views."""
+    spec = cache_spec(backbone, cfg)
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{backbone.name}-{cfg.mode}-{digest}"
+
+
+def cache_spec(backbone: Backbone, cfg: EmbedConfig) -> dict[str, Any]:
+    return {
+        "backbone": backbone.name,
+        "version": backbone.version,
+        "mode": cfg.mode,
+        "long_side": cfg.long_side if cfg.mode == "whole" else None,
+        "tta": list(cfg.tta),
+        "preprocess": PREPROCESS_VERSION,
+    }
+
+
+class EmbeddingCache:
+    """Append-only shards `part-<uuid>.npz` (sha256 hex + float32 vectors), each written atomically.
+
+    One file per few hundred photos keeps millions of photos to a few thousand files; a reader loads
+    only the vectors it was asked for.
+    """
+
+    def __init__(self, folder: Path, dim: int, shard_size: int = 256, spec: dict | None = None):
+        self.folder = Path(folder)
+        self.dim = dim
+        self.shard_size = shard_size
+        self._hashes: list[str] = []
+        self._vectors: list[np.ndarray] = []
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if spec is not None and not (self.folder / "key.json").exists():
+            write_json(spec, self.folder / "key.json")
+
+    def shards(self) -> list[Path]:
+        return sorted(self.folder.glob("part-*.npz"))
+
+    def lookup(self, wanted: set[str]) -> dict[str, np.ndarray]:
+        """Vectors of the wanted hashes found in the shards; an unreadable shard is skipped with a warning."""
+        found: dict[str, np.ndarray] = {}
+        if not wanted:
+            return found
+        for shard in self.shards():
+            try:
+                with np.load(shard, allow_pickle=False) as npz:
+                    hashes = npz["sha256"].astype(str)
+                    vectors = npz["vectors"]
+                    if vectors.ndim != 2 or vectors.shape != (len(hashes), self.dim):
+                        raise ValueError(f"vectors of shape {vectors.shape}, expected ({len(hashes)}, {self.dim})")
+                    idx = [i for i, h in enumerate(hashes) if h in wanted]
+                    if idx:
+                        rows = np.asarray(vectors[idx], dtype=np.float32)
+                        for j, i in enumerate(idx):
+                            found[hashes[i]] = rows[j]
+            except (OSError, ValueError, KeyError) as exc:
+                logger.warning("skipping unreadable cache shard %s: %s", shard, exc)
+        return found
+
+    def add(self, sha256: str, vector: np.ndarray) -> None:
+        self._hashes.append(sha256)
+        self._vectors.append(np.asarray(vector, dtype=np.float32))
+        if len(self._hashes) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> Path | None:
+        if not self._hashes:
+            return None
+        path = self.folder / f"part-{uuid.uuid4().hex}.npz"
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, sha256=np.asarray(self._hashes, dtype="S64"), vectors=np.stack(self._vectors))
+        logger.debug("wrote cache shard %s (%d vectors)", path, len(self._hashes))
+        self._hashes, self._vectors = [], []
+        return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Decoding and views
+
+
+class BadImage(ValueError):
+    """A photo that cannot be used; the message is the reason recorded for its row."""
+
+
+def _draft_request(width: int, height: int, mode: str, long_side: int, native_size: int) -> tuple[int, int]:
+    """Smallest decoded size that still holds every pixel the preprocessing keeps (for JPEG DCT scaling)."""
+    if mode == "whole":
+        scale = long_side / max(width, height)
+    else:
+        scale = (native_size + 32) / min(width, height)
+    scale = min(1.0, scale)
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+
+
+def load_image(
+    source: Path | str | bytes, mode: str = "whole", long_side: int = 384, native_size: int = 224
+) -> Image.Image:
+    """Decode to an upright RGB image; large JPEGs are decoded at reduced scale (much faster, same result size)."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", _draft_request(img.width, img.height, mode, long_side, native_size))
+    img = ImageOps.exif_transpose(img)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def make_views(img: Image.Image, backbone: Backbone, cfg: EmbedConfig) -> list:
+    """The base view plus the TTA views: a mirror, and/or four corner crops and a centre crop (3/4 side)."""
+    import torch
+
+    base = backbone.preprocess(img, cfg.mode, cfg.long_side)
+    views = [base]
+    if not cfg.tta:
+        return views
+    # Views are cut in NumPy: torch ops here would start an OpenMP team in every decode thread.
+    arr = base.numpy()
+    if "flip" in cfg.tta:
+        views.append(torch.from_numpy(np.ascontiguousarray(arr[:, :, ::-1])))
+    if "crops" in cfg.tta:
+        h, w = arr.shape[-2:]
+        ch, cw = max(1, int(h * CROP_FRACTION)), max(1, int(w * CROP_FRACTION))
+        for top, left in ((0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw), ((h - ch) // 2, (w - cw) // 2)):
+            views.append(torch.from_numpy(np.ascontiguousarray(arr[:, top : top + ch, left : left + cw])))
+    return views
+
+
+def _decode_views(path: Path, expected_sha: str | None, backbone: Backbone, cfg: EmbedConfig) -> list:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise BadImage(f"file not found: {path}") from None
+    except OSError as exc:
+        raise BadImage(f"cannot read {path}: {exc}") from None
+    if expected_sha is not None and hashlib.sha256(data).hexdigest() != expected_sha:
+        raise BadImage("sha256 mismatch: the file changed since the manifest was built (re-run ingest)")
+    try:
+        img = load_image(data, cfg.mode, cfg.long_side, backbone.native_size)
+        return make_views(img, backbone, cfg)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is this record's problem, never the job's
+        raise BadImage(f"cannot decode image: {type(exc).__name__}: {exc}") from None
+
+
+def _safe(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapped(*args):
+        try:
+            return fn(*args)
+        except BadImage as exc:
+            return exc
+
+    return wrapped
+
+
+def _ordered_prefetch(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, window: int) -> Iterator:
+    """fn(*item) for each item, in order, with at most `window` results decoded ahead (a bounded queue)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, *item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batching
+
+
+class _Batcher:
+    """Groups views by shape (each bucket stacks without padding) and averages each photo's views.
+
+    A bucket runs when it holds batch_size views; when too many views wait in small buckets, the fullest
+    runs early so memory stays bounded whatever the mix of aspect ratios.
+    """
+
+    def __init__(self, model, batch_size: int, max_pending: int | None = None):
+        self.model = model
+        self.batch_size = batch_size
+        self.max_pending = max_pending or 4 * batch_size
+        self.buckets: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
+        self.n_pending = 0
+        self._sums: dict[Any, np.ndarray] = {}
+        self._left: dict[Any, int] = {}
+        self._n_views: dict[Any, int] = {}
+        self.forward_seconds = 0.0
+
+    def add(self, key: Any, views: Sequence) -> list[tuple[Any, np.ndarray]]:
+        if not views:
+            raise ValueError(f"no views for {key!r}")
+        self._left[key] = self._n_views[key] = len(views)
+        done: list[tuple[Any, np.ndarray]] = []
+        for view in views:
+            shape = tuple(view.shape)
+            bucket = self.buckets.setdefault(shape, [])
+            bucket.append((key, view))
+            self.n_pending += 1
+            if len(bucket) >= self.batch_size:
+                done += self._run(shape)
+        if self.n_pending > self.max_pending:
+            done += self._run(max(self.buckets, key=lambda s: len(self.buckets[s])))
+        return done
+
+    def flush(self) -> list[tuple[Any, np.ndarray]]:
+        done: list[tuple[Any, np.ndarray]] = []
+        for shape in list(self.buckets):
+            done += self._run(shape)
+        return done
+
+    def _run(self, shape: tuple[int, ...]) -> list[tuple[Any, np.ndarray]]:
+        import torch
+
+        items = self.buckets.pop(shape)
+        self.n_pending -= len(items)
+        t0 = time.perf_counter()
+        feats = self.model(torch.stack([v for _, v in items])).float().cpu().numpy()
+        self.forward_seconds += time.perf_counter() - t0
+        done = []
+        for (key, _), vec in zip(items, feats):
+            if key in self._sums:
+                self._sums[key] += vec
+            else:
+                self._sums[key] = vec.astype(np.float64)
+            self._left[key] -= 1
+            if self._left[key] == 0:
+                total = self._sums.pop(key)
+                del self._left[key]
+                done.append((key, (total / self._n_views.pop(key)).astype(np.float32)))
+        return done
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Run the block with `threads` torch threads (default: all cores) and restore the previous setting."""
+    import torch
+
+    previous = torch.get_num_threads()
+    n = threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(previous)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters
+_GLIBC_DEFAULTS = {_M_MMAP_MAX: 65536, _M_TRIM_THRESHOLD: 128 * 1024}
+
+
+@contextlib.contextmanager
+def keep_freed_memory() -> Iterator[bool]:
+    """While the block runs, glibc keeps freed memory for reuse instead of returning it to the kernel.
+
+    Each batch's activations (tens to hundreds of MB) are mmap'ed and unmapped again when freed, so every
+    batch page-faults its memory back in: on the 2-core reference machine a third of the CPU time went to
+    the kernel and the forward pass ran ~1.5x slower. Yields False (and does nothing) where mallopt is absent.
+    Afterwards glibc's default limits are set back and the freed memory is returned to the system.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+        malloc_trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        yield False
+        return
+    ok = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+    try:
+        yield ok
+    finally:
+        for param, value in _GLIBC_DEFAULTS.items():
+            mallopt(param, value)
+        malloc_trim(0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def embed_images(images: Sequence[Image.Image | Path | str], backbone: Backbone, cfg: EmbedConfig | None = None) -> np.ndarray:
+    """Features (len(images), dim) for a few photos, e.g. at prediction time; no cache, no threads."""
+    import torch
+
+    cfg = cfg or EmbedConfig(backbone=backbone.name)
+    out = np.full((len(images), backbone.dim), np.nan, dtype=np.float32)
+    batcher = _Batcher(backbone.model, cfg.batch_size)
+    with torch_threads(cfg.threads), torch.inference_mode():
+        for i, image in enumerate(images):
+            if isinstance(image, Image.Image):
+                img = ImageOps.exif_transpose(image)
+            else:
+                try:
+                    img = load_image(Path(image), cfg.mode, cfg.long_side, backbone.native_size)
+                except FileNotFoundError:
+                    raise FileNotFoundError(f"{image}: no such file") from None
+                except Exception as exc:  # noqa: BLE001 - report any decoder failure with the path
+                    raise ValueError(f"{image}: cannot decode image: {type(exc).__name__}: {exc}") from exc
+            for key, vec in batcher.add(i, make_views(img, backbone, cfg)):
+                out[key] = vec
+        for key, vec in batcher.flush():
+            out[key] = vec
+    return out
+
+
+def read_manifest(manifest: Path | str | pd.DataFrame) -> pd.DataFrame:
+    """The manifest with absolute paths; needs `id` and `path` (`sha256` is computed where missing)."""
+    if isinstance(manifest, pd.DataFrame):
+        df, base, name = manifest.reset_index(drop=True), Path.cwd(), "manifest"
+    else:
+        df, base, name = read_table(manifest), Path(manifest).resolve().parent, str(manifest)
+    missing = [c for c in ("id", "path") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{name}: missing column(s) {', '.join(missing)} (has {', '.join(map(str, df.columns))})")
+    df = df.copy()
+    df["id"] = df["id"].astype(str)
+    df["path"] = [str(p if Path(p).is_absolute() else base / p) for p in df["path"].astype(str)]
+    if "sha256" not in df.columns:
+        df["sha256"] = None
+    df["sha256"] = [s.lower() if isinstance(s, str) and len(s) == 64 else None for s in df["sha256"]]
+    return df
+
+
+def ids_digest(ids: Iterable[str]) -> str:
+    """sha256 of the id order, so a reader can check that row i of the embeddings is its manifest's row i."""
+    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
+
+
+def _hash_file(path: str) -> str | BadImage:
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    except FileNotFoundError:
+        return BadImage(f"file not found: {path}")
+    except OSError as exc:
+        return BadImage(f"cannot read {path}: {exc}")
+
+
+def embed_manifest(
+    manifest: Path | str | pd.DataFrame,
+    out_dir: Path | str,
+    cfg: EmbedConfig | None = None,
+    backbone: Backbone | None = None,
+) -> EmbedSummary:
+    """Embed every photo of the manifest into <out_dir>/embeddings.npy (+ .json); bad photos give NaN rows.
+
+    Photos already in the cache are not decoded; newly embedded ones are added to the cache every
+    `cfg.shard_size` photos, so a killed run loses at most that much work.
+    """
+    import torch
+    from numpy.lib.format import open_memmap
+
+    cfg = cfg or EmbedConfig()
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    df = read_manifest(manifest)
+    n = len(df)
+    if backbone is None:
+        backbone = create_backbone(cfg.backbone, cfg.device)
+    elif backbone.name != cfg.backbone:
+        raise ValueError(f"backbone {backbone.name!r} given, but the config names {cfg.backbone!r}")
+    key = cache_key(backbone, cfg)
+    workers = cfg.workers or max(1, min(4, os.cpu_count() or 1))
+    paths = df["path"].tolist()
+    shas: list[str | None] = df["sha256"].tolist()
+    failures: dict[int, str] = {}
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="geopin-decode") as pool:
+        missing = [i for i, s in enumerate(shas) if s is None]
+        if missing:
+            logger.info("hashing %d photos without a sha256 in the manifest", len(missing))
+            for i, result in zip(missing, pool.map(_hash_file, [paths[i] for i in missing])):
+                if isinstance(result, BadImage):
+                    failures[i] = str(result)
+                else:
+                    shas[i] = result
+
+        rows_of: dict[str, list[int]] = {}
+        for i, s in enumerate(shas):
+            if s is not None:
+                rows_of.setdefault(s, []).append(i)
+
+        cache = None
+        if cfg.use_cache:
+            cache = EmbeddingCache(cfg.resolved_cache_dir() / key, backbone.dim, cfg.shard_size, cache_spec(backbone, cfg))
+        found = cache.lookup(set(rows_of)) if cache is not None else {}
+        todo = [(s, Path(paths[rows[0]])) for s, rows in rows_of.items() if s not in found]
+        logger.info(
+            "%d photos (%d distinct): %d in the cache, %d to embed with %s (%s mode, %d decode threads)",
+            n, len(rows_of), len(found), len(todo), backbone.name, cfg.mode, workers,
+        )
+
+        _remove_stale_temp_files(out_dir, EMBEDDINGS_NPY)
+        npy_path = out_dir / EMBEDDINGS_NPY
+        n_embedded = 0
+        with atomic_path(npy_path) as tmp:
+            # Memory-mapped so that millions of rows need not fit in RAM; renamed into place only when complete.
+            out = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, backbone.dim)) if n else np.zeros((0, backbone.dim), np.float32)
+            out[:] = np.nan
+            for s, vec in found.items():
+                out[rows_of[s]] = vec
+            del found
+
+            t_embed = time.perf_counter()
+            batcher = _Batcher(backbone.model, cfg.batch_size)
+
+            def finish(done: list[tuple[str, np.ndarray]]) -> None:
+                nonlocal n_embedded
+                for s, vec in done:
+                    out[rows_of[s]] = vec
+                    if cache is not None:
+                        cache.add(s, vec)
+                    n_embedded += 1
+                    bar.update(1)
+                    if n_embedded % cfg.shard_size == 0:
+                        elapsed = time.perf_counter() - t_embed
+                        logger.info("embedded %d/%d photos (%.1f photos/s)", n_embedded, len(todo), n_embedded / elapsed)
+
+            decode = _safe(lambda s, p: _decode_views(p, s, backbone, cfg))
+            window = max(2 * cfg.batch_size, 8)
+            with torch_threads(cfg.threads) as n_threads, keep_freed_memory(), torch.inference_mode():
+                bar = progress(total=len(todo), desc=f"embed {backbone.name}", unit="photo")
+                try:
+                    for (s, p), views in zip(todo, _ordered_prefetch(pool, decode, todo, window)):
+                        if isinstance(views, BadImage):
+                            for i in rows_of[s]:
+                                failures[i] = str(views)
+                            bar.update(1)
+                            continue
+                        finish(batcher.add(s, views))
+                    finish(batcher.flush())
+                finally:
+                    bar.close()
+                    if cache is not None:
+                        cache.flush()
+            embed_seconds = time.perf_counter() - t_embed
+            if n:
+                out.flush()
+            else:
+                with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a path
+                    np.save(fh, out)
+            del out
+
+    photos_per_s = n_embedded / embed_seconds if n_embedded and embed_seconds > 0 else 0.0
+    failure_list = [
+        {"row": i, "id": df.at[i, "id"], "path": paths[i], "reason": failures[i]} for i in sorted(failures)
+    ]
+    for f in failure_list[:20]:
+        logger.warning("row %d (%s): %s", f["row"], f["id"], f["reason"])
+    if len(failure_list) > 20:
+        logger.warning("... and %d more failed photos (listed in %s)", len(failure_list) - 20, out_dir / EMBEDDINGS_JSON)
+    summary = EmbedSummary(
+        out_dir=out_dir,
+        embeddings_path=npy_path,
+        meta_path=out_dir / EMBEDDINGS_JSON,
+        backbone=backbone.name,
+        version=backbone.version,
+        dim=backbone.dim,
+        n=n,
+        n_unique=len(rows_of),
+        n_cached=len(rows_of) - len(todo),
+        n_embedded=n_embedded,
+        n_failed=len(failure_list),
+        failures=failure_list,
+        seconds=time.perf_counter() - t_start,
+        embed_seconds=embed_seconds,
+        forward_seconds=batcher.forward_seconds,
+        photos_per_s=photos_per_s,
+        cache_key=key,
+        cache_dir=str(cfg.resolved_cache_dir() / key) if cache is not None else None,
+    )
+    meta = {
+        "backbone": backbone.name,
+        "version": backbone.version,
+        "dim": backbone.dim,
+        "n": n,
+        "ids_sha256": ids_digest(df["id"]),
+        "normalised": False,
+        "config": cfg.to_dict(),
+        "cache_key": key,
+        "preprocess": PREPROCESS_VERSION,
+        "torch_threads": n_threads,
+        "decode_threads": workers,
+        "n_cached": summary.n_cached,
+        "n_embedded": n_embedded,
+        "n_failed": summary.n_failed,
+        "failures": failure_list,
+        "seconds": round(summary.seconds, 3),
+        "embed_seconds": round(embed_seconds, 3),
+        "forward_seconds": round(batcher.forward_seconds, 3),
+        "photos_per_s": round(photos_per_s, 2),
+    }
+    write_json(meta, out_dir / EMBEDDINGS_JSON)
+    logger.info(
+        "embedded %d new photos in %.1f s (%.1f photos/s; forward %.1f s), %d from cache, %d failed -> %s",
+        n_embedded, embed_seconds, photos_per_s, batcher.forward_seconds, summary.n_cached, summary.n_failed, npy_path,
+    )
+    return summary
+
+
+def load_embeddings(out_dir: Path | str, manifest: Path | str | pd.DataFrame | None = None) -> tuple[np.ndarray, dict]:
+    """(embeddings, meta) from an embed output folder; with a manifest, checks the rows are its rows."""
+    out_dir = Path(out_dir)
+    npy, meta_path = out_dir / EMBEDDINGS_NPY, out_dir / EMBEDDINGS_JSON
+    for p in (npy, meta_path):
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such file (run `geopin embed` first)")
+    meta = json.loads(meta_path.read_text())
+    emb = np.load(npy, mmap_mode="r")
+    if emb.shape != (meta["n"], meta["dim"]):
+        raise ValueError(f"{npy}: shape {emb.shape} does not match {meta_path} (n={meta['n']}, dim={meta['dim']})")
+    if manifest is not None:
+        df = read_manifest(manifest)
+        if len(df) != meta["n"] or ids_digest(df["id"]) != meta["ids_sha256"]:
+            raise ValueError(f"{out_dir}: embeddings were made from a different manifest (ids or their order differ)")
+    return emb, meta
+
+
+def _remove_stale_temp_files(folder: Path, name: str) -> None:
+    """Temporary outputs left by a killed run (one writer per output folder is assumed)."""
+    if not folder.exists():
+        return
+    for tmp in folder.glob(f".{name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            logger.debug("removed stale temporary file %s", tmp)
