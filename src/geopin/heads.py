@@ -6,7 +6,6 @@ cross-validation to fit the posterior's mixing weights on held-out photos.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from geopin.embed import torch_threads
 from geopin.geo import pairwise_km
 
 log = logging.getLogger(__name__)
@@ -77,16 +77,6 @@ def train_classifier(
     """Train all granularities jointly on smoothed labels; returns the model in eval mode."""
     with torch_threads(1):  # small matrices: threads cost more in sync than they gain
         return _train_classifier(emb, lat, lon, reps, cfg)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train_classifier(emb, lat, lon, reps, cfg: ClassifierConfig) -> CellClassifier:
