@@ -10,6 +10,7 @@ Layout of a model folder (every file written atomically, the folder swapped in w
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ from geopin.posterior import (
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def default_model_dir() -> Path:
@@ -89,18 +90,18 @@ class GeoModel:
         from geopin.countries import country_of
 
         ev, cell, nb, dec, conf = self.decide(emb)
-        fine = self.fine_cells
+        fine = self._fine
         out = []
         guess_cc = country_of(dec.lat, dec.lon)
-        place_cc = fine.country.to_numpy(dtype=str)
+        place_cc = fine["country"]
         for i in range(len(ev)):
             places = _place_masses(cell[i], nb[i], ev.nb_place[i])
             order = sorted(places.items(), key=lambda kv: -kv[1])
             top = []
             for place, mass in order[:top_k]:
                 if place >= 0:
-                    row = fine.iloc[place]
-                    lat, lon, token, cc = float(row.lat), float(row.lon), str(row.token), str(row.country)
+                    lat, lon = float(fine["lat"][place]), float(fine["lon"][place])
+                    token, cc = str(fine["token"][place]), str(fine["country"][place])
                 else:  # a neighbour whose cell was too small to be a class: its own location
                     j = -place - 1
                     lat, lon, token, cc = float(ev.nb_lat[i, j]), float(ev.nb_lon[i, j]), "", None
@@ -116,7 +117,7 @@ class GeoModel:
             targets = list(region_mass)
             for place, mass in order:
                 cum += mass
-                tokens.append(fine.iloc[place].token if place >= 0 else f"near:{ev.nb_lat[i, -place - 1]:.4f},{ev.nb_lon[i, -place - 1]:.4f}")
+                tokens.append(str(fine["token"][place]) if place >= 0 else f"near:{ev.nb_lat[i, -place - 1]:.4f},{ev.nb_lon[i, -place - 1]:.4f}")
                 while targets and cum >= targets[0] - 1e-9:
                     regions[f"{int(round(targets.pop(0) * 100))}%"] = list(tokens)
                 if not targets:
@@ -138,20 +139,35 @@ class GeoModel:
             )
         return out
 
-    @property
+    @functools.cached_property
     def fine_cells(self) -> pd.DataFrame:
         c = self.heads.cells
         return c[c.granularity == self.heads.granularities[-1]].sort_values("class_id").reset_index(drop=True)
 
+    @functools.cached_property
+    def _fine(self) -> dict[str, np.ndarray]:
+        """The finest cells as arrays, for per-photo lookups without pandas."""
+        from geopin.cells import cell_ranges
+
+        f = self.fine_cells
+        lo, hi = cell_ranges(f.cell_id.to_numpy(dtype=np.uint64))
+        return {
+            "lat": f.lat.to_numpy(dtype=float),
+            "lon": f.lon.to_numpy(dtype=float),
+            "token": f.token.to_numpy(dtype=str),
+            "country": f.country.to_numpy(dtype=str),
+            "lo": lo,
+            "hi": hi,
+        }
+
     def cell_token_of(self, lat: float, lon: float) -> str:
         """The finest class cell holding a point, or '' where no class covers it."""
-        from geopin.cells import cell_ranges, leaf_cell_ids
+        from geopin.cells import leaf_cell_ids
 
-        fine = self.fine_cells
-        lo, hi = cell_ranges(fine.cell_id.to_numpy(dtype=np.uint64))
+        fine = self._fine
         leaf = leaf_cell_ids(np.array([lat]), np.array([lon]))[0]
-        hit = np.flatnonzero((lo <= leaf) & (leaf <= hi))
-        return str(fine.token.iloc[hit[0]]) if len(hit) else ""
+        hit = np.flatnonzero((fine["lo"] <= leaf) & (leaf <= fine["hi"]))
+        return str(fine["token"][hit[0]]) if len(hit) else ""
 
     # ---------------------------------------------------------------- persistence
 

@@ -71,37 +71,40 @@ class Predictor:
         return results
 
     def predict_paths(self, paths: Iterable[str | Path]) -> Iterator[dict]:
-        """Yield one result per file, in order; errors are results too (with an `error` key)."""
+        """Yield one result per file, in input order; errors are results too (with an `error` key)."""
         from PIL import Image
 
-        files = expand_paths(paths)
-        batch_imgs, batch_meta = [], []
-        for path in files:
-            info = {"path": str(path)}
-            try:
-                with Image.open(path) as im:
-                    im.load()
-                    img = im.convert("RGB")
-            except FileNotFoundError:
-                yield {**info, "error": f"{path}: no such file"}
-                continue
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:
-                yield {**info, "error": f"{path}: not a readable image ({exc})"}
-                continue
-            info.update(_exif_info(path))
-            batch_imgs.append(img)
-            batch_meta.append(info)
-            if len(batch_imgs) >= self.cfg.batch_size:
-                yield from self._flush(batch_imgs, batch_meta)
-                batch_imgs, batch_meta = [], []
-        if batch_imgs:
-            yield from self._flush(batch_imgs, batch_meta)
+        from geopin.embed import load_image
 
-    def _flush(self, imgs: list, metas: list[dict]) -> Iterator[dict]:
-        results = self.predict_images(imgs, [m["path"] for m in metas])
-        for meta, res in zip(metas, results):
-            res.update(meta)
-            yield _ordered(res)
+        pending: list[dict] = []  # rows in input order; good ones carry their decoded image
+        n_images = 0
+        for path in expand_paths(paths):
+            row: dict = {"path": str(path)}
+            try:
+                # decoded exactly as for training (reduced-scale JPEG decoding, EXIF orientation)
+                row["_img"] = load_image(path, self.embed_cfg.mode, self.embed_cfg.long_side, self.backbone.native_size)
+                row.update(_exif_info(path))
+                n_images += 1
+            except FileNotFoundError:
+                row["error"] = f"{path}: no such file"
+            except IsADirectoryError:
+                row["error"] = f"{path}: is a folder with no images"
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                row["error"] = f"{path}: not a readable image ({type(exc).__name__}: {exc})"
+            pending.append(row)
+            if n_images >= self.cfg.batch_size:
+                yield from self._flush(pending)
+                pending, n_images = [], 0
+        yield from self._flush(pending)
+
+    def _flush(self, rows: list[dict]) -> Iterator[dict]:
+        good = [r for r in rows if "_img" in r]
+        if good:
+            results = self.predict_images([r.pop("_img") for r in good], [r["path"] for r in good])
+            for row, res in zip(good, results):
+                row.update(res)
+        for row in rows:
+            yield _ordered(row)
 
 
 def _exif_info(path: Path) -> dict:

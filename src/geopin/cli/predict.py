@@ -61,7 +61,12 @@ def demo_cmd(
     """Predict the bundled example photo (a Cape Canaveral launch pad) and print the distance to the truth."""
     from geopin.predict import EXAMPLE_PHOTO, EXAMPLE_TRUTH, PredictConfig, Predictor, distance_to_truth_km
 
-    r = next(Predictor(PredictConfig()).predict_paths([EXAMPLE_PHOTO]))
+    try:
+        predictor = Predictor(PredictConfig())
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    r = next(predictor.predict_paths([EXAMPLE_PHOTO]))
     if "error" in r:
         typer.echo(f"error: {r['error']}", err=True)
         raise typer.Exit(1)
