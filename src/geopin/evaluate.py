@@ -219,10 +219,12 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
         for key, c in cal.items():
             tab = pd.DataFrame(c["reliability"])
             tab = tab[tab.n > 0]
-            ax.plot(tab.mean_prob, tab.hit_rate, marker="o", label=f"within {key} km (ECE {100 * c['ece']:.1f} pts)")
+            line = ax.plot(tab.mean_prob, tab.hit_rate, lw=1, label=f"within {key} km (ECE {100 * c['ece']:.1f} pts)")
+            # marker area shows how many photos stand behind each point: sparse bins are noise
+            ax.scatter(tab.mean_prob, tab.hit_rate, s=8 + 400 * tab.n / tab.n.sum(), color=line[0].get_color())
         ax.set_xlabel("stated probability")
         ax.set_ylabel("observed frequency")
-        ax.set_title(f"Reliability: {scenario}")
+        ax.set_title(f"Reliability: {scenario} (marker area = photos in the bin)")
         ax.legend(fontsize=8)
         paths.append(_save(fig, out_dir / f"reliability_{scenario}.png", atomic_path))
     return paths
