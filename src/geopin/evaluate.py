@@ -180,8 +180,6 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from geopin.io import atomic_path
-
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for scenario, df in report["per_photo"].items():
@@ -198,7 +196,7 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
         ax.set_ylabel("share of photos within")
         ax.set_title(f"Error CDF: {SCENARIO_LABELS[scenario]}")
         ax.legend(fontsize=7, loc="upper left")
-        paths.append(_save(fig, out_dir / f"error_cdf_{scenario}.png", atomic_path))
+        paths.append(_save(fig, out_dir / f"error_cdf_{scenario}.png"))
         # world map of true vs predicted, over populated places as the backdrop
         fig, ax = plt.subplots(figsize=(11, 5.5))
         _world_backdrop(ax)
@@ -211,7 +209,7 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
         ax.set_ylim(-90, 90)
         ax.set_title(f"True vs predicted: {SCENARIO_LABELS[scenario]}")
         ax.legend(loc="lower left")
-        paths.append(_save(fig, out_dir / f"map_{scenario}.png", atomic_path))
+        paths.append(_save(fig, out_dir / f"map_{scenario}.png"))
         # reliability diagram of the stated confidences
         fig, ax = plt.subplots(figsize=(5.5, 5.5))
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
@@ -226,12 +224,14 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
         ax.set_ylabel("observed frequency")
         ax.set_title(f"Reliability: {scenario} (marker area = photos in the bin)")
         ax.legend(fontsize=8)
-        paths.append(_save(fig, out_dir / f"reliability_{scenario}.png", atomic_path))
+        paths.append(_save(fig, out_dir / f"reliability_{scenario}.png"))
     return paths
 
 
-def _save(fig, path: Path, atomic_path) -> Path:
+def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
+
+    from geopin.io import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")

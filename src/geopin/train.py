@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -194,7 +194,7 @@ def train(
     groups = m["group"].to_numpy() if "group" in m.columns and m["group"].notna().all() else None
     if cfg.scenario == "group" and groups is None:
         log.warning("not every photo has a group: fitting the posterior on random folds (archive completion)")
-        cfg = TrainConfig(**{**cfg.__dict__, "scenario": "random"})
+        cfg = replace(cfg, scenario="random")
     model = train_model(
         emb[keep],
         m["lat"].to_numpy(),

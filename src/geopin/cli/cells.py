@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from geopin.cli._common import input_errors
+
 
 def cells_cmd(
     manifest: Path = typer.Argument(..., help="Manifest (Parquet or CSV) with id, lat, lon columns."),
@@ -27,13 +29,10 @@ def cells_cmd(
     """Partition the Earth into cells adapted to where the photos are, at several granularities."""
     from geopin.cells import CellsConfig, Granularity, run_cells
 
-    try:
+    with input_errors("cells"):
         grans = tuple(Granularity.parse(g) for g in granularity) if granularity else None
         cfg = CellsConfig(granularities=grans, start_level=start_level, max_level=max_level)
         summary = run_cells(manifest, out, cfg, force=force)
-    except (ValueError, FileNotFoundError) as exc:
-        typer.echo(f"geopin cells: {exc}", err=True)
-        raise typer.Exit(2) from None
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
         return

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from geopin.cli._common import input_errors
+
 
 def evaluate_cmd(
     manifest: Path = typer.Argument(..., help="Manifest Parquet from `geopin ingest`."),
@@ -23,12 +25,9 @@ def evaluate_cmd(
     from geopin.ingest import read_manifest
     from geopin.io import write_json, write_parquet
 
-    try:
+    with input_errors("evaluate", ValueError, FileNotFoundError, KeyError):
         man = read_manifest(manifest)
         emb, _ = load_embeddings(embeddings, man)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
     import numpy as np
 
     from geopin.evaluate import evaluate_cv

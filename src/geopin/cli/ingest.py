@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from geopin.cli._common import input_errors
+
 
 def ingest_cmd(
     source: Path = typer.Argument(..., help="A CSV/Parquet table of image paths with lat/lon, or a folder of "
@@ -43,11 +45,8 @@ def ingest_cmd(
         group_from=group_from, min_side=min_side, max_pixels=max_pixels or PILLOW_MAX_PIXELS, faces=faces,
         face_threshold=face_threshold, workers=workers or (os.cpu_count() or 1), chunk_size=chunk_size,
     )
-    try:
+    with input_errors("ingest", IngestInputError, FaceDetectorUnavailable):
         summary = ingest(source, out, cfg)
-    except (IngestInputError, FaceDetectorUnavailable) as exc:
-        typer.echo(f"geopin ingest: {exc}", err=True)
-        raise typer.Exit(2) from None
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
         return

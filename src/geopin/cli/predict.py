@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from geopin.cli._common import input_errors
+
 
 def _table(results: list[dict]) -> str:
     lines = []
@@ -39,11 +41,8 @@ def predict_cmd(
     """Predict where each photo was taken: best guess, top-k places, within-km confidences."""
     from geopin.predict import PredictConfig, Predictor
 
-    try:
+    with input_errors("predict"):
         predictor = Predictor(PredictConfig(model_dir=model, top_k=top_k))
-    except (FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
     results = []
     for r in predictor.predict_paths(paths):
         results.append(r)
@@ -61,11 +60,8 @@ def demo_cmd(
     """Predict the bundled example photo (a Cape Canaveral launch pad) and print the distance to the truth."""
     from geopin.predict import EXAMPLE_PHOTO, EXAMPLE_TRUTH, PredictConfig, Predictor, distance_to_truth_km
 
-    try:
+    with input_errors("demo"):
         predictor = Predictor(PredictConfig())
-    except (FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
     r = next(predictor.predict_paths([EXAMPLE_PHOTO]))
     if "error" in r:
         typer.echo(f"error: {r['error']}", err=True)

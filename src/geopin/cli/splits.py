@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from geopin.cli._common import input_errors
+
 
 def split_cmd(
     manifest: Path = typer.Argument(..., help="Manifest (Parquet or CSV) with id and, for --by group, group."),
@@ -23,14 +25,11 @@ def split_cmd(
     """Assign every photo to a fold or to train/val, deterministically by seed."""
     from geopin.splits import SplitConfig, run_split
 
-    try:
+    with input_errors("split"):
         if k is not None and val_fraction is not None:
             raise ValueError("give --k or --val-fraction, not both")
         cfg = SplitConfig(by=by, k=None if val_fraction is not None else (k or 5), val_fraction=val_fraction, seed=seed)
         summary = run_split(manifest, out, cfg)
-    except (ValueError, FileNotFoundError) as exc:
-        typer.echo(f"geopin split: {exc}", err=True)
-        raise typer.Exit(2) from None
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
         return

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from geopin.cli._common import input_errors
+
 
 def train_cmd(
     manifest: Path = typer.Argument(..., help="Manifest Parquet from `geopin ingest`."),
@@ -31,7 +33,7 @@ def train_cmd(
     from geopin.heads import ClassifierConfig
     from geopin.train import TrainConfig, train
 
-    try:
+    with input_errors("train", ValueError, FileNotFoundError, KeyError):
         grans = [Granularity.parse(g) for g in granularity] if granularity else None
         cfg = TrainConfig(
             granularities=grans,
@@ -42,9 +44,6 @@ def train_cmd(
             seed=seed,
         )
         model = train(manifest, embeddings, out, cfg, split=split, split_value=split_value)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
     summary = {
         "model": str(out),
         "n_train": model.meta["n_train"],
