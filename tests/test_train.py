@@ -107,3 +107,14 @@ def test_group_scenario_needs_groups():
     df, emb = synthetic(n_per_site=10)
     with pytest.raises(ValueError, match="group"):
         train_model(emb, df.lat, df.lon, None, FAST)
+
+
+def test_posterior_fit_uses_a_bounded_sample_of_held_out_photos():
+    from dataclasses import replace
+
+    from geopin.train import out_of_fold
+
+    df, emb = synthetic(n_per_site=10)
+    oof = out_of_fold(emb, df.lat.to_numpy(), df.lon.to_numpy(), df.group.to_numpy(), replace(FAST, max_fit_photos=30))
+    rows = np.concatenate(oof.rows)
+    assert len(rows) == 30 and len(np.unique(rows)) == 30

@@ -50,6 +50,7 @@ class TrainConfig:
     inner_folds: int = 5
     seed: int = 0
     fit: FitConfig = field(default_factory=FitConfig)
+    max_fit_photos: int = 20_000  # held-out photos used to fit the posterior: enough, and bounded memory
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -105,8 +106,12 @@ class OutOfFold:
 def out_of_fold(emb, lat, lon, groups, cfg: TrainConfig) -> OutOfFold:
     folds = inner_folds(len(lat), groups, cfg)
     oof = OutOfFold([], [], [], [])
+    rng = np.random.default_rng(cfg.seed)
+    per_fold = max(1, cfg.max_fit_photos // max(1, len(np.unique(folds))))
     for f in np.unique(folds):
         tr, va = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
+        if len(va) > per_fold:
+            va = np.sort(rng.choice(va, per_fold, replace=False))
         heads = fit_heads(emb[tr], lat[tr], lon[tr], cfg)
         oof.places.append(heads.places)
         oof.evidence.append(heads.evidence(emb[va]))
