@@ -107,3 +107,12 @@ def test_evaluate_compares_every_method_on_the_same_folds(photo_folder, tmp_path
         assert set(report["scenarios"][scenario]["calibration"]) == {"25", "200", "750", "2500"}
     plots = write_plots(report, tmp_path / "plots")
     assert len(plots) == 6 and all(p.stat().st_size > 1000 for p in plots)
+
+    # the same through the command, with its defaults: report, per-photo predictions and plots
+    r = geopin("evaluate", str(ds / "manifest.parquet"), "--embeddings", str(ds / "emb"), "--out", str(tmp_path / "ev"),
+               "--folds", "3", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert set(doc["scenarios"]) == {"group", "random"}
+    assert (tmp_path / "ev" / "report.json").exists() and (tmp_path / "ev" / "predictions_group.parquet").exists()
+    assert len(doc["plots"]) == 6

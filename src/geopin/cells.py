@@ -176,7 +176,8 @@ class Granularity:
 
 
 # Rule for default_granularities: max_i = max(round(n * fraction_i), floor_i) and
-# min = max(round(n / 80_000), 5). The fractions reproduce DeepLocation (500/200/100, min 5 at 400k
+# min = max(round(n / 80_000), 5), lowered to n // 200 (at least 1) for collections under 1,000 photos
+# so that a small collection still has classes. The fractions reproduce DeepLocation (500/200/100, min 5 at 400k
 # photos, which gave it 1024/2428/4103 classes). Below ~200k photos the floors take over, since a
 # fraction of n would leave cells of a handful of photos; they were tuned on Im2GPS3k (2,652 photos,
 # start level 1) to give about 30/60/140 classes there.
@@ -189,7 +190,7 @@ def default_granularities(n_photos: int) -> list[Granularity]:
     """Coarse/middle/fine thresholds scaled to the dataset size (see _DEFAULT_RULE for the rule)."""
     if n_photos < 1:
         raise ValueError(f"default_granularities: need at least one photo, got {n_photos}")
-    min_photos = max(round(n_photos * _MIN_PER_PHOTO), _MIN_FLOOR)
+    min_photos = max(round(n_photos * _MIN_PER_PHOTO), min(_MIN_FLOOR, max(1, n_photos // 200)))
     return [
         Granularity(name, max(round(n_photos * fraction), floor), min_photos)
         for name, fraction, floor in _DEFAULT_RULE

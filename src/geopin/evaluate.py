@@ -93,7 +93,12 @@ def evaluate_cv(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, groups, cfg: 
             folds = random_kfold(len(lat), k=cfg.folds, seed=cfg.seed)
         tcfg = replace(cfg.train, scenario=scenario)
         rows = []
-        for f in range(cfg.folds):
+        fold_ids = np.unique(folds)
+        if len(fold_ids) < cfg.folds:
+            log.warning("%s: only %d folds possible (fewer groups than folds)", scenario, len(fold_ids))
+        if len(fold_ids) < 2:
+            raise ValueError(f"{scenario} scenario needs at least 2 folds; the data gives {len(fold_ids)}")
+        for f in fold_ids:
             tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
             g_tr = np.asarray(groups)[tr] if groups is not None else None
             model = train_model(emb[tr], lat[tr], lon[tr], g_tr, tcfg)
@@ -107,7 +112,7 @@ def evaluate_cv(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, groups, cfg: 
                 df[f"raw_{int(r)}"] = out["raw"][:, r_i]
             df["w_prior"], df["w_clf"], df["w_knn"] = model.params.w_prior, model.params.w_clf, model.params.w_knn
             rows.append(df)
-            log.info("%s fold %d/%d: %s", scenario, f + 1, cfg.folds, model.params)
+            log.info("%s fold %d/%d: %s", scenario, f + 1, len(fold_ids), model.params)
         df = pd.concat(rows).sort_values("row").reset_index(drop=True)
         per_photo[scenario] = df
         report["scenarios"][scenario] = _scenario_report(df, true_cc, cfg.n_bins)

@@ -89,8 +89,14 @@ def inner_folds(n: int, groups, cfg: TrainConfig) -> np.ndarray:
     if cfg.scenario == "group":
         if groups is None:
             raise ValueError("scenario 'group' needs a group (photographer) for every photo; use scenario 'random'")
-        return group_kfold(np.asarray(groups), k=cfg.inner_folds, seed=cfg.seed)
-    return random_kfold(n, k=cfg.inner_folds, seed=cfg.seed)
+        n_groups = len(pd.unique(pd.Series(groups)))
+        if n_groups >= 2:
+            k = min(cfg.inner_folds, n_groups)
+            if k < cfg.inner_folds:
+                log.warning("only %d photographers: fitting the posterior on %d folds by group", n_groups, k)
+            return group_kfold(np.asarray(groups), k=k, seed=cfg.seed)
+        log.warning("one photographer only: fitting the posterior on random folds")
+    return random_kfold(n, k=min(cfg.inner_folds, n), seed=cfg.seed)
 
 
 @dataclass
