@@ -9,7 +9,6 @@ object a trained model queries. Prints a table and writes bench/results/gallery.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from geopin.cells import Granularity
-from geopin.geo import haversine_km, to_xyz
+from geopin.geo import haversine_km
 from geopin.heads import ClassifierConfig
 from geopin.metrics import geoscore
 from geopin.model import GeoModel

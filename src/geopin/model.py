@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from geopin.io import json_default
-from geopin.heads import CellClassifier, ClassifierConfig, Gallery, classifier_logits
+from geopin.heads import CellClassifier, Gallery, classifier_logits
 from geopin.posterior import (
     CONFIDENCE_KM,
     Calibration,

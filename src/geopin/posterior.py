@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from geopin.geo import pairwise_km
-from geopin.metrics import THRESHOLDS_KM, geoscore
+from geopin.metrics import geoscore
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +67,6 @@ class Evidence:
 
     def __len__(self) -> int:
         return self.nb_sim.shape[0]
-
-    def take(self, rows: np.ndarray) -> "Evidence":
-        return Evidence(
-            [lg[rows] for lg in self.logits],
-            self.nb_sim[rows],
-            self.nb_lat[rows],
-            self.nb_lon[rows],
-            self.nb_place[rows],
-            None if self.nb_country is None else self.nb_country[rows],
-        )
 
 
 @dataclass
@@ -129,9 +119,8 @@ class Decision:
 def decide(places: Places, ev: Evidence, cell: np.ndarray, nb: np.ndarray) -> Decision:
     """Best guess among the fine places, the neighbours and the prior's best constant."""
     score = places.score_matrix
-    b, k = nb.shape
-    const_lat = np.full((b, 1), places.best_constant[0])
-    const_lon = np.full((b, 1), places.best_constant[1])
+    b = nb.shape[0]
+    const_lat, const_lon = places.best_constant
     out_lat = np.empty(b)
     out_lon = np.empty(b)
     out_score = np.empty(b)
@@ -139,8 +128,8 @@ def decide(places: Places, ev: Evidence, cell: np.ndarray, nb: np.ndarray) -> De
     # Expected score of each place candidate against the place part of the posterior, batched.
     exp_cells = cell.astype(np.float32) @ score  # (B, K), score is symmetric
     for i in range(b):
-        cand_lat = np.concatenate([ev.nb_lat[i], const_lat[i]])
-        cand_lon = np.concatenate([ev.nb_lon[i], const_lon[i]])
+        cand_lat = np.append(ev.nb_lat[i], const_lat)
+        cand_lon = np.append(ev.nb_lon[i], const_lon)
         # neighbours' own locations and the constant as candidates: (k+1, K) and (k+1, k)
         d_c_places = pairwise_km(cand_lat, cand_lon, places.lat, places.lon)
         d_c_nb = pairwise_km(cand_lat, cand_lon, ev.nb_lat[i], ev.nb_lon[i])
@@ -319,7 +308,6 @@ def best_constant(lat: np.ndarray, lon: np.ndarray, max_candidates: int = 4000, 
 
 __all__ = [
     "CONFIDENCE_KM",
-    "THRESHOLDS_KM",
     "Places",
     "Evidence",
     "MixParams",
