@@ -76,3 +76,29 @@ def test_answer_is_the_country_of_the_nearest_place(lat, lon):
         expected = set(country_of(p_lat[ties], p_lon[ties]).tolist())  # a place is its own nearest
         assert got in expected
         assert len(got) == 2
+
+
+def test_every_code_the_geocoder_returns_has_a_name_and_a_continent():
+    """GB and GR were stored as patterns ('^GB$|^UK$') and came back nameless and continentless."""
+    import pandas as pd
+
+    from geopin.countries import continent_of, country_name, places_file
+
+    codes = sorted(set(pd.read_csv(places_file(), usecols=["cc"], keep_default_na=False)["cc"]))
+    assert len(codes) > 200
+    nameless = [c for c in codes if not country_name(c)]
+    continentless = [c for c, cont in zip(codes, continent_of(codes)) if not cont]
+    assert nameless == [] and continentless == []
+
+
+@pytest.mark.parametrize(
+    "cc, name, continent",
+    [("GB", "United Kingdom", "Europe"), ("GR", "Greece", "Europe"), ("NA", "Namibia", "Africa"),
+     ("US", "United States", "North America"), ("BR", "Brazil", "South America")],
+)
+def test_known_names_and_continents(cc, name, continent):
+    from geopin.countries import continent_of, country_name
+
+    assert country_name(cc) == name
+    assert country_name(cc.lower()) == name
+    assert continent_of([cc]).tolist() == [continent]

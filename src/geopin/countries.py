@@ -110,14 +110,24 @@ def _country_table() -> dict[str, tuple[str, str]]:
     """ISO2 -> (short name, continent) from the table shipped in country_converter.
 
     Read directly with "NA" kept as Namibia: the package's own loader trips over it with pandas 3.
+    Some ISO2 cells are patterns of several codes (United Kingdom: "^GB$|^UK$", Greece: "^GR$|^EL$"),
+    so every two-letter code in the cell is taken; current countries win over obsolete ones.
     """
     import importlib.resources
+    import re
 
     import pandas as pd
 
     with importlib.resources.files("country_converter").joinpath("country_data.tsv").open("rb") as fh:
-        table = pd.read_csv(fh, sep="\t", keep_default_na=False, usecols=["name_short", "ISO2", "Continent_7"])
-    return {r.ISO2: (r.name_short, r.Continent_7 or "") for r in table.itertuples() if len(r.ISO2) == 2}
+        table = pd.read_csv(
+            fh, sep="\t", keep_default_na=False, usecols=["name_short", "ISO2", "Continent_7", "obsolete"]
+        )
+    table = table.assign(_old=table["obsolete"].astype(str).str.strip() != "").sort_values("_old", kind="stable")
+    out: dict[str, tuple[str, str]] = {}
+    for r in table.itertuples():
+        for code in re.findall(r"[A-Z]{2}", str(r.ISO2)):
+            out.setdefault(code, (r.name_short, r.Continent_7 or ""))
+    return out
 
 
 def country_name(cc: str) -> str:
