@@ -124,7 +124,12 @@ def check_partition(part, lat, lon, grans):
         assert table["class_id"].tolist() == list(range(k))
         ids = table["cell_id"].to_numpy(dtype=np.uint64)
         assert np.all(np.diff(ids.astype(np.float64)) >= 0) and len(set(ids.tolist())) == k
-        assert np.all(table["count"] >= g.min_photos)
+        # Under min_photos only as the parent of a kept finer cell (nesting by construction).
+        finer = by_max[by_max.index(g) + 1 :]
+        cls_here = part.assignments[f"class_{g.name}"].to_numpy()
+        for c in np.flatnonzero(table["count"].to_numpy() < g.min_photos):
+            members = cls_here == c
+            assert any((part.assignments[f"class_{f.name}"].to_numpy()[members] >= 0).any() for f in finer)
         over = table["count"] > g.max_photos
         assert np.all(table.loc[over, "s2_level"] == part.max_level)
         assert np.all((table["s2_level"] >= part.start_level) & (table["s2_level"] <= part.max_level))
@@ -138,7 +143,10 @@ def check_partition(part, lat, lon, grans):
         assert np.array_equal(np.bincount(cls[kept], minlength=k), table["count"].to_numpy())
         # Cells are disjoint, so no dropped photo can lie in a kept cell.
         assert np.all(locate(lat[~kept], lon[~kept], part, g.name) == -1)
-        # The representative point lies in its cell.
+        # The representative point is one of the cell's photos (a medoid), so it lies in its cell.
+        for c in range(k):
+            m = cls == c
+            assert np.any((lat[m] == table["lat"].iloc[c]) & (lon[m] == table["lon"].iloc[c]))
         if k:
             rep = leaf_cell_ids(table["lat"], table["lon"])
             lo, hi = cell_ranges(ids)
@@ -152,6 +160,10 @@ def check_partition(part, lat, lon, grans):
         f_ids = part.table(fine.name)["cell_id"].to_numpy(dtype=np.uint64)[f[both]]
         lo, hi = cell_ranges(c_ids)
         assert np.all((f_ids >= lo) & (f_ids <= hi))
+        # Every kept finer cell has a kept coarser ancestor: hierarchical inference never reads class -1.
+        assert np.all(c[f >= 0] >= 0)
+        f_table = part.table(fine.name)
+        assert np.all(locate(f_table["lat"], f_table["lon"], part, coarse.name) >= 0)
         assert np.all(cell_levels(f_ids) >= cell_levels(c_ids))
     # fine_token: the finest partition's cell before dropping holds the photo.
     tok_ids = np.array([token_to_cell_id(t) for t in part.assignments["fine_token"]], dtype=np.uint64)
@@ -277,6 +289,35 @@ def test_all_photos_at_one_point(caplog):
     assert table["lat"].iloc[0] == pytest.approx(48.8566) and table["lon"].iloc[0] == pytest.approx(2.3522)
     assert "still hold more than 100" in caplog.text
     assert (part.assignments["class_only"] == 0).all()
+
+
+def test_coarse_min_above_fine_min_still_nests():
+    """coarse:200:10 over fine:50:2 left 21 of 37 fine places without a coarse ancestor (class -1)."""
+    lat, lon = clustered_points(600, seed=11)
+    grans = [Granularity("coarse", 200, 10), Granularity("fine", 50, 2)]
+    part = build_cells(lat, lon, grans)
+    check_partition(part, lat, lon, grans)
+    fine = part.table("fine")
+    assert np.all(locate(fine["lat"], fine["lon"], part, "coarse") >= 0)
+    # the same granularities given fine first describe the same partition
+    swapped = build_cells(lat, lon, grans[::-1])
+    pd.testing.assert_frame_equal(
+        swapped.cells.sort_values(["granularity", "class_id"]).reset_index(drop=True),
+        part.cells.sort_values(["granularity", "class_id"]).reset_index(drop=True),
+    )
+
+
+def test_representative_point_is_a_photo_on_land_not_the_sea_between_coasts():
+    """Photos on both shores of the Mediterranean: their mean lies in the sea, their medoid in a city."""
+    rng = np.random.default_rng(5)
+    barcelona = (41.39 + rng.normal(size=40) * 0.02, 2.17 + rng.normal(size=40) * 0.02)
+    algiers = (36.75 + rng.normal(size=25) * 0.02, 3.06 + rng.normal(size=25) * 0.02)
+    lat, lon = np.r_[barcelona[0], algiers[0]], np.r_[barcelona[1], algiers[1]]
+    part = build_cells(lat, lon, [Granularity("g", 100, 1)], start_level=1)
+    row = part.table("g").iloc[0]
+    assert row["count"] == 65
+    assert haversine_km(row["lat"], row["lon"], 41.39, 2.17) < 10  # the bigger cluster's city
+    assert row["country"] == "ES"
 
 
 def test_photos_on_a_cell_corner():

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from geopin.countries import DEFAULT_MAX_KM, country_of
-from geopin.geo import from_xyz, to_xyz, validate_lat_lon
+from geopin.geo import to_xyz, validate_lat_lon
 from geopin.io import read_table, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -308,8 +308,12 @@ def build_cells(
     """Adaptive S2 cells of several granularities for photos at (lat, lon) in degrees.
 
     Each kept cell gets a dense class id (ordered by cell id), its photo count, a representative point
-    (the spherical mean of its photos: where the photos are, not the cell's geometric centre, so a
-    guess of that class lands near them) and the country of that point.
+    (the medoid of its photos: a place where photos were taken, never the sea between two coasts nor
+    the cell's geometric centre) and the country of that point.
+
+    The granularities nest by construction: a cell with fewer than `min_photos` photos is still kept
+    when it holds a kept cell of a finer granularity (smaller `max_photos`), so every fine class has an
+    ancestor at every coarser level and hierarchical inference never reads a missing class.
     """
     lat, lon = validate_lat_lon(lat, lon, name="photos")
     if lat.size == 0:
@@ -320,25 +324,30 @@ def build_cells(
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     leaf = leaf_cell_ids(lat, lon)
-    order = np.argsort(leaf, kind="stable")
+    # lat/lon break ties between photos in one leaf, so the result does not depend on the input order
+    order = np.lexsort((lon, lat, leaf))
     sorted_leaf = leaf[order]
     sorted_xyz = to_xyz(lat[order], lon[order])
     seconds["leaf_ids"] = time.perf_counter() - t0
     finest = min(reversed(grans), key=lambda g: g.max_photos)
 
-    tables: list[pd.DataFrame] = []
+    tables: dict[int, pd.DataFrame] = {}
     assignments: dict[str, np.ndarray] = {}
     fine_token = None
-    for g in grans:
+    kept_finer = np.zeros(lat.size, dtype=bool)  # per sorted photo: its cell is kept at a finer level
+    for gi in reversed(coarse_to_fine(grans)):
+        g = grans[gi]
         t0 = time.perf_counter()
         final = _adaptive_cells(sorted_leaf, g.max_photos, start_level, max_level)
         starts = np.flatnonzero(np.r_[True, final[1:] != final[:-1]])
         counts = np.diff(np.r_[starts, final.size])
         cell_ids = final[starts]
-        keep = counts >= g.min_photos
+        holds_finer = np.logical_or.reduceat(kept_finer, starts)
+        keep = (counts >= g.min_photos) | holds_finer
+        cell_index = np.repeat(np.arange(cell_ids.size), counts)
+        kept_finer |= keep[cell_index]
         class_of_cell = np.full(cell_ids.size, -1, dtype=np.int64)
         class_of_cell[keep] = np.arange(int(keep.sum()))
-        cell_index = np.repeat(np.arange(cell_ids.size), counts)
         photo_class = np.empty(lat.size, dtype=np.int64)
         photo_class[order] = class_of_cell[cell_index]
         assignments[f"class_{g.name}"] = photo_class
@@ -347,12 +356,10 @@ def build_cells(
             fine_token = np.empty(lat.size, dtype=object)
             fine_token[order] = tokens[cell_index]
 
-        sums = np.add.reduceat(sorted_xyz, starts, axis=0)[keep]
-        rep_lat, rep_lon = _representative_points(
-            sums, cell_ids[keep], starts[keep], counts[keep], sorted_xyz, lat, lon, order
-        )
+        rep = _medoids(starts[keep], counts[keep], sorted_xyz)
+        rep_lat, rep_lon = lat[order[rep]], lon[order[rep]]
         kept_ids = cell_ids[keep]
-        table = pd.DataFrame(
+        tables[gi] = pd.DataFrame(
             {
                 "granularity": g.name,
                 "class_id": np.arange(kept_ids.size, dtype=np.int64),
@@ -365,51 +372,56 @@ def build_cells(
                 "country": country_of(rep_lat, rep_lon, max_km=country_max_km),
             }
         )
-        tables.append(table)
         dropped = int(counts[~keep].sum())
         seconds[g.name] = time.perf_counter() - t0
+        n_rescued = int((holds_finer & (counts < g.min_photos)).sum())
         log.info(
-            "granularity %s (max %d, min %d): %d classes, %d photos in %d dropped cells, %.2f s",
-            g.name, g.max_photos, g.min_photos, kept_ids.size, dropped, int((~keep).sum()), seconds[g.name],
+            "granularity %s (max %d, min %d): %d classes (%d kept under min as parents of finer classes), "
+            "%d photos in %d dropped cells, %.2f s",
+            g.name, g.max_photos, g.min_photos, kept_ids.size, n_rescued, dropped, int((~keep).sum()),
+            seconds[g.name],
         )
 
-    cells = pd.concat(tables, ignore_index=True)[CELL_COLUMNS]
+    cells = pd.concat([tables[i] for i in range(len(grans))], ignore_index=True)[CELL_COLUMNS]
     cells["token"] = cells["token"].astype(str)
     cells["country"] = cells["country"].astype(str)
-    assign = pd.DataFrame(assignments)
+    assign = pd.DataFrame({f"class_{g.name}": assignments[f"class_{g.name}"] for g in grans})
     assign["fine_token"] = pd.Series(fine_token, dtype=object).astype(str)
     return CellPartition(grans, start_level, max_level, cells, assign, seconds)
 
 
-def _representative_points(
-    sums: np.ndarray,
-    cell_ids: np.ndarray,
-    starts: np.ndarray,
-    counts: np.ndarray,
-    sorted_xyz: np.ndarray,
-    lat: np.ndarray,
-    lon: np.ndarray,
-    order: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Spherical mean of each cell's photos, guaranteed to lie in the cell.
+def coarse_to_fine(granularities: Sequence[Granularity]) -> list[int]:
+    """Indices of the granularities from coarsest to finest: larger max_photos first, later ones finer on ties.
 
-    S2 cells are convex, so the mean lies inside in exact arithmetic; when rounding pushes it across
-    an edge (photos on a cell boundary) the photo nearest to the mean stands in for it.
+    A smaller split threshold refines a larger one, so this is also the nesting order of the cells.
     """
-    if cell_ids.size == 0:
-        return np.array([], dtype=np.float64), np.array([], dtype=np.float64)
-    norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    rep_lat, rep_lon = from_xyz(sums / norms)
-    lo, hi = cell_ranges(cell_ids)
-    rep_leaf = leaf_cell_ids(rep_lat, rep_lon)
-    outside = np.flatnonzero((rep_leaf < lo) | (rep_leaf > hi))
-    for c in outside:
-        members = slice(starts[c], starts[c] + counts[c])
-        best = int(np.argmax(sorted_xyz[members] @ sums[c])) + int(starts[c])
-        rep_lat[c], rep_lon[c] = lat[order[best]], lon[order[best]]
-    if outside.size:
-        log.debug("%d representative point(s) fell on a cell edge; used the nearest photo", outside.size)
-    return rep_lat, rep_lon
+    return sorted(range(len(granularities)), key=lambda i: (-granularities[i].max_photos, i))
+
+
+def _medoids(
+    starts: np.ndarray, counts: np.ndarray, sorted_xyz: np.ndarray, max_ref: int = 256, max_cand: int = 64
+) -> np.ndarray:
+    """Index (into the sorted photos) of each cell's medoid: the photo nearest, along the sphere, to the rest.
+
+    A large cell is judged on evenly spaced photos (up to `max_cand` candidates against `max_ref`
+    others); photos are in S2 (Hilbert curve) order, so such a sample is spread over the cell. Chord
+    length stands in for arc length (same order, 6x cheaper). The medoid is always one of the cell's
+    photos, so it lies inside the cell and where people take photos, unlike the mean of two coasts.
+    """
+    out = np.empty(starts.size, dtype=np.int64)
+    for c, (s, n) in enumerate(zip(starts.tolist(), counts.tolist())):
+        if n <= 2:
+            out[c] = s
+            continue
+        ref = s + (_spaced(n, max_ref) if n > max_ref else np.arange(n))
+        cand = ref[_spaced(len(ref), max_cand)] if len(ref) > max_cand else ref
+        dot = sorted_xyz[cand] @ sorted_xyz[ref].T
+        out[c] = cand[int(np.argmin(np.sqrt(np.maximum(2.0 - 2.0 * dot, 0.0)).sum(axis=1)))]
+    return out
+
+
+def _spaced(n: int, k: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
 
 
 def locate(lat, lon, partition: CellPartition, granularity: str) -> np.ndarray:
