@@ -118,3 +118,28 @@ def test_posterior_fit_uses_a_bounded_sample_of_held_out_photos():
     oof = out_of_fold(emb, df.lat.to_numpy(), df.lon.to_numpy(), df.group.to_numpy(), replace(FAST, max_fit_photos=30))
     rows = np.concatenate(oof.rows)
     assert len(rows) == 30 and len(np.unique(rows)) == 30
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_granularities_nest_whatever_their_mins_and_order(reverse):
+    """coarse:200:10 over fine:50:2 gave fine places ancestor -1, which then read the last coarse class."""
+    df, emb = synthetic(n_per_site=20)
+    rng = np.random.default_rng(1)
+    lonely = [(-54.8, -68.3), (64.1, -21.9), (-17.7, 168.3), (21.3, -157.9), (78.2, 15.6)]
+    extra = pd.DataFrame(
+        [(lat + rng.normal(0, 0.01), lon + rng.normal(0, 0.01), f"x{i}") for i, (lat, lon) in enumerate(lonely) for _ in range(3)],
+        columns=["lat", "lon", "group"],
+    )
+    df = pd.concat([df, extra], ignore_index=True)
+    emb = np.vstack([emb, rng.normal(size=(len(extra), emb.shape[1])).astype(np.float32)])
+    grans = [Granularity("coarse", 200, 10), Granularity("fine", 50, 2)]
+    cfg = TrainConfig(granularities=grans[::-1] if reverse else grans, classifier=ClassifierConfig(epochs=3), k=4, inner_folds=2)
+    model = train_model(emb, df.lat, df.lon, df.group.to_numpy(), cfg)
+    assert model.heads.granularities == ["coarse", "fine"]
+    places = model.heads.places
+    n_coarse = (model.heads.cells.granularity == "coarse").sum()
+    for anc in places.ancestors:
+        assert anc.min() >= 0
+    assert places.ancestors[0].max() < n_coarse
+    # lonely spots that share no coarse cell with a site keep a coarse class under its min of 10
+    assert (model.heads.cells.query("granularity == 'coarse'")["count"] < 10).sum() >= 1

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geopin.cells import Granularity, build_cells, default_granularities, locate
+from geopin.cells import Granularity, build_cells, coarse_to_fine, default_granularities, locate
 from geopin.countries import country_of
 from geopin.geo import pairwise_km
 from geopin.heads import ClassifierConfig, Gallery, train_classifier
@@ -61,7 +61,7 @@ def fit_heads(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, cfg: TrainConfi
     """Geocells, classifier, gallery and prior from one set of training photos."""
     lat = np.asarray(lat, dtype=np.float64)
     lon = np.asarray(lon, dtype=np.float64)
-    grans = cfg.granularities or default_granularities(len(lat))
+    grans = ordered_granularities(cfg.granularities or default_granularities(len(lat)))
     part = build_cells(lat, lon, grans)
     names = [g.name for g in grans]
     tables = [part.table(name) for name in names]
@@ -71,6 +71,9 @@ def fit_heads(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, cfg: TrainConfi
     fine = tables[-1]
     f_lat, f_lon = fine.lat.to_numpy(), fine.lon.to_numpy()
     ancestors = [locate(f_lat, f_lon, part, name) for name in names[:-1]] + [np.arange(len(fine))]
+    for name, anc in zip(names, ancestors):
+        if (anc < 0).any():  # build_cells nests by construction; a miss here is a bug, never a silent -1
+            raise RuntimeError(f"{int((anc < 0).sum())} finest place(s) have no {name!r} ancestor")
     # The prior counts every photo: one whose fine cell was dropped counts for its nearest place.
     photo_place = part.assignments[f"class_{names[-1]}"].to_numpy()
     nearest = photo_place.copy()
@@ -83,6 +86,15 @@ def fit_heads(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, cfg: TrainConfi
     clf = train_classifier(emb, lat, lon, [(t.lat.to_numpy(), t.lon.to_numpy()) for t in tables], cfg.classifier)
     cells = pd.concat(tables, ignore_index=True)
     return Heads(cells, names, places, clf, Gallery(emb), lat, lon, photo_place, country_of(lat, lon), cfg.k)
+
+
+def ordered_granularities(grans) -> list[Granularity]:
+    """Coarse to fine, as hierarchical inference reads them; a user's other order is fixed, not trusted."""
+    grans = list(grans)
+    ordered = [grans[i] for i in coarse_to_fine(grans)]
+    if ordered != grans:
+        log.warning("granularities reordered coarse to fine by max_photos: %s", ", ".join(g.name for g in ordered))
+    return ordered
 
 
 def inner_folds(n: int, groups, cfg: TrainConfig) -> np.ndarray:
