@@ -79,6 +79,11 @@ class MixParams:
     t_clf: float = 1.0
     t_knn: float = 0.05
 
+    @property
+    def prior_only(self) -> bool:
+        """Nothing but the training prior: the photo itself carries no weight."""
+        return self.w_clf == 0 and self.w_knn == 0
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -116,8 +121,12 @@ class Decision:
     raw_within: np.ndarray  # (B, R) posterior mass within CONFIDENCE_KM of the guess (uncalibrated)
 
 
-def decide(places: Places, ev: Evidence, cell: np.ndarray, nb: np.ndarray) -> Decision:
-    """Best guess among the fine places, the neighbours and the prior's best constant."""
+def decide(places: Places, ev: Evidence, cell: np.ndarray, nb: np.ndarray, prior_only: bool = False) -> Decision:
+    """Best guess among the fine places, the neighbours and the prior's best constant.
+
+    With `prior_only` (the posterior is the training prior) the guess is the constant itself: it
+    maximises GeoScore over the training photos exactly, where the places only approximate them.
+    """
     score = places.score_matrix
     b = nb.shape[0]
     const_lat, const_lon = places.best_constant
@@ -138,7 +147,9 @@ def decide(places: Places, ev: Evidence, cell: np.ndarray, nb: np.ndarray) -> De
         exp_places = exp_cells[i] + geoscore(d_places_nb) @ nb[i]
         j = int(np.argmax(exp_places))
         jj = int(np.argmax(exp_extra))
-        if exp_extra[jj] > exp_places[j]:
+        if prior_only:
+            jj = len(cand_lat) - 1
+        if prior_only or exp_extra[jj] > exp_places[j]:
             g_lat, g_lon, best = cand_lat[jj], cand_lon[jj], exp_extra[jj]
             d_to_places, d_to_nb = d_c_places[jj], d_c_nb[jj]
         else:

@@ -118,7 +118,7 @@ def _exif_info(path: Path) -> dict:
     return {"exif_gps": None if gps is None else {"lat": gps[0], "lon": gps[1]}}
 
 
-_KEY_ORDER = ["path", "lat", "lon", "country", "cell", "within_km", "summary", "top_k", "regions", "exif_gps"]
+_KEY_ORDER = ["path", "lat", "lon", "country", "country_name", "continent", "cell", "within_km", "summary", "top_k", "regions", "exif_gps"]
 
 
 def _ordered(res: dict) -> dict:

@@ -12,19 +12,22 @@ from geopin.cli._common import input_errors
 
 
 def _table(results: list[dict]) -> str:
+    """The same answer as the JSON: the guess first, then the other candidate places by probability."""
     lines = []
     for r in results:
         if "error" in r:
             lines.append(f"{r['path']}: ERROR {r['error']}")
             continue
         conf = "  ".join(f"{k} km {v:4.0%}" for k, v in r["within_km"].items())
+        where = ", ".join(x for x in (r.get("country_name"), r.get("continent")) if x) or "unknown country"
         lines.append(f"{r['path']}")
-        lines.append(f"  best guess   {r['lat']:9.4f} {r['lon']:10.4f}  {r['country'] or '??'}  cell {r['cell'] or '-'}")
-        lines.append(f"  confidence   {conf}")
         lines.append(f"  in words     {r['summary']}")
-        for i, t in enumerate(r["top_k"], 1):
+        lines.append(f"  best guess   {r['lat']:9.4f} {r['lon']:10.4f}  {where}  cell {r['cell'] or '-'}")
+        lines.append(f"  confidence   {conf}  (that the truth lies within each distance of the guess)")
+        for i, t in enumerate(r["top_k"]):
+            label = "places       guess" if i == 0 else "             also "
             lines.append(
-                f"  top {i}        {t['lat']:9.4f} {t['lon']:10.4f}  {t['country'] or '??':2}  {t['probability']:5.1%}  cell {t['cell'] or '-'}"
+                f"  {label} {t['lat']:9.4f} {t['lon']:10.4f}  {t['country'] or '??':2}  {t['probability']:5.1%}  cell {t['cell'] or '-'}"
             )
         if r.get("exif_gps"):
             g = r["exif_gps"]
