@@ -291,3 +291,125 @@ def test_embeds_shared_photos(tmp_path, im2gps_dir, lite0):
     norms = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     sim = norms @ norms.T
     assert (sim[~np.eye(8, dtype=bool)] < 0.999).all()  # distinct photos, distinct features
+
+
+# ---------------------------------------------------------------------------------------------------------- issue 13
+
+
+def test_load_image_is_a_plain_pillow_decode_for_8bit_photos(tmp_path):
+    """The bundled model's embeddings depend on these pixels: they must not move by a single level."""
+    from PIL import ImageOps
+
+    from geopin.embed import _draft_request, load_image
+
+    big = _photo(tmp_path / "big.jpg", 1, (1600, 1200))
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(big).save(rotated, quality=90, exif=exif.tobytes())
+    grey = tmp_path / "grey.jpg"
+    Image.open(big).convert("L").save(grey, quality=90)
+    png = tmp_path / "opaque.png"
+    Image.open(big).convert("RGBA").resize((300, 200)).save(png)
+    for path in (big, rotated, grey, png):
+        for mode, long_side in (("whole", 384), ("center_crop", 384)):
+            ours = load_image(path, mode, long_side, 224)
+            plain = Image.open(path)
+            plain.draft("RGB", _draft_request(plain.width, plain.height, mode, long_side, 224))
+            plain = ImageOps.exif_transpose(plain).convert("RGB")
+            assert ours.mode == "RGB" and ours.size == plain.size, (path.name, mode)
+            np.testing.assert_array_equal(np.asarray(ours), np.asarray(plain), err_msg=f"{path.name} {mode}")
+    assert load_image(big, "whole", 384, 224).size == (400, 300)  # the JPEG was decoded at 1/4 scale
+
+
+def test_high_bit_depth_photos_embed_like_their_8bit_twins(tmp_path, lite0):
+    from imagefiles import TRUE_MEAN, twin_of, write_high_bit_files
+
+    from geopin.embed import load_image
+
+    files = write_high_bit_files(tmp_path / "img", size=(128, 96))
+    for name, path in files.items():
+        arr = np.asarray(load_image(path, "whole", 128, 224))
+        assert arr.dtype == np.uint8 and arr.shape == (96, 128, 3), name
+        assert abs(arr.mean() - TRUE_MEAN) < 1.0, (name, arr.mean())
+    df = pd.DataFrame({"id": list(files), "path": [str(p) for p in files.values()]})
+    summary = embed_manifest(df, tmp_path / "out", _cfg(tmp_path), backbone=lite0)
+    assert summary.n_failed == 0, summary.failures
+    emb = dict(zip(files, np.load(summary.embeddings_path)))
+    for name in files:
+        np.testing.assert_allclose(emb[name], emb[twin_of(name)], atol=1e-4, err_msg=name)
+
+
+def _fifo_manifest(tmp_path: Path, n: int) -> tuple[pd.DataFrame, Path, bytes]:
+    """n photos and, last, a FIFO standing for one more: a run that reaches it waits until the test writes it."""
+    df = _manifest(tmp_path / "img", n)
+    held = tmp_path / "img" / "held.jpg"
+    _photo(held, 999, (128, 96))
+    data = held.read_bytes()
+    held.unlink()
+    os.mkfifo(held)
+    row = {"id": "held", "path": str(held), "sha256": hashlib.sha256(data).hexdigest()}
+    return pd.concat([df, pd.DataFrame([row])], ignore_index=True), held, data
+
+
+def _wait_for(predicate, proc: subprocess.Popen, log: Path, what: str, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert proc.poll() is None, f"run ended before {what}: {log.read_text()}"
+        assert time.monotonic() < deadline, f"no {what} within {seconds} s"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_second_run_into_the_same_folder_fails_fast_and_names_the_first(tmp_path):
+    full, fifo, data = _fifo_manifest(tmp_path, 6)
+    first_manifest, second_manifest = tmp_path / "first.parquet", tmp_path / "second.parquet"
+    full.to_parquet(first_manifest)
+    full.iloc[:-1].to_parquet(second_manifest)
+    out = tmp_path / "out"
+    common = ["--out", str(out), "--no-cache", "--long-side", "128", "--threads", "1", "--workers", "1"]
+    temp_files = lambda: list(out.glob(".embeddings.npy.*.tmp"))  # noqa: E731
+
+    first = _run_cli(["embed", str(first_manifest), *common], tmp_path / "first.log")
+    try:
+        _wait_for(temp_files, first, tmp_path / "first.log", "temporary output")  # it now waits on the FIFO
+        started = time.monotonic()
+        second = subprocess.run([sys.executable, "-c", "from geopin.cli import main; main()", "embed",
+                                 str(second_manifest), *common], capture_output=True, text=True, timeout=300)
+        assert second.returncode != 0, second.stderr
+        assert f"{out} is being written by pid {first.pid} since " in second.stderr, second.stderr
+        assert "wait or choose another --out" in second.stderr and "Traceback" not in second.stderr
+        assert time.monotonic() - started < 60  # fails at once, not after embedding
+        with open(fifo, "wb") as fh:  # let the first run go on
+            fh.write(data)
+        assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    emb, _ = load_embeddings(out, full)
+    assert np.isfinite(emb).all() and not temp_files()
+
+
+@pytest.mark.slow
+def test_lock_of_a_killed_run_does_not_block_the_next(tmp_path):
+    full, _, _ = _fifo_manifest(tmp_path, 3)
+    manifest = tmp_path / "m.parquet"
+    full.to_parquet(manifest)
+    out = tmp_path / "out"
+    common = ["--out", str(out), "--no-cache", "--long-side", "128", "--threads", "1", "--workers", "1"]
+    killed = _run_cli(["embed", str(manifest), *common], tmp_path / "killed.log")
+    try:
+        _wait_for(lambda: list(out.glob(".embeddings.npy.*.tmp")), killed, tmp_path / "killed.log", "temporary output")
+        assert str(killed.pid) in (out / ".lock").read_text()
+    finally:
+        killed.send_signal(signal.SIGKILL)  # it waits on the FIFO: only the kill ends it
+        killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    good = tmp_path / "good.parquet"
+    full.iloc[:-1].to_parquet(good)
+    runner = CliRunner()
+    result = runner.invoke(app, ["embed", str(good), *common, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n"] == 3
+    assert not list(out.glob(".*.tmp"))  # the killed run's temporary output is gone

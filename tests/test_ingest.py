@@ -351,8 +351,9 @@ def test_sigkill_then_rerun_resumes_and_matches_uninterrupted_run(tmp_path):
 
     out = tmp_path / "out"
     # an earlier, complete run with other settings: its manifest must survive the kill untouched
-    subprocess.run([*CLI, "ingest", str(root), "--out", str(out), "--min-side", "300", "--workers", "1"],
-                   check=True, capture_output=True, timeout=300)
+    earlier = subprocess.run([*CLI, "ingest", str(root), "--out", str(out), "--min-side", "300", "--workers", "1"],
+                             capture_output=True, timeout=300)
+    assert earlier.returncode == 1  # it kept nothing: a failed run, but its outputs are written
     previous = (out / "manifest.parquet").read_bytes()
     assert len(pq.read_table(out / "manifest.parquet")) == 0  # all too small for min side 300
 
@@ -431,3 +432,109 @@ def test_im2gps3k_labels_all_kept(im2gps_dir, tmp_path):
     assert manifest["id"].tolist() == truth["image"].tolist()
     np.testing.assert_array_equal(manifest["lat"].to_numpy(), truth["lat"].to_numpy())
     assert manifest["sha256"].is_unique
+
+
+# --------------------------------------------------------------------------------------------- issue 13
+
+
+def test_symlinks_dangling_loops_and_linked_folders_are_all_accounted_for(tmp_path):
+    root, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    make_photo(root / "a.jpg", lat=48.85, lon=2.29, seed=1)
+    make_photo(root / "sub" / "b.jpg", lat=40.0, lon=3.0, seed=2)
+    make_photo(elsewhere / "c.jpg", lat=-33.9, lon=151.2, seed=3)
+    (root / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")  # dangling
+    (root / "loop.jpg").symlink_to(root / "loop.jpg")  # a link to itself
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)  # followed
+    (root / "linked_again").symlink_to(elsewhere, target_is_directory=True)  # same folder: not twice
+    (root / "sub" / "up").symlink_to(root, target_is_directory=True)  # a folder loop
+    (root / "a_link.jpg").symlink_to(root / "a.jpg")  # a link to a kept photo: its duplicate
+    (root / "notes.txt").write_text("not a photo")
+    (root / "old.txt").symlink_to(tmp_path / "nothing.txt")  # dangling, no image suffix
+    (root / ".hidden.jpg").write_bytes(b"")
+    os.mkfifo(root / "pipe.jpg")  # reading it would block forever
+    out = tmp_path / "out"
+
+    summary = ingest(root, out, IngestConfig(workers=1))
+    manifest = check_outputs_consistent(out, summary)
+    assert sorted(manifest["id"]) == ["a.jpg", "linked/c.jpg", "sub/b.jpg"]
+    rej = pd.read_parquet(out / "rejects.parquet").set_index("id")
+    assert dict(rej["reason"]) == {"a_link.jpg": "duplicate", "gone.jpg": "file_missing",
+                                   "loop.jpg": "file_missing"}
+    assert rej.loc["gone.jpg", "detail"] == f"dangling symlink -> {tmp_path / 'nowhere.jpg'}"
+    assert "symlink loop" in rej.loc["loop.jpg", "detail"]
+
+    ignored = pd.read_csv(out / "ignored.csv", keep_default_na=False).set_index("path")
+    assert dict(ignored["reason"]) == {
+        ".hidden.jpg": "hidden", "linked_again": "folder already visited", "notes.txt": "no image suffix",
+        "old.txt": "no image suffix", "pipe.jpg": "not a regular file", "sub/up": "symlink loop"}
+    assert "dangling symlink" in ignored.loc["old.txt", "detail"]
+    assert summary.n_ignored_files == 2  # files without an image suffix, as before
+    assert summary.ignored_reasons == {"folder already visited": 1, "hidden": 1, "no image suffix": 2,
+                                       "not a regular file": 1, "symlink loop": 1}
+    assert summary.ignored_path == str(out / "ignored.csv")
+    # the output folder inside the input folder is named in the ignored list, not walked
+    ingest(root, root / "ds", IngestConfig(workers=1))
+    again = ingest(root, root / "ds", IngestConfig(workers=1))  # now the folder exists when the walk meets it
+    assert again.n_kept == 3
+    assert "output folder" in set(pd.read_csv(root / "ds" / "ignored.csv")["reason"])
+
+
+def test_high_bit_depth_photos_are_kept_with_their_size(tmp_path):
+    from imagefiles import write_high_bit_files
+
+    files = write_high_bit_files(tmp_path / "img", size=(160, 120))
+    table = pd.DataFrame({"image": [f"img/{n}" for n in files], "lat": 45.0, "lon": 7.0})
+    table.to_csv(tmp_path / "t.csv", index=False)
+    summary = ingest(tmp_path / "t.csv", tmp_path / "out", IngestConfig(workers=1))
+    manifest = read_manifest(summary.manifest_path)
+    assert summary.n_rejected == 0, pd.read_parquet(summary.rejects_path).to_dict("records")
+    assert len(manifest) == len(files)
+    assert set(zip(manifest["width"], manifest["height"])) == {(160, 120)}
+
+
+def test_heic_photo_is_kept_with_its_exif_gps(tmp_path):
+    from imagefiles import heic_bytes, picture8
+
+    root = tmp_path / "phone"
+    root.mkdir()
+    data = heic_bytes(Image.fromarray(picture8((200, 150), 4, channels=3)), exif=gps_exif_bytes(35.6586, 139.7454))
+    (root / "IMG_0001.HEIC").write_bytes(data)
+    make_photo(root / "b.jpg", lat=1.0, lon=2.0, seed=5)
+    # a fresh process: this one registered pillow-heif to write the file
+    ran = subprocess.run([*CLI, "ingest", str(root), "--out", str(tmp_path / "out"), "--workers", "1", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    summary = json.loads(ran.stdout)
+    assert summary["n_rejected"] == 0, pd.read_parquet(summary["rejects_path"]).to_dict("records")
+    manifest = read_manifest(summary["manifest_path"]).set_index("id")
+    assert tuple(manifest.loc["IMG_0001.HEIC", ["width", "height"]]) == (200, 150)
+    assert manifest.loc["IMG_0001.HEIC", "lat"] == pytest.approx(35.6586, abs=1e-4)
+
+
+def test_suffixes_and_pixel_limit_are_the_ones_of_geopin_images(tmp_path):
+    import geopin.ingest
+    import geopin.predict
+    from geopin import images
+
+    assert geopin.ingest.IMAGE_SUFFIXES is images.IMAGE_SUFFIXES
+    assert geopin.predict.IMAGE_SUFFIXES is images.IMAGE_SUFFIXES
+    assert geopin.ingest.PILLOW_MAX_PIXELS == images.PILLOW_MAX_PIXELS
+    assert "unsupported_format" in REJECT_REASONS
+    assert set(images.IMAGE_ERROR_REASONS) <= set(REJECT_REASONS)
+
+
+def test_cli_nothing_kept_exits_1_with_the_reasons(tmp_path):
+    root = tmp_path / "photos"
+    make_photo(root / "no_gps.jpg", seed=1)
+    make_photo(root / "no_gps2.jpg", seed=2)
+    (root / "text.jpg").write_text("not a photo")
+    ran = subprocess.run([*CLI, "ingest", str(root), "--out", str(tmp_path / "out"), "--workers", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 1, (ran.stdout, ran.stderr)
+    assert "kept no photos" in ran.stderr
+    assert "coords_missing 2" in ran.stderr and "not_an_image 1" in ran.stderr
+    assert str(tmp_path / "out" / "rejects.csv") in ran.stderr
+    assert len(pd.read_csv(tmp_path / "out" / "rejects.csv")) == 3  # written so the user can see why
+    as_json = subprocess.run([*CLI, "ingest", str(root), "--out", str(tmp_path / "out2"), "--workers", "1",
+                              "--json"], capture_output=True, text=True, timeout=120)
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["n_kept"] == 0

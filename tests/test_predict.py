@@ -83,7 +83,9 @@ def check_result(r: dict, model) -> None:
     top = r["top_k"]
     assert 1 <= len(top) <= 5
     probs = [t["probability"] for t in top]
-    assert probs == sorted(probs, reverse=True) and all(p >= 0 for p in probs) and sum(probs) <= 1.0 + 1e-6
+    # the guess first (issue 13: a user reads the first row as the answer), then the rest by probability
+    assert top[0]["is_guess"] and (top[0]["lat"], top[0]["lon"]) == (r["lat"], r["lon"])
+    assert probs[1:] == sorted(probs[1:], reverse=True) and all(p >= 0 for p in probs) and sum(probs) <= 1.0 + 1e-6
     for t in top:
         assert -90.0 <= t["lat"] <= 90.0 and -180.0 <= t["lon"] <= 180.0
         assert isinstance(t["country"], str) and len(t["country"]) in (0, 2)
@@ -224,3 +226,64 @@ def test_cli_demo(predictor, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "best guess" in r.stdout and "truth" in r.stdout
     assert f"{out['error_km']:.0f} km" in r.stdout
+
+
+# --------------------------------------------------------------------------------------------- issue 13
+
+
+def test_high_bit_depth_photo_is_predicted_like_its_8bit_twin(predictor, tmp_path):
+    from imagefiles import twin_of, write_high_bit_files
+
+    files = write_high_bit_files(tmp_path / "img", size=(192, 144))
+    names = ["gray16.png", "gray16b.tif", "rgb48.png", "float01.tif"]
+    results = {Path(r["path"]).name: r for r in predictor.predict_paths([files[n] for n in names]
+                                                                       + [files["gray8.png"], files["rgb8.png"]])}
+    for name in names:
+        got, twin = results[name], results[twin_of(name)]
+        check_result(got, predictor.model)
+        assert (got["lat"], got["lon"]) == pytest.approx((twin["lat"], twin["lon"]), abs=1e-4), name
+        assert got["within_km"] == pytest.approx(twin["within_km"], abs=1e-4), name
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the point of the test
+def test_photo_too_big_for_ingest_is_too_big_for_predict(predictor, tmp_path):
+    from imagefiles import big_png
+
+    from geopin.ingest import IngestConfig, ingest
+
+    huge = big_png(tmp_path / "photos" / "huge.png")  # 144 MP, a few hundred kB on disk
+    (r,) = list(predictor.predict_paths([huge]))
+    assert "decompression_bomb" in r["error"] and str(huge) in r["error"], r
+    import pandas as pd
+
+    pd.DataFrame({"image": ["photos/huge.png"], "lat": [1.0], "lon": [2.0]}).to_csv(tmp_path / "t.csv", index=False)
+    summary = ingest(tmp_path / "t.csv", tmp_path / "out", IngestConfig(workers=1))
+    assert summary.reasons["decompression_bomb"] == 1
+
+
+def test_folder_symlinks_are_followed_and_dangling_ones_reported(predictor, tmp_path):
+    trip, elsewhere = tmp_path / "trip", tmp_path / "elsewhere"
+    a = save_jpeg(scene(40), trip / "a.jpg")
+    b = save_jpeg(scene(41), elsewhere / "b.jpg")
+    (trip / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (trip / "linked" / "loop").symlink_to(trip, target_is_directory=True)
+    (trip / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    results = list(predictor.predict_paths([trip]))
+    assert [r["path"] for r in results] == [str(a), str(trip / "gone.jpg"), str(trip / "linked" / "b.jpg")]
+    assert "no such file" in results[1]["error"]
+    check_result(results[2], predictor.model)
+    assert b.exists()
+
+
+@pytest.mark.slow
+def test_cli_no_photos_at_all_exits_2_with_a_message(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("no photos here")
+    for args in ([str(empty)], [str(notes)], [str(empty), str(notes), "--json"]):
+        r = geopin("predict", *args, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "no photos" in r.stderr and args[0] in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr

@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import hashlib
-import io
 import json
 import logging
 import math
@@ -30,16 +29,20 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 
 from geopin.backbones import MODES, Backbone, create_backbone
+from geopin.images import ImageError, decode_rgb, open_image
 from geopin.io import atomic_path, read_table, write_json
 from geopin.log import progress
 
 logger = logging.getLogger(__name__)
 
 # Bump when decoding or view generation changes in a way that changes vectors: it is part of the cache key.
-PREPROCESS_VERSION = "v1"
+# v2: decoding through geopin.images (16-bit photos scaled instead of clipped to white, transparency on white);
+# ordinary 8-bit photos give the same vectors as v1.
+PREPROCESS_VERSION = "v2"
+LOCK_NAME = ".lock"
 TTA_OPTIONS = ("flip", "crops")
 CROP_FRACTION = 0.75  # side of each TTA crop relative to the base view
 EMBEDDINGS_NPY = "embeddings.npy"
@@ -226,12 +229,14 @@ def _draft_request(width: int, height: int, mode: str, long_side: int, native_si
 def load_image(
     source: Path | str | bytes, mode: str = "whole", long_side: int = 384, native_size: int = 224
 ) -> Image.Image:
-    """Decode to an upright RGB image; large JPEGs are decoded at reduced scale (much faster, same result size)."""
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    img = Image.open(io.BytesIO(data))
-    img.draft("RGB", _draft_request(img.width, img.height, mode, long_side, native_size))
-    img = ImageOps.exif_transpose(img)
-    return img if img.mode == "RGB" else img.convert("RGB")
+    """Decode to an upright 8-bit RGB image through geopin.images (the decoding ingest and predict use too).
+
+    Large JPEGs are decoded at reduced scale (much faster, same result size). Raises ImageError for bytes
+    that are not a usable photo, OSError for a path that cannot be read.
+    """
+    img = open_image(source)
+    return decode_rgb(img, draft=_draft_request(img.width, img.height, mode, long_side, native_size),
+                      name=None if isinstance(source, bytes) else str(source))
 
 
 def make_views(img: Image.Image, backbone: Backbone, cfg: EmbedConfig) -> list:
@@ -265,9 +270,12 @@ def _decode_views(path: Path, expected_sha: str | None, backbone: Backbone, cfg:
         raise BadImage("sha256 mismatch: the file changed since the manifest was built (re-run ingest)")
     try:
         img = load_image(data, cfg.mode, cfg.long_side, backbone.native_size)
+    except ImageError as exc:
+        raise BadImage(f"cannot decode image: {exc.reason}: {exc.detail}") from None
+    try:
         return make_views(img, backbone, cfg)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is this record's problem, never the job's
-        raise BadImage(f"cannot decode image: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any preprocessing failure is this record's problem, never the job's
+        raise BadImage(f"cannot preprocess image: {type(exc).__name__}: {exc}") from None
 
 
 def _safe(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -413,15 +421,17 @@ def embed_images(images: Sequence[Image.Image | Path | str], backbone: Backbone,
     batcher = _Batcher(backbone.model, cfg.batch_size)
     with torch_threads(cfg.threads), torch.inference_mode():
         for i, image in enumerate(images):
-            if isinstance(image, Image.Image):
-                img = ImageOps.exif_transpose(image)
-            else:
-                try:
+            try:
+                if isinstance(image, Image.Image):
+                    img = decode_rgb(image)
+                else:
                     img = load_image(Path(image), cfg.mode, cfg.long_side, backbone.native_size)
-                except FileNotFoundError:
-                    raise FileNotFoundError(f"{image}: no such file") from None
-                except Exception as exc:  # noqa: BLE001 - report any decoder failure with the path
-                    raise ValueError(f"{image}: cannot decode image: {type(exc).__name__}: {exc}") from exc
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{image}: no such file") from None
+            except OSError as exc:
+                raise ValueError(f"{image}: cannot read: {exc.strerror or exc}") from exc
+            except ImageError as exc:
+                raise ValueError(f"{image}: cannot decode image: {exc.reason}: {exc.detail}") from exc
             for key, vec in batcher.add(i, make_views(img, backbone, cfg)):
                 out[key] = vec
         for key, vec in batcher.flush():
@@ -474,15 +484,22 @@ def embed_manifest(
     """Embed every photo of the manifest into <out_dir>/embeddings.npy (+ .json); bad photos give NaN rows.
 
     Photos already in the cache are not decoded; newly embedded ones are added to the cache every
-    `cfg.shard_size` photos, so a killed run loses at most that much work.
+    `cfg.shard_size` photos, so a killed run loses at most that much work. One run at a time writes
+    an output folder: a second one raises OutputBusy naming the first (see output_lock).
     """
-    import torch
-    from numpy.lib.format import open_memmap
-
     cfg = cfg or EmbedConfig()
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     df = read_manifest(manifest)
+    with output_lock(out_dir):
+        return _embed_locked(df, out_dir, cfg, backbone, t_start)
+
+
+def _embed_locked(df: pd.DataFrame, out_dir: Path, cfg: EmbedConfig, backbone: Backbone | None,
+                  t_start: float) -> EmbedSummary:
+    import torch
+    from numpy.lib.format import open_memmap
+
     n = len(df)
     if backbone is None:
         backbone = create_backbone(cfg.backbone, cfg.device)
@@ -645,8 +662,58 @@ def load_embeddings(out_dir: Path | str, manifest: Path | str | pd.DataFrame | N
     return emb, meta
 
 
+class OutputBusy(RuntimeError):
+    """Another run is writing the same output folder."""
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path | str) -> Iterator[Path]:
+    """Hold `<out_dir>/.lock` (flock, with our pid, host and start time inside) while the block writes out_dir.
+
+    A second run fails at once with OutputBusy naming the holder, instead of deleting the first run's
+    temporary output as stale. The kernel drops a flock when its process dies, so the lock of a killed
+    run never blocks the next one; its leftover temporary files are removed by whoever holds the lock.
+    """
+    import fcntl
+    import socket
+    from datetime import datetime
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputBusy(f"{out_dir} is being written by {_lock_holder(fd)}; wait or choose another --out") from None
+        since = datetime.now().astimezone().isoformat(timespec="seconds")
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)  # released: nobody to name any more
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _lock_holder(fd: int) -> str:
+    """'pid N since T' (with the host when it is another machine's) from a held lock file."""
+    import socket
+
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode() or "null")
+        pid, since, host = holder["pid"], holder["since"], holder.get("host")
+    except (OSError, ValueError, TypeError, KeyError):
+        return "another process (it has not written its pid yet)"
+    where = f" on host {host}" if host and host != socket.gethostname() else ""
+    return f"pid {pid}{where} since {since}"
+
+
 def _remove_stale_temp_files(folder: Path, name: str) -> None:
-    """Temporary outputs left by a killed run (one writer per output folder is assumed)."""
+    """Temporary outputs left by a killed run; called only while holding output_lock, so none is another run's."""
     if not folder.exists():
         return
     for tmp in folder.glob(f".{name}.*.tmp"):

@@ -22,14 +22,18 @@ import pandas as pd
 from geopin.countries import country_of
 from geopin.geo import haversine_km, pairwise_km
 from geopin.metrics import (
+    BootstrapDraws,
+    bootstrap_ece,
+    bootstrap_mean,
     expected_calibration_error,
+    geoscore,
     global_average_precision,
     reliability_table,
     summarize,
 )
 from geopin.posterior import CONFIDENCE_KM, classifier_probs
-from geopin.splits import group_kfold, random_kfold
-from geopin.train import TrainConfig, train_model
+from geopin.splits import _group_codes, group_kfold, random_kfold
+from geopin.train import SCENARIOS, TrainConfig, train_model
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +43,59 @@ SCENARIO_LABELS = {
 }
 
 
+# Shares whose intervals are reported beside GeoScore: city and region scale.
+INTERVAL_KM: tuple[int, ...] = (25, 750)
+NOT_BASELINES = ("model", "oracle")  # the oracle is a ceiling, not an answer anyone can give
+ROUGH_BELOW = 10  # a percentile bootstrap over fewer units than this says little
+
+
 @dataclass
 class EvalConfig:
     scenarios: tuple[str, ...] = ("group", "random")
-    folds: int = 5
+    folds: int = 5  # requested; fewer are used when the data has fewer photographers (or photos)
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
     n_bins: int = 10
+    n_boot: int = 1000  # bootstrap draws of photographers for the intervals
+    level: float = 0.95
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.scenarios if s not in SCENARIOS]
+        if unknown:
+            raise ValueError(f"scenario {', '.join(map(repr, unknown))}: choose from {', '.join(SCENARIOS)}")
+        if not self.scenarios:
+            raise ValueError("no scenario chosen: give 'group' and/or 'random'")
+        if self.folds < 2:
+            raise ValueError(f"folds must be at least 2, got {self.folds}")
+
+
+@dataclass
+class FoldPlan:
+    """The folds a scenario gets from the data; folds is None when the scenario cannot run (note says why)."""
+
+    folds: np.ndarray | None
+    used: int
+    note: str
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def plan_folds(scenario: str, n: int, codes: np.ndarray | None, cfg: EvalConfig) -> FoldPlan:
+    """k = min(requested folds, photographers (or photos)): a small collection is evaluated, and says so."""
+    if scenario == "group":
+        if codes is None:
+            return FoldPlan(None, 0, "no photographer (group) is known for every photo")
+        units, word = int(np.unique(codes).size), "photographer"
+    else:
+        units, word = n, "photo"
+    if units < 2:
+        return FoldPlan(None, 0, f"{_plural(units, word)} only: held-out folds need at least 2")
+    k = min(cfg.folds, units)
+    note = "" if k == cfg.folds else f"only {_plural(units, word)}, so {k} folds instead of the {cfg.folds} requested"
+    folds = group_kfold(codes, k=k, seed=cfg.seed) if scenario == "group" else random_kfold(n, k=k, seed=cfg.seed)
+    return FoldPlan(folds, k, note)
 
 
 def _nearest_train(test_lat, test_lon, train_lat, train_lon, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
@@ -75,31 +125,34 @@ def predict_fold(model, emb_test: np.ndarray, train_lat: np.ndarray, train_lon: 
 
 
 def evaluate_cv(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, groups, cfg: EvalConfig = EvalConfig()) -> dict:
-    """Run both scenarios; returns metrics per method, calibration and per-photo predictions."""
+    """Run the scenarios the data allows; returns metrics per method with intervals, calibration, per-photo predictions.
+
+    Raises ValueError naming why when no scenario can run (e.g. one photographer and only 'group' asked).
+    """
     emb = np.asarray(emb, dtype=np.float32)
     lat = np.asarray(lat, dtype=np.float64)
     lon = np.asarray(lon, dtype=np.float64)
+    if not len(emb) == len(lat) == len(lon):
+        raise ValueError(f"{len(emb)} embeddings for {len(lat)} latitudes and {len(lon)} longitudes")
+    codes = _group_codes(groups) if groups is not None else None
+    if codes is not None and len(codes) != len(lat):
+        raise ValueError(f"groups: {len(codes)} labels for {len(lat)} photos")
     true_cc = country_of(lat, lon)
-    report: dict = {"n": int(len(lat)), "folds": cfg.folds, "scenarios": {}}
+    report: dict = {"n": int(len(lat)), "folds": cfg.folds, "scenarios": {}, "skipped": {}}
     per_photo: dict[str, pd.DataFrame] = {}
     for scenario in cfg.scenarios:
         t0 = time.perf_counter()
-        if scenario == "group":
-            if groups is None:
-                log.warning("no groups: skipping the new-photographers scenario")
-                continue
-            folds = group_kfold(np.asarray(groups), k=cfg.folds, seed=cfg.seed)
-        else:
-            folds = random_kfold(len(lat), k=cfg.folds, seed=cfg.seed)
+        plan = plan_folds(scenario, len(lat), codes, cfg)
+        if plan.folds is None:
+            log.warning("%s: skipping the scenario: %s", scenario, plan.note)
+            report["skipped"][scenario] = plan.note
+            continue
+        if plan.note:
+            log.warning("%s: %s", scenario, plan.note)
         tcfg = replace(cfg.train, scenario=scenario)
-        rows = []
-        fold_ids = np.unique(folds)
-        if len(fold_ids) < cfg.folds:
-            log.warning("%s: only %d folds possible (fewer groups than folds)", scenario, len(fold_ids))
-        if len(fold_ids) < 2:
-            raise ValueError(f"{scenario} scenario needs at least 2 folds; the data gives {len(fold_ids)}")
-        for f in fold_ids:
-            tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
+        rows, guards = [], []
+        for f in range(plan.used):
+            tr, te = np.flatnonzero(plan.folds != f), np.flatnonzero(plan.folds == f)
             g_tr = np.asarray(groups)[tr] if groups is not None else None
             model = train_model(emb[tr], lat[tr], lon[tr], g_tr, tcfg)
             out = predict_fold(model, emb[te], lat[tr], lon[tr], lat[te], lon[te])
@@ -111,29 +164,63 @@ def evaluate_cv(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, groups, cfg: 
                 df[f"conf_{int(r)}"] = out["conf"][:, r_i]
                 df[f"raw_{int(r)}"] = out["raw"][:, r_i]
             df["w_prior"], df["w_clf"], df["w_knn"] = model.params.w_prior, model.params.w_clf, model.params.w_knn
+            guard = prior_guard_applied(model)
+            guards.append(guard)
+            df["prior_guard"] = pd.array([guard] * len(te), dtype="boolean")
             rows.append(df)
-            log.info("%s fold %d/%d: %s", scenario, f + 1, len(fold_ids), model.params)
+            log.info("%s fold %d/%d: %s%s", scenario, f + 1, plan.used, model.params,
+                     "" if guard is None else f", prior guard {'applied' if guard else 'not applied'}")
         df = pd.concat(rows).sort_values("row").reset_index(drop=True)
         per_photo[scenario] = df
-        report["scenarios"][scenario] = _scenario_report(df, true_cc, cfg.n_bins)
-        report["scenarios"][scenario]["label"] = SCENARIO_LABELS[scenario]
-        report["scenarios"][scenario]["seconds"] = round(time.perf_counter() - t0, 1)
+        draws = _draws(df, codes, cfg)
+        sc = _scenario_report(df, true_cc, cfg.n_bins, draws)
+        sc.update(
+            label=SCENARIO_LABELS[scenario],
+            folds_requested=cfg.folds,
+            folds_used=plan.used,
+            note=plan.note,
+            prior_guard={
+                "folds": plan.used,
+                "folds_reported": sum(g is not None for g in guards),
+                "folds_applied": sum(bool(g) for g in guards),
+            },
+            seconds=round(time.perf_counter() - t0, 1),
+        )
+        report["scenarios"][scenario] = sc
+    if not report["scenarios"]:
+        why = "; ".join(f"{s}: {note}" for s, note in report["skipped"].items())
+        raise ValueError(f"no scenario can run ({why})")
     report["per_photo"] = per_photo
     return report
+
+
+def prior_guard_applied(model) -> bool | None:
+    """Whether training fell back towards the prior (model.meta's fit report); None when not reported."""
+    guard = (model.meta.get("fit_report") or {}).get("prior_guard")
+    return bool(guard.get("applied")) if isinstance(guard, dict) else None
+
+
+def _draws(df: pd.DataFrame, codes: np.ndarray | None, cfg: EvalConfig) -> BootstrapDraws:
+    """Photographers are the unit of resampling; photos only when photographers are unknown (or just one)."""
+    rows = df.row.to_numpy()
+    if codes is not None and np.unique(codes[rows]).size >= 2:
+        return BootstrapDraws.of(codes[rows], n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.level)
+    return BootstrapDraws.of(None, n=len(rows), n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.level)
 
 
 def method_names(df: pd.DataFrame) -> list[str]:
     return [c[: -len("_lat")] for c in df.columns if c.endswith("_lat") and c != "true_lat"]
 
 
-def _scenario_report(df: pd.DataFrame, true_cc: np.ndarray, n_bins: int) -> dict:
+def _scenario_report(df: pd.DataFrame, true_cc: np.ndarray, n_bins: int, draws: BootstrapDraws) -> dict:
     t_lat, t_lon = df.true_lat.to_numpy(), df.true_lon.to_numpy()
     tcc = true_cc[df.row.to_numpy()]
-    methods = {}
+    methods, kms = {}, {}
     for m in method_names(df):
         p_lat, p_lon = df[f"{m}_lat"].to_numpy(), df[f"{m}_lon"].to_numpy()
         methods[m] = summarize(p_lat, p_lon, t_lat, t_lon, country_of(p_lat, p_lon), tcc)
-    km = haversine_km(df.model_lat.to_numpy(), df.model_lon.to_numpy(), t_lat, t_lon)
+        kms[m] = haversine_km(p_lat, p_lon, t_lat, t_lon)
+    km = kms["model"]
     calib = {}
     for r in CONFIDENCE_KM:
         key = str(int(r))
@@ -142,6 +229,7 @@ def _scenario_report(df: pd.DataFrame, true_cc: np.ndarray, n_bins: int) -> dict
         table = reliability_table(prob, hit, n_bins)
         calib[key] = {
             "ece": expected_calibration_error(prob, hit, n_bins),
+            "ece_interval": bootstrap_ece(prob, hit, draws, n_bins).to_dict(),
             "ece_raw": expected_calibration_error(df[f"raw_{key}"].to_numpy(), hit, n_bins),
             "mean_confidence": float(prob.mean()),
             "hit_rate": float(hit.mean()),
@@ -150,6 +238,7 @@ def _scenario_report(df: pd.DataFrame, true_cc: np.ndarray, n_bins: int) -> dict
         }
     return {
         "methods": methods,
+        "intervals": _intervals(methods, kms, draws),
         "calibration": calib,
         "mix_weights": {
             "w_prior": float(df.w_prior.mean()),
@@ -157,6 +246,46 @@ def _scenario_report(df: pd.DataFrame, true_cc: np.ndarray, n_bins: int) -> dict
             "w_knn": float(df.w_knn.mean()),
         },
     }
+
+
+def _intervals(methods: dict, kms: dict[str, np.ndarray], draws: BootstrapDraws) -> dict:
+    """Intervals of GeoScore and the 25/750 km shares per method, and paired GeoScore differences.
+
+    All columns go through the same draws in one matrix product, so the differences are paired: a
+    photographer who is easy for the model is easy for the prior too, and that cancels out.
+    """
+    names, cols = [], []
+    for m, km in kms.items():
+        names.append((m, "geoscore"))
+        cols.append(geoscore(km))
+        for r in INTERVAL_KM:
+            names.append((m, f"acc_{r}km"))
+            cols.append((km <= r).astype(np.float64))
+    score = {m: geoscore(km) for m, km in kms.items()}
+    baselines = [m for m in methods if m not in NOT_BASELINES]
+    best = max(baselines, key=lambda m: methods[m]["geoscore"]) if baselines else None
+    paired_names = []
+    if "model" in score:
+        for other, key in (("prior_constant", "model_minus_prior_constant"), (best, "model_minus_best_baseline")):
+            if other is not None and other in score:
+                paired_names.append((key, other))
+                cols.append(score["model"] - score[other])
+    ivs = bootstrap_mean(np.stack(cols, axis=1), draws)
+    out: dict = {
+        "unit": "photographer" if draws.unit == "group" else "photo",
+        "n_units": draws.n_units,
+        "n_boot": draws.n_boot,
+        "level": draws.level,
+        "seed": draws.seed,
+        "methods": {},
+        "paired": {},
+        "note": "" if draws.n_units >= ROUGH_BELOW else f"only {draws.n_units} units resampled: the intervals are rough",
+    }
+    for (m, stat), iv in zip(names, ivs):
+        out["methods"].setdefault(m, {})[stat] = iv.to_dict()
+    for (key, other), iv in zip(paired_names, ivs[len(names):]):
+        out["paired"][key] = {"baseline": other, "stat": "geoscore", **iv.to_dict()}
+    return out
 
 
 # ---------------------------------------------------------------- tables and plots
@@ -173,10 +302,89 @@ def calibration_table(report: dict, scenario: str) -> pd.DataFrame:
     c = report["scenarios"][scenario]["calibration"]
     return pd.DataFrame(
         [
-            {"within_km": k, "mean_conf": v["mean_confidence"], "hit_rate": v["hit_rate"], "ece": v["ece"], "ece_raw": v["ece_raw"], "gap": v["gap"]}
+            {
+                "within_km": k, "mean_conf": v["mean_confidence"], "hit_rate": v["hit_rate"], "ece": v["ece"],
+                "ece_lo": v.get("ece_interval", {}).get("lo", np.nan), "ece_hi": v.get("ece_interval", {}).get("hi", np.nan),
+                "ece_raw": v["ece_raw"], "gap": v["gap"],
+            }
             for k, v in c.items()
         ]
     )
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f} %"
+
+
+def _with_interval(est: str, iv: dict | None, fmt) -> str:
+    return est if not iv else f"{est} [{fmt(iv['lo'])}, {fmt(iv['hi'])}]"
+
+
+def scenario_header(report: dict, scenario: str) -> str:
+    """What a reader must know before the numbers: how many folds (and why fewer), and what the intervals resample."""
+    sc = report["scenarios"][scenario]
+    used, asked = sc.get("folds_used", report["folds"]), sc.get("folds_requested", report["folds"])
+    folds = f"{used} folds" if used == asked else f"{used} of {asked} folds requested"
+    n = sc["methods"]["model"]["n"] if "model" in sc["methods"] else report["n"]
+    line = f"== {sc['label']}: {n} photos, {folds}"
+    ci = sc.get("intervals")
+    if ci:
+        over = f"{ci['n_units']} photographers" if ci["unit"] == "photographer" else "photos (photographers unknown)"
+        line += f"; [{100 * ci['level']:.0f} % intervals over {over}, {ci['n_boot']} draws]"
+    for note in (sc.get("note"), (ci or {}).get("note")):
+        if note:
+            line += f"\n   note: {note}"
+    guard = sc.get("prior_guard") or {}
+    if guard.get("folds_reported"):
+        line += f"\n   prior guard applied in {guard['folds_applied']} of {guard['folds']} folds"
+    return line
+
+
+def format_methods_table(report: dict, scenario: str) -> tuple[str, pd.DataFrame]:
+    """(header, table of text) for people: every method with its interval, e.g. "GeoScore 1036 [998, 1071]"."""
+    sc = report["scenarios"][scenario]
+    ivs = (sc.get("intervals") or {}).get("methods", {})
+    rows = []
+    for m, s in sc["methods"].items():
+        iv = ivs.get(m, {})
+        row = {"method": m}
+        for key in s:
+            if key.startswith("acc_"):
+                row[f"<={key[4:-2]} km"] = _with_interval(_pct(s[key]), iv.get(key), lambda v: f"{100 * v:.1f}")
+        row["median km"] = f"{s['median_km']:,.0f}" if s["median_km"] >= 10 else f"{s['median_km']:.2f}"
+        row["GeoScore"] = _with_interval(f"{s['geoscore']:.0f}", iv.get("geoscore"), lambda v: f"{v:.0f}")
+        row["country"] = _pct(s["country_acc"]) if np.isfinite(s["country_acc"]) else "-"
+        rows.append(row)
+    return scenario_header(report, scenario), pd.DataFrame(rows)
+
+
+def paired_lines(report: dict, scenario: str) -> list[str]:
+    """The model's GeoScore gain over the prior and over the best baseline, paired over the same draws."""
+    sc = report["scenarios"][scenario]
+    paired = (sc.get("intervals") or {}).get("paired", {})
+    out = []
+    for key, p in paired.items():
+        if key == "model_minus_best_baseline" and p["baseline"] == paired.get("model_minus_prior_constant", {}).get("baseline"):
+            continue  # the prior is the best baseline: said once, on the line above
+        best = " (the best baseline)" if p["baseline"] == paired.get("model_minus_best_baseline", {}).get("baseline") else ""
+        sure = "" if p["lo"] > 0 or p["hi"] < 0 else "; the interval holds 0: no clear difference"
+        out.append(f"model - {p['baseline']}{best}: GeoScore {p['estimate']:+.0f} [{p['lo']:+.0f}, {p['hi']:+.0f}]{sure}")
+    return out
+
+
+def format_calibration_table(report: dict, scenario: str) -> pd.DataFrame:
+    """Stated confidence against hit rate per radius, ECE in points with its interval."""
+    rows = []
+    for key, c in report["scenarios"][scenario]["calibration"].items():
+        rows.append({
+            "within": f"{key} km",
+            "mean conf": _pct(c["mean_confidence"]),
+            "hit rate": _pct(c["hit_rate"]),
+            "ECE (pts)": _with_interval(f"{100 * c['ece']:.1f}", c.get("ece_interval"), lambda v: f"{100 * v:.1f}"),
+            "ECE raw (pts)": f"{100 * c['ece_raw']:.1f}",
+            "GAP": f"{c['gap']:.3f}",
+        })
+    return pd.DataFrame(rows)
 
 
 def write_plots(report: dict, out_dir: Path) -> list[Path]:

@@ -4,7 +4,9 @@ Cameras store latitude and longitude as three unsigned rationals (degrees, minut
 N/S or E/W reference letter. Real files get this wrong in many ways (no reference, zero denominators,
 90+ degrees, a 0/0 fix written while the receiver had no signal), so reading either gives a position,
 None when the file has no position at all, or an `ExifGpsError` whose `reason` is one of the
-coordinate reasons of the ingest reject vocabulary.
+coordinate reasons of the ingest reject vocabulary (or, from `read_exif_gps` on a file, an image
+reason such as not_an_image when the bytes are no photo at all). Whatever the bytes, nothing else
+comes out: the reader is fuzzed against that contract in tests/test_fuzz.py and bench/fuzz.py.
 """
 
 from __future__ import annotations
@@ -53,21 +55,43 @@ def coord_problem(lat: float, lon: float) -> tuple[str, str] | None:
 def read_exif_gps(path_or_image: str | os.PathLike | Image.Image) -> tuple[float, float] | None:
     """(lat, lon) in decimal degrees from a photo's EXIF, or None when it carries no position.
 
-    Only the header is read (no pixel decoding). Raises ExifGpsError for a position that is
-    present but malformed, and Pillow's errors when the file is not an image.
+    Only the header is read (no pixel decoding; no pixel limit beyond Pillow's own bomb check).
+    Raises ExifGpsError for a position that is present but malformed (coords_* reasons), for an
+    unreadable EXIF block (coords_not_numeric) and for a file that is no readable image (the
+    geopin.images reasons: empty_file, not_an_image, decompression_bomb, ...). Only a path that
+    cannot be read at all raises OSError (FileNotFoundError, PermissionError).
     """
     if isinstance(path_or_image, Image.Image):
-        return gps_from_exif(path_or_image.getexif())
-    with Image.open(path_or_image) as img:
-        return gps_from_exif(img.getexif())
+        return gps_from_exif(_parsed_exif(path_or_image))
+    from geopin.images import ImageError, open_image
+
+    try:
+        img = open_image(path_or_image, max_pixels=_NO_PIXEL_LIMIT)
+    except ImageError as exc:
+        raise ExifGpsError(exc.reason, exc.detail) from None
+    with img:
+        return gps_from_exif(_parsed_exif(img))
+
+
+#: read_exif_gps decodes no pixels, so it needs no limit of its own (Pillow's bomb check still applies).
+_NO_PIXEL_LIMIT = 2**62
+
+
+def _parsed_exif(img: Image.Image) -> Image.Exif:
+    """img.getexif(), with any parser failure on a corrupt block turned into an ExifGpsError."""
+    try:
+        return img.getexif()
+    except Exception as exc:  # noqa: BLE001 - Pillow's EXIF parser raises SyntaxError, struct.error, ... on garbage
+        raise ExifGpsError("coords_not_numeric",
+                           f"unreadable EXIF block: {type(exc).__name__}: {exc}") from None
 
 
 def gps_from_exif(exif: Image.Exif) -> tuple[float, float] | None:
     """The position in an already-parsed EXIF block; see read_exif_gps."""
     try:
         gps = exif.get_ifd(GPS_IFD)
-    except (KeyError, ValueError, TypeError, OSError) as exc:  # a GPS offset pointing at garbage
-        raise ExifGpsError("coords_not_numeric", f"unreadable GPS IFD: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a GPS offset pointing at garbage fails in many ways
+        raise ExifGpsError("coords_not_numeric", f"unreadable GPS IFD: {type(exc).__name__}: {exc}") from None
     if not gps:
         return None
     lat_dms, lon_dms = gps.get(_GPS_LAT), gps.get(_GPS_LON)

@@ -12,7 +12,13 @@ does not depend on which worker finished first).
 
 Empty (zero-byte) files get their own reason, `empty_file`, because "the copy failed" and "this is
 not an image" call for different fixes. Decode failures after a readable header (cut-off bytes,
-corrupt entropy data) are all `truncated`; the detail carries Pillow's message.
+corrupt entropy data) are all `truncated`; the detail carries Pillow's message. Photos are opened and
+decoded by `geopin.images`, exactly as embed and predict decode them (16-bit photos scaled, not
+clipped; HEIC through pillow-heif; the same pixel limit).
+
+A folder is walked by `geopin.images.walk_folder`: symlinked folders are followed, none is visited
+twice, and every entry that is not a photo is listed with its reason in `ignored.csv` (a dangling
+symlink named like a photo is a `file_missing` reject instead).
 """
 
 from __future__ import annotations
@@ -20,25 +26,27 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import errno
 import hashlib
-import io
 import json
 import logging
 import math
 import os
 import shutil
+import stat
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile
 
 from geopin.exif import ExifGpsError, coord_problem, gps_from_exif, read_artist
+from geopin.images import (IMAGE_SUFFIXES, PILLOW_MAX_PIXELS, ImageError, decode_rgb, open_image, symlink_target,
+                           walk_folder)
 from geopin.io import atomic_path, read_table, write_json
 from geopin.log import progress
 
@@ -57,21 +65,18 @@ REJECT_REASONS = (
     "truncated",
     "too_small",
     "decompression_bomb",
+    "unsupported_format",
     "duplicate",
     "faces",
 )
-#: Pillow's own default for Image.MAX_IMAGE_PIXELS (about 89.5 megapixels).
-PILLOW_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
-#: Suffixes taken from a folder; other files are counted and logged, not treated as photos.
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".heic", ".heif"}
-)
+__all__ = ["IMAGE_SUFFIXES", "PILLOW_MAX_PIXELS", "REJECT_REASONS", "IngestConfig", "IngestInputError",
+           "IngestSummary", "ingest", "read_manifest"]  # the suffixes and the pixel limit: geopin.images
 GROUP_FROM = ("none", "subfolder", "artist")
 WORK_DIR_NAME = ".ingest-work"
-MANIFEST_NAME, REJECTS_NAME, REJECTS_CSV_NAME, SUMMARY_NAME = (
-    "manifest.parquet", "rejects.parquet", "rejects.csv", "ingest_summary.json")
+MANIFEST_NAME, REJECTS_NAME, REJECTS_CSV_NAME, SUMMARY_NAME, IGNORED_NAME = (
+    "manifest.parquet", "rejects.parquet", "rejects.csv", "ingest_summary.json", "ignored.csv")
 # Bump when the per-photo checks change, so parts from older code are not reused.
-_RESULT_VERSION = 1
+_RESULT_VERSION = 2
 
 MANIFEST_SCHEMA = pa.schema([
     ("id", pa.string()), ("path", pa.string()), ("lat", pa.float64()), ("lon", pa.float64()),
@@ -136,6 +141,8 @@ class IngestSummary:
     n_ignored_files: int = 0  # folder input: files without an image suffix
     workers: int = 1
     fingerprint: str = ""
+    ignored_path: str = ""  # ignored.csv: every walked entry that is not a photo, with its reason
+    ignored_reasons: dict[str, int] = field(default_factory=dict)  # count by reason (no image suffix, hidden, ...)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -151,6 +158,16 @@ class _Task:
     raw_lat: Any = None
     raw_lon: Any = None
     group: str | None = None
+    problem: tuple[str, str] | None = None  # (reason, detail) known from the folder walk, e.g. a dangling link
+
+
+@dataclass(frozen=True)
+class _Ignored:
+    """A walked entry that is not a photo: written to ignored.csv."""
+
+    path: str  # relative to the input folder
+    reason: str
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -188,17 +205,19 @@ def ingest(source: Path, out_dir: Path, cfg: IngestConfig | None = None) -> Inge
 
         check_face_detector()  # fail before any work, not once per photo
     if source.is_dir():
-        tasks, input_digest, n_ignored = _folder_tasks(source, out_dir, cfg)
+        tasks, input_digest, ignored = _folder_tasks(source, out_dir, cfg)
         opts = _options(cfg, from_exif=True)
     elif source.is_file():
         tasks, input_digest = _table_tasks(source, cfg)
-        n_ignored = 0
+        ignored = []
         opts = _options(cfg, from_exif=False)
     else:
         raise IngestInputError(f"{source}: no such file or folder")
+    ignored_reasons = _count(i.reason for i in ignored)
     if not tasks:
         what = "table has no rows" if source.is_file() else (
-            f"folder has no photos (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+            f"folder has no photos (looked for {', '.join(sorted(IMAGE_SUFFIXES))}; ignored "
+            f"{_counts_text(ignored_reasons) or 'nothing'})")
         raise IngestInputError(f"{source}: {what}")
 
     fingerprint = _fingerprint(source, input_digest, cfg)
@@ -215,11 +234,14 @@ def ingest(source: Path, out_dir: Path, cfg: IngestConfig | None = None) -> Inge
         raise RuntimeError(f"ingest lost photos: {kept.num_rows} kept + {rejects.num_rows} rejected "
                            f"!= {len(tasks)} input")
     out_dir.mkdir(parents=True, exist_ok=True)
-    rejects_path, rejects_csv_path, manifest_path = (
-        out_dir / REJECTS_NAME, out_dir / REJECTS_CSV_NAME, out_dir / MANIFEST_NAME)
+    rejects_path, rejects_csv_path, manifest_path, ignored_path = (
+        out_dir / REJECTS_NAME, out_dir / REJECTS_CSV_NAME, out_dir / MANIFEST_NAME, out_dir / IGNORED_NAME)
     _write_table(rejects, rejects_path)
     with atomic_path(rejects_csv_path) as tmp:
         rejects.to_pandas().to_csv(tmp, index=False)
+    with atomic_path(ignored_path) as tmp:
+        pd.DataFrame([dataclasses.asdict(i) for i in ignored], columns=["path", "reason", "detail"]).to_csv(
+            tmp, index=False)
     _write_table(kept, manifest_path)
 
     reasons = {r: 0 for r in REJECT_REASONS}
@@ -232,8 +254,9 @@ def ingest(source: Path, out_dir: Path, cfg: IngestConfig | None = None) -> Inge
         reasons=reasons, seconds=round(seconds, 3),
         photos_per_s=round(n_processed / seconds_work, 1) if n_processed and seconds_work > 0 else 0.0,
         manifest_path=str(manifest_path), rejects_path=str(rejects_path),
-        rejects_csv_path=str(rejects_csv_path), n_resumed=n_resumed, n_ignored_files=n_ignored,
-        workers=cfg.workers, fingerprint=fingerprint,
+        rejects_csv_path=str(rejects_csv_path), n_resumed=n_resumed,
+        n_ignored_files=ignored_reasons.get("no image suffix", 0), workers=cfg.workers, fingerprint=fingerprint,
+        ignored_path=str(ignored_path), ignored_reasons=ignored_reasons,
     )
     write_json(summary.to_dict(), out_dir / SUMMARY_NAME)
     shutil.rmtree(work, ignore_errors=True)
@@ -241,9 +264,26 @@ def ingest(source: Path, out_dir: Path, cfg: IngestConfig | None = None) -> Inge
         work.parent.rmdir()  # only when no other fingerprint's work is left
     log.info("ingest done: %d input = %d kept + %d rejected (%s); %.1f photos/s over %d processed, "
              "%d resumed, %.1f s", summary.n_input, summary.n_kept, summary.n_rejected,
-             ", ".join(f"{k} {v}" for k, v in reasons.items() if v) or "no rejects",
-             summary.photos_per_s, n_processed, n_resumed, seconds)
+             _counts_text(reasons) or "no rejects", summary.photos_per_s, n_processed, n_resumed, seconds)
+    if ignored:
+        log.info("ignored %d entries that are not photos (%s), listed in %s",
+                 len(ignored), _counts_text(ignored_reasons), ignored_path)
+    if not summary.n_kept:
+        log.error("ingest kept no photos of %d: %s; see %s", summary.n_input, _counts_text(reasons),
+                  rejects_csv_path)
     return summary
+
+
+def _count(values: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    """'coords_missing 2, not_an_image 1': the non-zero counts, for messages."""
+    return ", ".join(f"{k} {v}" for k, v in counts.items() if v)
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
@@ -253,8 +293,8 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
         raise FileNotFoundError(f"{path}: manifest not found (run `geopin ingest` first)")
     try:
         df = pd.read_parquet(path)
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise ValueError(f"{path}: not a readable Parquet manifest: {exc}") from exc
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:  # Key/TypeError: garbled pandas metadata
+        raise ValueError(f"{path}: not a readable Parquet manifest: {type(exc).__name__}: {exc}") from exc
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: not a geopin manifest: missing column(s) {', '.join(map(repr, missing))}")
@@ -302,35 +342,34 @@ def _table_tasks(table_path: Path, cfg: IngestConfig) -> tuple[list[_Task], str]
     return tasks, f"table:{digest}:base={base}"
 
 
-def _folder_tasks(root: Path, out_dir: Path, cfg: IngestConfig) -> tuple[list[_Task], str, int]:
+def _folder_tasks(root: Path, out_dir: Path, cfg: IngestConfig) -> tuple[list[_Task], str, list[_Ignored]]:
+    """Photos (and image-named entries that cannot be read) as tasks; everything else as ignored entries."""
     if cfg.group_col:
         log.warning("group_col=%r only applies to table input; use group_from for folders", cfg.group_col)
     listing = hashlib.sha256()
-    tasks, ignored = [], []
-    for rel, path in sorted((p.relative_to(root).as_posix(), p) for p in _walk_files(root, skip=out_dir)):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            ignored.append(rel)
+    tasks: list[_Task] = []
+    ignored: list[_Ignored] = []
+    for entry in sorted(walk_folder(root, skip=out_dir), key=lambda e: e.rel):
+        if entry.kind == "ignored":
+            ignored.append(_Ignored(entry.rel, entry.reason, entry.detail))
             continue
-        st = path.stat()
-        listing.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        problem = (entry.reason, entry.detail) if entry.kind == "missing" else None
+        if problem is None:
+            try:
+                st = entry.path.stat()
+                listing.update(f"{entry.rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError as exc:  # gone since the walk saw it
+                problem = ("file_missing", f"cannot stat: {exc.strerror or exc}")
+        if problem is not None:
+            listing.update(f"{entry.rel}\0{problem}\n".encode())
         group = None
-        if cfg.group_from == "subfolder" and "/" in rel:
-            group = rel.split("/", 1)[0]
-        tasks.append(_Task(id=rel, path=str(path), source_row=-1, group=group))
+        if cfg.group_from == "subfolder" and "/" in entry.rel:
+            group = entry.rel.split("/", 1)[0]
+        tasks.append(_Task(id=entry.rel, path=str(entry.path), source_row=-1, group=group, problem=problem))
     if ignored:
-        log.info("%s: ignored %d file(s) without an image suffix, e.g. %s",
-                 root, len(ignored), ", ".join(ignored[:3]))
-    return tasks, f"folder:{listing.hexdigest()}:group_from={cfg.group_from}", len(ignored)
-
-
-def _walk_files(root: Path, skip: Path) -> Iterator[Path]:
-    """Files under root, leaving out hidden entries and the output folder."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and (here / d) != skip]
-        for name in filenames:
-            if not name.startswith("."):
-                yield here / name
+        log.info("%s: ignored %d entries that are not photos (%s), e.g. %s", root, len(ignored),
+                 _counts_text(_count(i.reason for i in ignored)), ", ".join(i.path for i in ignored[:3]))
+    return tasks, f"folder:{listing.hexdigest()}:group_from={cfg.group_from}", ignored
 
 
 def _relative_id(abs_path: Path, base: Path) -> str:
@@ -487,32 +526,20 @@ def _parse_coords(raw_lat: Any, raw_lon: Any) -> tuple[float, float]:
 
 
 def _check_photo(task: _Task, opts: _Options) -> dict:
-    """Read, decode and measure one photo; raise _Reject with the first problem found."""
+    """Read, decode and measure one photo (through geopin.images); raise _Reject with the first problem found."""
+    if task.problem is not None:
+        raise _Reject(*task.problem)
     if not task.path:
         raise _Reject("file_missing", "no image path given")
-    path = Path(task.path)
+    if "\x00" in task.path:  # from a table cell; the OS raises ValueError, not OSError, for it
+        raise _Reject("file_missing", "path contains a NUL byte: no file can have that name")
+    data = _read_file(Path(task.path))
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise _Reject("file_missing", "no such file") from None
-    except IsADirectoryError:
-        raise _Reject("file_missing", "is a folder, not a file") from None
-    except OSError as exc:
-        raise _Reject("file_missing", f"cannot read: {exc.strerror or exc}") from None
-    if not data:
-        raise _Reject("empty_file", "zero bytes")
+        img = open_image(data, max_pixels=opts.max_pixels, name=task.path)
+    except ImageError as exc:
+        raise _Reject(exc.reason, exc.detail) from None
 
     out: dict[str, Any] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit below
-        try:
-            img = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            raise _Reject("decompression_bomb", str(exc)) from None
-        except UnidentifiedImageError:
-            raise _Reject("not_an_image", "Pillow cannot identify an image format") from None
-        except Exception as exc:  # noqa: BLE001 - any plugin may fail on hostile headers; one photo must not end the job
-            raise _Reject("not_an_image", f"unreadable header: {type(exc).__name__}: {exc}") from None
     with img:
         exif = _safe_exif(img)
         if opts.from_exif:
@@ -526,24 +553,40 @@ def _check_photo(task: _Task, opts: _Options) -> dict:
             if opts.group_from_artist:
                 out["group"] = read_artist(exif)
         width, height = img.size
-        if width * height > opts.max_pixels:
-            raise _Reject("decompression_bomb", f"{width}x{height} = {width * height} pixels > {opts.max_pixels}")
         if min(width, height) < opts.min_side:
             raise _Reject("too_small", f"{width}x{height}, smaller side under {opts.min_side} px")
-        try:
-            img.load()
-        except Exception as exc:  # noqa: BLE001 - truncated data surfaces as OSError, corrupt data as anything
-            raise _Reject("truncated", f"decoding failed: {type(exc).__name__}: {exc}") from None
+        try:  # the full decode: a photo that cannot be decoded to its last pixel is not kept
+            rgb = decode_rgb(img, max_pixels=opts.max_pixels, name=task.path)
+        except ImageError as exc:
+            raise _Reject(exc.reason, exc.detail) from None
         if opts.faces:
             from geopin.faces import face_area_fraction
 
-            fraction = face_area_fraction(img)
+            fraction = face_area_fraction(rgb)
             if fraction > opts.face_threshold:
                 raise _Reject("faces", f"faces cover {fraction:.1%} of the image (> {opts.face_threshold:.1%})")
-    if exif.get(0x0112) in (5, 6, 7, 8):  # EXIF orientation rotates by 90 degrees: report as displayed
-        width, height = height, width
-    out.update(width=width, height=height, sha256=hashlib.sha256(data).hexdigest())
+    # upright (EXIF orientation applied): width and height as the photo is shown
+    out.update(width=rgb.width, height=rgb.height, sha256=hashlib.sha256(data).hexdigest())
     return out
+
+
+def _read_file(path: Path) -> bytes:
+    """The file's bytes, or _Reject(file_missing) saying why not (never blocking on a FIFO)."""
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise _Reject("file_missing", "is a folder, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise _Reject("file_missing", "not a regular file (a FIFO, socket or device)")
+        return path.read_bytes()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise _Reject("file_missing", f"dangling symlink -> {symlink_target(path)}") from None
+        raise _Reject("file_missing", "no such file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Reject("file_missing", f"symlink loop -> {symlink_target(path)}") from None
+        raise _Reject("file_missing", f"cannot read: {exc.strerror or exc}") from None
 
 
 def _safe_exif(img: Image.Image) -> Image.Exif:

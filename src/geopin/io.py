@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -58,16 +60,101 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a CSV or Parquet table, chosen by the file's suffix."""
+    """Read a CSV/TSV or Parquet table, chosen by the file's suffix.
+
+    Whatever the bytes, the result is a DataFrame or a ValueError that names the file and the
+    problem (FileNotFoundError when there is no file). Nothing is read silently wrong: pandas'
+    implicit index (a first data row longer than the header shifts every column) is off and such a
+    row is an error; duplicate column names are refused (pandas renames the second to 'x.1' and a
+    caller would use the first without a word); one column whose name holds ';' is the wrong
+    separator. UTF-8 (with or without BOM) and UTF-16 with a BOM (Excel's "Unicode text") are read.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
+        return _read_parquet(path)
     if suffix in (".csv", ".tsv", ".txt"):
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        return _read_csv(path, sep="\t" if suffix == ".tsv" else ",")
     raise ValueError(f"{path}: unsupported table format {suffix!r} (use .csv, .tsv or .parquet)")
+
+
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_SEPARATORS = (",", ";", "\t", "|")
+
+
+def _read_csv(path: Path, sep: str) -> pd.DataFrame:
+    kind = "TSV" if sep == "\t" else "CSV"
+    with open(path, "rb") as fh:
+        encoding = "utf-16" if fh.read(2) in _UTF16_BOMS else "utf-8"
+    options: dict[str, Any] = {"sep": sep, "encoding": encoding, "index_col": False}
+    try:
+        with warnings.catch_warnings():
+            # index_col=False turns the column shift into this warning (and drops the extra fields)
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, **options)
+            df = pd.read_csv(path, **options)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: empty {kind} file (no header row)") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: {_decode_problem(path, encoding)}") from None
+    except pd.errors.ParserWarning:
+        raise ValueError(f"{path}: the first data row has more fields than the header's "
+                         f"{len(header.columns)} columns (a value with an unquoted {sep!r} in it?)") from None
+    except ValueError as exc:  # pandas.errors.ParserError and the like
+        detail = str(exc).strip().removeprefix("Error tokenizing data. C error: ")
+        raise ValueError(f"{path}: cannot parse as {kind}: {detail}") from None
+    names = [str(name) for name in header.iloc[0]] if len(header) else []
+    duplicates = _duplicates(names)
+    if duplicates:
+        raise ValueError(f"{path}: duplicate column name(s) {', '.join(map(repr, duplicates))}: "
+                         f"which one is meant is ambiguous")
+    if len(df.columns) == 1:
+        name = str(df.columns[0])
+        other = next((s for s in _SEPARATORS if s != sep and s in name), None)
+        if other is not None:
+            raise ValueError(f"{path}: one column named {name!r}: the file seems to be separated by "
+                             f"{other!r}, not {sep!r}")
+    return df
+
+
+def _decode_problem(path: Path, encoding: str) -> str:
+    """Where the text stops being `encoding`, by line, for the error message."""
+    data = path.read_bytes()
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return (f"not {encoding.upper()} text: byte {data[exc.start]:#04x} on line {line} ({exc.reason}); "
+                f"save the table as UTF-8")
+    return f"not {encoding.upper()} text; save the table as UTF-8"
+
+
+def _duplicates(names: list[str]) -> list[str]:
+    """Names given to more than one column (blank names, which nothing refers to, excepted)."""
+    counts = Counter(names)
+    return [name for name, n in counts.items() if n > 1 and name.strip()]
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # KeyError and TypeError come from pyarrow's pandas layer when the file's pandas metadata is garbled
+    unreadable = (pa.ArrowException, OSError, ValueError, KeyError, TypeError)
+    try:
+        names = pq.read_schema(path).names
+    except unreadable as exc:
+        raise ValueError(f"{path}: not a readable Parquet table: {type(exc).__name__}: {exc}") from None
+    duplicates = _duplicates(names)
+    if duplicates:
+        raise ValueError(f"{path}: duplicate column name(s) {', '.join(map(repr, duplicates))}: "
+                         f"which one is meant is ambiguous")
+    try:
+        return pd.read_parquet(path)
+    except unreadable as exc:
+        raise ValueError(f"{path}: not a readable Parquet table: {type(exc).__name__}: {exc}") from None
 
 
 def json_default(obj: Any) -> Any:

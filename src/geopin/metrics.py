@@ -6,7 +6,8 @@ work, so numbers are comparable with published results.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -170,3 +171,137 @@ def global_average_precision(confidence, correct) -> float:
     rel = rel[order]
     precision_at_i = np.cumsum(rel) / np.arange(1, m + 1)
     return float(np.sum(precision_at_i * rel) / m)
+
+
+# ---------------------------------------------------------------- bootstrap over groups (photographers)
+
+# Weights held in memory at once: 1000 draws of 8,000 photographers; larger problems go in chunks.
+_BOOT_MAX_ELEMENTS = 8_000_000
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its bootstrap percentile interval."""
+
+    estimate: float
+    lo: float
+    hi: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"estimate": self.estimate, "lo": self.lo, "hi": self.hi}
+
+
+@dataclass
+class BootstrapDraws:
+    """Seeded resamples of the units (photographers, or photos when groups are unknown), with replacement.
+
+    A photographer's photos share places and style, so they are not independent evidence: resampling
+    whole photographers gives intervals that do not shrink with photos per photographer. Every
+    statistic computed from the same draws is paired, so differences between methods come out right.
+    Draw b gives unit g the weight weights[b, g] (how many times it was drawn; a multinomial count).
+    """
+
+    codes: np.ndarray  # unit index (0..n_units-1) of each value
+    n_units: int
+    unit: str  # "group" or "photo"
+    n_boot: int = 1000
+    seed: int = 0
+    level: float = 0.95
+    _cache: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, groups=None, n: int | None = None, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> "BootstrapDraws":
+        """Draws over the distinct labels of `groups`; with groups=None, over the `n` values themselves."""
+        if n_boot < 1:
+            raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must be strictly between 0 and 1, got {level}")
+        if groups is None:
+            if n is None:
+                raise ValueError("BootstrapDraws.of: give groups, or n when there are none")
+            codes, unit = np.arange(int(n)), "photo"
+        else:
+            labels = pd.Series(np.asarray(groups, dtype=object).ravel(), dtype="object")
+            if labels.isna().any():
+                raise ValueError(f"groups: {int(labels.isna().sum())} value(s) have no group label")
+            codes, unit = pd.factorize(labels, sort=True)[0].astype(np.int64), "group"
+            if n is not None and n != codes.size:
+                raise ValueError(f"groups: {codes.size} labels for {n} values")
+        if codes.size == 0:
+            raise ValueError("bootstrap: no values to resample")
+        return cls(codes, int(codes.max()) + 1, unit, int(n_boot), int(seed), float(level))
+
+    @property
+    def weights(self) -> np.ndarray:
+        """All draws at once, shape (n_boot, n_units); for tests and small problems."""
+        return np.concatenate(list(self.chunks()))
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """The draws in row blocks, identical on every pass (same seed), memory bounded."""
+        if self._cache is not None:
+            yield self._cache
+            return
+        g = self.n_units
+        rows = max(1, _BOOT_MAX_ELEMENTS // g)
+        rng = np.random.default_rng(self.seed)
+        p = np.full(g, 1.0 / g)
+        if rows >= self.n_boot:
+            self._cache = rng.multinomial(g, p, size=self.n_boot).astype(np.float64)
+            yield self._cache
+            return
+        for start in range(0, self.n_boot, rows):
+            yield rng.multinomial(g, p, size=min(rows, self.n_boot - start)).astype(np.float64)
+
+    def unit_sums(self, values: np.ndarray) -> np.ndarray:
+        """Per-unit sums of the rows of `values` (n, m) -> (n_units, m)."""
+        if values.shape[0] != self.codes.size:
+            raise ValueError(f"groups: {self.codes.size} labels for {values.shape[0]} values")
+        out = np.zeros((self.n_units, values.shape[1]))
+        order = np.argsort(self.codes, kind="stable")
+        sorted_codes = self.codes[order]
+        starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+        out[sorted_codes[starts]] = np.add.reduceat(values[order], starts, axis=0)
+        return out
+
+    def percentiles(self, stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tail = 100 * (1 - self.level) / 2
+        lo, hi = np.percentile(stats, [tail, 100 - tail], axis=0)
+        return lo, hi
+
+
+def bootstrap_mean(values, draws: BootstrapDraws) -> Interval | list[Interval]:
+    """Mean of the values with its interval over the draws' units; a list for 2-D values (one per column).
+
+    A drawn unit contributes all its photos, so each draw's mean is sum(w_g * S_g) / sum(w_g * n_g):
+    a matrix product, not a loop over draws.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    one = x.ndim == 1
+    x = x.reshape(len(x), -1)
+    if np.isnan(x).any():
+        raise ValueError(f"bootstrap_mean: {int(np.isnan(x).sum())} value(s) are NaN")
+    sums = draws.unit_sums(x)
+    counts = draws.unit_sums(np.ones((len(x), 1)))[:, 0]
+    stats = np.concatenate([(w @ sums) / (w @ counts)[:, None] for w in draws.chunks()])
+    lo, hi = draws.percentiles(stats)
+    est = x.mean(axis=0)
+    out = [Interval(float(e), float(a), float(b)) for e, a, b in zip(est, lo, hi)]
+    return out[0] if one else out
+
+
+def bootstrap_ece(prob, hit, draws: BootstrapDraws, n_bins: int = 10) -> Interval:
+    """ECE with its interval over the draws' units.
+
+    ECE = sum over bins of |sum_i (p_i - h_i)| / N, so per-unit, per-bin sums of (p - h) are all a draw needs.
+    ECE is biased upwards by noise (an absolute value of sums), and resampling adds noise: the interval
+    can sit above a small estimate. Read its upper end as "miscalibrated by at most this much".
+    """
+    prob, hit = _prob_hit(prob, hit)
+    idx = _bin_index(prob, n_bins)
+    gap = np.zeros((prob.size, n_bins))
+    gap[np.arange(prob.size), idx] = prob - hit
+    sums = draws.unit_sums(gap)
+    counts = draws.unit_sums(np.ones((prob.size, 1)))[:, 0]
+    stats = np.concatenate([np.abs(w @ sums).sum(1) / (w @ counts) for w in draws.chunks()])
+    lo, hi = draws.percentiles(stats)
+    return Interval(expected_calibration_error(prob, hit, n_bins), float(lo), float(hi))

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 
+from geopin.images import IMAGE_SUFFIXES, ImageError, find_photos
 from geopin.model import GeoModel
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic"}
 
 #: The photo shipped with geopin for the README's first command, with its true location.
 EXAMPLE_PHOTO = Path(__file__).resolve().parent / "data" / "examples" / "rocket_cape_canaveral.jpg"
@@ -31,14 +30,9 @@ class PredictConfig:
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, folders searched recursively for images; a missing path is kept to report it."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            out.append(p)
-    return out
+    """Files as given, folders searched recursively for photos (IMAGE_SUFFIXES, as ingest does: symlinked
+    folders followed, hidden entries skipped); a missing path or a dangling symlink is kept to report it."""
+    return find_photos(list(paths))
 
 
 class Predictor:
@@ -71,8 +65,6 @@ class Predictor:
 
     def predict_paths(self, paths: Iterable[str | Path]) -> Iterator[dict]:
         """Yield one result per file, in input order; errors are results too (with an `error` key)."""
-        from PIL import Image
-
         from geopin.embed import load_image
 
         pending: list[dict] = []  # rows in input order; good ones carry their decoded image
@@ -88,8 +80,10 @@ class Predictor:
                 row["error"] = f"{path}: no such file"
             except IsADirectoryError:
                 row["error"] = f"{path}: is a folder with no images"
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-                row["error"] = f"{path}: not a readable image ({type(exc).__name__}: {exc})"
+            except ImageError as exc:  # the same reasons ingest rejects a photo for
+                row["error"] = f"{path}: not a usable image ({exc.reason}: {exc.detail})"
+            except OSError as exc:
+                row["error"] = f"{path}: cannot read ({exc.strerror or exc})"
             pending.append(row)
             if n_images >= self.cfg.batch_size:
                 yield from self._flush(pending)
@@ -137,4 +131,4 @@ def distance_to_truth_km(result: dict, truth: tuple[float, float]) -> float:
     return float(haversine_km(result["lat"], result["lon"], truth[0], truth[1]))
 
 
-__all__ = ["PredictConfig", "Predictor", "predict", "expand_paths", "EXAMPLE_PHOTO", "EXAMPLE_TRUTH", "distance_to_truth_km"]
+__all__ = ["IMAGE_SUFFIXES", "PredictConfig", "Predictor", "predict", "expand_paths", "EXAMPLE_PHOTO", "EXAMPLE_TRUTH", "distance_to_truth_km"]

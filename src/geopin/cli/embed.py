@@ -30,7 +30,7 @@ def embed(
     """Compute backbone features for every photo of a manifest (cached by content; resumable)."""
     _sleeping_openmp_threads()
     from geopin.backbones import BackboneUnavailable
-    from geopin.embed import EmbedConfig, embed_manifest
+    from geopin.embed import EmbedConfig, OutputBusy, embed_manifest
 
     try:
         cfg = EmbedConfig(
@@ -42,6 +42,9 @@ def embed(
     except (ValueError, FileNotFoundError, BackboneUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except OutputBusy as exc:  # another run writes --out: nothing was touched
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
     else:

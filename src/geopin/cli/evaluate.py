@@ -19,23 +19,35 @@ def evaluate_cmd(
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
 ) -> None:
-    """Compare model, classifier (per level, hierarchical), nearest neighbour, prior constant and oracle."""
-    from geopin.evaluate import EvalConfig, calibration_table, methods_table, report_for_json, write_plots
+    """Compare model, classifier (per level, hierarchical), nearest neighbour, prior constant and oracle.
+
+    With fewer photographers (or photos) than --folds, the folds the data allows are used and the
+    report says so; every number comes with a 95 % interval over photographers.
+    """
+    from geopin.evaluate import (
+        EvalConfig,
+        evaluate_cv,
+        format_calibration_table,
+        format_methods_table,
+        paired_lines,
+        report_for_json,
+        write_plots,
+    )
     from geopin.embed import load_embeddings
     from geopin.ingest import read_manifest
     from geopin.io import write_json, write_parquet
 
     with input_errors("evaluate", ValueError, FileNotFoundError, KeyError):
+        cfg = EvalConfig(scenarios=tuple(scenario), folds=folds, seed=seed)
         man = read_manifest(manifest)
         emb, _ = load_embeddings(embeddings, man)
     import numpy as np
 
-    from geopin.evaluate import evaluate_cv
-
     ok = np.isfinite(emb).all(axis=1)
     man = man[ok].reset_index(drop=True)
     groups = man["group"].to_numpy() if man["group"].notna().all() else None
-    report = evaluate_cv(emb[ok], man.lat.to_numpy(), man.lon.to_numpy(), groups, EvalConfig(scenarios=tuple(scenario), folds=folds, seed=seed))
+    with input_errors("evaluate", ValueError):
+        report = evaluate_cv(emb[ok], man.lat.to_numpy(), man.lon.to_numpy(), groups, cfg)
     out.mkdir(parents=True, exist_ok=True)
     for sc, df in report["per_photo"].items():
         df = df.copy()
@@ -50,11 +62,16 @@ def evaluate_cmd(
         return
     import pandas as pd
 
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
         for sc in report["scenarios"]:
-            typer.echo(f"\n== {report['scenarios'][sc]['label']}")
-            typer.echo(methods_table(report, sc).to_string(index=False))
-            typer.echo(calibration_table(report, sc).to_string(index=False))
+            header, table = format_methods_table(report, sc)
+            typer.echo(f"\n{header}")
+            typer.echo(table.to_string(index=False))
+            for line in paired_lines(report, sc):
+                typer.echo(line)
+            typer.echo(format_calibration_table(report, sc).to_string(index=False))
+        for sc, why in report["skipped"].items():
+            typer.echo(f"\n== {sc}: skipped: {why}")
     typer.echo(f"\nreport: {out / 'report.json'}; plots: {', '.join(p.name for p in plots)}")
 
 

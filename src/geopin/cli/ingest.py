@@ -35,6 +35,7 @@ def ingest_cmd(
 ) -> None:
     """Check every photo (position, decodable, size, duplicates, optionally faces) and write the manifest.
 
+    Exits 1 (after writing the rejects) when no photo was kept, 2 when the input itself is unusable.
     An interrupted run resumes from its finished parts when rerun with the same input and options.
     """
     from geopin.faces import FaceDetectorUnavailable
@@ -49,17 +50,31 @@ def ingest_cmd(
         summary = ingest(source, out, cfg)
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
-        return
+    else:
+        typer.echo(_summary_table(summary))
+    if not summary.n_kept:  # nothing to build on: say why, and fail the shell pipeline
+        reasons = ", ".join(f"{reason} {n}" for reason, n in summary.reasons.items() if n)
+        typer.echo(f"geopin ingest: kept no photos of {summary.n_input} ({reasons}); "
+                   f"see {summary.rejects_csv_path}", err=True)
+        raise typer.Exit(1)
+
+
+def _summary_table(summary) -> str:
     lines = [("photos", f"{summary.n_input}"), ("kept", f"{summary.n_kept}"),
              ("rejected", f"{summary.n_rejected}")]
     lines += [(f"  {reason}", f"{n}") for reason, n in summary.reasons.items() if n]
+    if summary.ignored_reasons:
+        lines.append(("ignored", f"{sum(summary.ignored_reasons.values())} (not photos)"))
+        lines += [(f"  {reason}", f"{n}") for reason, n in summary.ignored_reasons.items()]
     if summary.n_resumed:
         lines.append(("resumed", f"{summary.n_resumed}"))
     lines += [("photos/s", f"{summary.photos_per_s:.1f} ({summary.workers} workers)"),
               ("seconds", f"{summary.seconds:.1f}"), ("manifest", summary.manifest_path),
               ("rejects", summary.rejects_csv_path)]
+    if summary.ignored_reasons:
+        lines.append(("ignored list", summary.ignored_path))
     width = max(len(k) for k, _ in lines)
-    typer.echo("\n".join(f"{k:<{width}}  {v}" for k, v in lines))
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
 
 
 def register(app: typer.Typer) -> None:

@@ -41,13 +41,22 @@ def predict_cmd(
     top_k: int = typer.Option(5, "--top-k", "-k", help="How many candidate places to list."),
     as_json: bool = typer.Option(False, "--json", help="JSON array of results on stdout."),
 ) -> None:
-    """Predict where each photo was taken: best guess, top-k places, within-km confidences."""
-    from geopin.predict import PredictConfig, Predictor
+    """Predict where each photo was taken: best guess, top-k places, within-km confidences.
 
+    Exits 2 when the arguments hold no photo at all, 1 when every photo failed.
+    """
+    from geopin.images import IMAGE_SUFFIXES
+    from geopin.predict import PredictConfig, Predictor, expand_paths
+
+    photos = expand_paths(paths)  # before the model loads: "nothing to do" must be quick
+    if not photos:
+        typer.echo(f"geopin predict: no photos in {', '.join(map(str, paths))} "
+                   f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))}, in folders recursively)", err=True)
+        raise typer.Exit(2)
     with input_errors("predict"):
         predictor = Predictor(PredictConfig(model_dir=model, top_k=top_k))
     results = []
-    for r in predictor.predict_paths(paths):
+    for r in predictor.predict_paths(photos):
         results.append(r)
         if not as_json:
             typer.echo(_table([r]))
