@@ -6,7 +6,9 @@ cross-validation to fit the posterior's mixing weights on held-out photos.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +54,7 @@ class CellClassifier(nn.Module):
 
     def __init__(self, dim: int, n_classes: list[int], hidden: int = 0, dropout: float = 0.2):
         super().__init__()
+        self.dim, self.n_classes, self.hidden, self.dropout = dim, list(n_classes), hidden, dropout  # saved to rebuild it
         self.register_buffer("mu", torch.zeros(dim))
         self.register_buffer("sd", torch.ones(dim))
         if hidden > 0:
@@ -86,7 +89,7 @@ def _train_classifier(emb, lat, lon, reps, cfg: ClassifierConfig) -> CellClassif
     torch.manual_seed(cfg.seed)
     model = CellClassifier(x.shape[1], [len(r[0]) for r in reps], cfg.hidden, cfg.dropout)
     model.mu.copy_(x.mean(0))
-    model.sd.copy_(x.std(0).clamp_min(1e-6))
+    model.sd.copy_(x.std(0, correction=0).clamp_min(1e-6))  # population sd: defined for one photo too
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = x.shape[0]
     steps = cfg.epochs * max(1, -(-n // cfg.batch_size))
@@ -131,10 +134,17 @@ class Gallery:
         *,
         vectors: np.ndarray | None = None,
         mu: np.ndarray | None = None,
+        index=None,
         exact_max: int = 200_000,
         nprobe: int = 32,
         seed: int = 0,
     ):
+        if index is not None:  # a saved index, read back as it was: no k-means again at load
+            if mu is None:
+                raise ValueError("Gallery(index=...) needs the centring vector mu saved with it")
+            self.mu = np.asarray(mu, dtype=np.float32)
+            self.index = index
+            return
         if vectors is None:
             vectors, mu = _centred_unit(emb)
         self.mu = np.asarray(mu, dtype=np.float32)
@@ -144,10 +154,19 @@ class Gallery:
         return self.index.ntotal
 
     @property
+    def dim(self) -> int:
+        return self.index.d
+
+    @property
     def exact(self) -> bool:
         import faiss
 
         return isinstance(self.index, faiss.IndexFlat)
+
+    @property
+    def kind(self) -> str:
+        """'flat' (exact; saved as float16 vectors, rebuilt by a copy) or 'ivf' (saved as the FAISS index)."""
+        return "flat" if self.exact else "ivf"
 
     def transform(self, emb: np.ndarray) -> np.ndarray:
         return l2_normalize(l2_normalize(emb) - self.mu)
@@ -195,3 +214,31 @@ def build_index(vectors: np.ndarray, exact_max: int = 200_000, nprobe: int = 32,
     index.add(vectors)
     index.nprobe = nprobe
     return index
+
+
+def write_index(index, path: str | os.PathLike) -> None:
+    """Save a FAISS index, so loading a large gallery reads it instead of training k-means again.
+
+    FAISS reports a failed write as RuntimeError; it is raised as OSError (with errno where the
+    message shows one, e.g. a full disk), like any other failed file write.
+    """
+    import faiss
+
+    try:
+        faiss.write_index(index, os.fspath(path))
+    except RuntimeError as exc:
+        text = str(exc)
+        code = next((e for e in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT) if os.strerror(e) in text), None)
+        if code is not None:
+            raise OSError(code, os.strerror(code), os.fspath(path)) from exc
+        raise OSError(f"{path}: FAISS could not write the index: {text.strip().splitlines()[-1]}") from exc
+
+
+def read_index(path: str | os.PathLike):
+    """Read an index written by `write_index`; a damaged file is a ValueError naming it."""
+    import faiss
+
+    try:
+        return faiss.read_index(os.fspath(path))
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: not a readable FAISS index: {str(exc).strip().splitlines()[-1]}") from exc

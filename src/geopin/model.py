@@ -1,21 +1,34 @@
 """A trained geolocation model: heads, places, mixing parameters and calibration, saved as one folder.
 
-Layout of a model folder (every file written atomically, the folder swapped in whole):
-  model.json       config, backbone name and version, mixing parameters, calibration, metadata
+Layout of a model folder (written to a temp folder beside it, then swapped in whole):
+  model.json       config, backbone, mixing parameters, calibration, metadata, the classifier's
+                   shape, and the size and sha256 of every other file (checked at load)
   cells.parquet    the geocells of every granularity (class id, token, count, lat, lon, country)
   places.npz       fine places: lat, lon, prior, ancestors per granularity
   classifier.pt    the multi-granularity classifier's weights
-  gallery.npz      training embeddings (float16), their lat/lon and fine place index
+  gallery.npz      training photos' lat/lon, fine place and country; their embeddings (float16)
+                   when the gallery is exact
+  gallery.faiss    the trained IVF index, for galleries above Gallery's exact_max only
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import functools
+import glob
+import hashlib
+import io
 import json
 import logging
 import os
+import pickle
+import re
 import shutil
+import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +36,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from geopin.io import json_default
-from geopin.heads import CellClassifier, Gallery, classifier_logits
+from geopin.heads import CellClassifier, Gallery, classifier_logits, read_index, write_index
+from geopin.io import write_json, write_parquet
 from geopin.posterior import (
     CONFIDENCE_KM,
     Calibration,
@@ -38,7 +51,11 @@ from geopin.posterior import (
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: size and sha256 of every file, the classifier's config, the IVF index saved
+
+
+class ModelError(ValueError):
+    """A model folder that cannot be read or written; the message names the file or folder and why."""
 
 
 def default_model_dir() -> Path:
@@ -81,59 +98,51 @@ class GeoModel:
     def decide(self, emb: np.ndarray) -> tuple[Evidence, np.ndarray, np.ndarray, Decision, np.ndarray]:
         ev = self.heads.evidence(emb)
         cell, nb = mixture(self.heads.places, ev, self.params)
-        dec = decide(self.heads.places, ev, cell, nb)
+        dec = decide(self.heads.places, ev, cell, nb, prior_only=self.params.prior_only)
         conf = self.calibration.apply(dec.raw_within)
         return ev, cell, nb, dec, conf
 
     def predict_embeddings(self, emb: np.ndarray, top_k: int = 5, region_mass: tuple[float, ...] = (0.5, 0.9)) -> list[dict]:
-        """Best guess, top-k places, within-km confidences and confidence regions for each photo."""
-        from geopin.countries import country_of
+        """Best guess, top-k places (the guess first), region, words and within-km confidences per photo."""
+        from geopin import answer
+        from geopin.countries import continent_of, country_name, country_of
 
         ev, cell, nb, dec, conf = self.decide(emb)
         fine = self._fine
-        out = []
         guess_cc = country_of(dec.lat, dec.lon)
-        place_cc = fine["country"]
+        out = []
         for i in range(len(ev)):
-            places = _place_masses(cell[i], nb[i], ev.nb_place[i])
-            order = sorted(places.items(), key=lambda kv: -kv[1])
-            top = []
-            for place, mass in order[:top_k]:
-                if place >= 0:
-                    lat, lon = float(fine["lat"][place]), float(fine["lon"][place])
-                    token, cc = str(fine["token"][place]), str(fine["country"][place])
-                else:  # a neighbour whose cell was too small to be a class: its own location
-                    j = -place - 1
-                    lat, lon, token, cc = float(ev.nb_lat[i, j]), float(ev.nb_lon[i, j]), "", None
-                top.append({"lat": lat, "lon": lon, "cell": token, "country": cc, "probability": float(mass)})
-            missing_cc = [t for t in top if t["country"] is None]
-            if missing_cc:
-                ccs = country_of(np.array([t["lat"] for t in missing_cc]), np.array([t["lon"] for t in missing_cc]))
-                for t, cc in zip(missing_cc, ccs):
-                    t["country"] = str(cc)
-            regions = {}
-            cum = 0.0
-            tokens: list[str] = []
-            targets = list(region_mass)
-            for place, mass in order:
-                cum += mass
-                tokens.append(str(fine["token"][place]) if place >= 0 else f"near:{ev.nb_lat[i, -place - 1]:.4f},{ev.nb_lon[i, -place - 1]:.4f}")
-                while targets and cum >= targets[0] - 1e-9:
-                    regions[f"{int(round(targets.pop(0) * 100))}%"] = list(tokens)
-                if not targets:
-                    break
-            region = _region(cell[i], nb[i], place_cc, ev.nb_country[i])
+            masses = answer.place_masses(cell[i], nb[i], ev.nb_place[i])
+            places: dict[int, answer.Place] = {}
+            for key, mass in masses.items():
+                if key >= 0:
+                    places[key] = answer.Place(
+                        key, float(fine["lat"][key]), float(fine["lon"][key]), str(fine["token"][key]), str(fine["country"][key]), mass
+                    )
+                else:  # a neighbour whose cell was too small to be a class: its own spot
+                    j = -key - 1
+                    places[key] = answer.Place(key, float(ev.nb_lat[i, j]), float(ev.nb_lon[i, j]), "", str(ev.nb_country[i, j]), mass)
+            cc = str(guess_cc[i])
+            token, containing = self._fine_cell_of(float(dec.lat[i]), float(dec.lon[i]))
+            guess = {
+                "lat": float(dec.lat[i]),
+                "lon": float(dec.lon[i]),
+                "country": cc,
+                "country_name": country_name(cc) if cc else "",
+                "continent": str(continent_of([cc])[0]) if cc else "",
+                "cell": token,
+            }
+            key = answer.guess_key(places, (guess["lat"], guess["lon"]), ev.nb_lat[i], ev.nb_lon[i], ev.nb_place[i], containing)
+            region = answer.read_region(list(places.values()), cc)
+            by_mass = sorted(places.values(), key=lambda p: -p.mass)
             out.append(
                 {
-                    "lat": float(dec.lat[i]),
-                    "lon": float(dec.lon[i]),
-                    "country": str(guess_cc[i]),
-                    "cell": self.cell_token_of(float(dec.lat[i]), float(dec.lon[i])),
+                    **guess,
                     "within_km": {f"{int(r)}": float(conf[i, r_i]) for r_i, r in enumerate(CONFIDENCE_KM)},
                     "region": region,
-                    "summary": confidence_summary(conf[i], region),
-                    "top_k": top,
-                    "regions": regions,
+                    "summary": answer.summary(conf[i], region, cc),
+                    "top_k": answer.top_places(places, guess, key, top_k),
+                    "regions": answer.confidence_regions(by_mass, region_mass),
                     "expected_geoscore": float(dec.expected_geoscore[i]),
                 }
             )
@@ -162,159 +171,384 @@ class GeoModel:
 
     def cell_token_of(self, lat: float, lon: float) -> str:
         """The finest class cell holding a point, or '' where no class covers it."""
+        return self._fine_cell_of(lat, lon)[0]
+
+    def _fine_cell_of(self, lat: float, lon: float) -> tuple[str, int]:
+        """Token and index of the finest class cell holding a point ('', -1 where no class covers it)."""
         from geopin.cells import leaf_cell_ids
 
         fine = self._fine
         leaf = leaf_cell_ids(np.array([lat]), np.array([lon]))[0]
         hit = np.flatnonzero((fine["lo"] <= leaf) & (leaf <= fine["hi"]))
-        return str(fine["token"][hit[0]]) if len(hit) else ""
+        return (str(fine["token"][hit[0]]), int(hit[0])) if len(hit) else ("", -1)
 
     # ---------------------------------------------------------------- persistence
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write to a sibling temp folder, then swap it in: a crash never leaves a torn model."""
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; a model is meant to be shared and packaged
+        """Write to a sibling temp folder, then swap it in whole.
+
+        A reader, or a run killed at any moment, finds the old complete model or the new complete
+        one, never a mix: on Linux the two folders are exchanged in one step (renameat2), elsewhere
+        an interrupted swap is undone by the next load or save. A folder that cannot be written
+        (read-only, full) is a ModelError naming it, and the model already there stays as it was.
+        """
+        out_dir = check_output_dir(out_dir)
+        tmp: Path | None = None
         try:
-            h = self.heads
-            h.cells.to_parquet(tmp / "cells.parquet", index=False)
-            np.savez(
-                tmp / "places.npz",
-                lat=h.places.lat,
-                lon=h.places.lon,
-                prior=h.places.prior,
-                best_constant=np.array(h.places.best_constant),
-                **{f"ancestors_{i}": a for i, a in enumerate(h.places.ancestors)},
-            )
-            torch.save(
-                {"state_dict": h.classifier.state_dict(), "n_classes": [hd.out_features for hd in h.classifier.heads]},
-                tmp / "classifier.pt",
-            )
-            np.savez(
-                tmp / "gallery.npz",
-                vectors=h.gallery.vectors().astype(np.float16),
-                mu=h.gallery.mu,
-                lat=h.gallery_lat,
-                lon=h.gallery_lon,
-                place=h.gallery_place,
-                country=h.gallery_country.astype("<U2"),
-            )
-            doc = {
-                "format_version": FORMAT_VERSION,
-                "granularities": h.granularities,
-                "k": h.k,
-                "params": self.params.to_dict(),
-                "calibration": self.calibration.to_dict(),
-                "meta": self.meta,
-            }
-            (tmp / "model.json").write_text(json.dumps(doc, indent=2, default=json_default) + "\n")
-            if out_dir.exists():
-                old = out_dir.with_name(f".{out_dir.name}.old")
-                if old.exists():
-                    shutil.rmtree(old)
-                os.replace(out_dir, old)
-                os.replace(tmp, out_dir)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, out_dir)
+            tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(out_dir), dir=out_dir.parent))
+            tmp.chmod(0o755)  # mkdtemp makes it private; a model is meant to be shared and packaged
+            self._write_files(tmp)
+            _swap_in(tmp, out_dir)
+        except OSError as exc:
+            raise ModelError(f"{out_dir}: cannot write the model: {_os_reason(exc)}; the model there before, if any, is unchanged") from exc
         finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+            if tmp is not None and tmp.exists():
+                _remove_tree(tmp)
         return out_dir
 
-    @classmethod
-    def load(cls, model_dir: str | os.PathLike | None = None) -> "GeoModel":
-        model_dir = Path(model_dir) if model_dir else default_model_dir()
-        doc_path = model_dir / "model.json"
-        if not doc_path.exists():
-            raise FileNotFoundError(f"{model_dir}: not a geopin model folder (no model.json)")
-        doc = json.loads(doc_path.read_text())
-        if doc.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{model_dir}: model format {doc.get('format_version')} is not {FORMAT_VERSION}")
-        cells = pd.read_parquet(model_dir / "cells.parquet")
-        pz = np.load(model_dir / "places.npz")
-        n_levels = len(doc["granularities"])
-        places = Places(
-            pz["lat"],
-            pz["lon"],
-            pz["prior"],
-            [pz[f"ancestors_{i}"] for i in range(n_levels)],
-            tuple(float(v) for v in pz["best_constant"]),
+    def _write_files(self, folder: Path) -> None:
+        """Every file, then model.json with the size and sha256 of each (all fsync'ed before the swap)."""
+        h = self.heads
+        write_parquet(h.cells, folder / "cells.parquet")
+        np.savez(
+            folder / "places.npz",
+            lat=h.places.lat,
+            lon=h.places.lon,
+            prior=h.places.prior,
+            best_constant=np.array(h.places.best_constant),
+            **{f"ancestors_{i}": a for i, a in enumerate(h.places.ancestors)},
         )
-        ck = torch.load(model_dir / "classifier.pt", map_location="cpu", weights_only=True)
-        state = ck["state_dict"]
-        hidden = 0
-        if "trunk.1.weight" in state:
-            hidden = state["trunk.1.weight"].shape[0]
-        dim = state["mu"].shape[0]
-        clf = CellClassifier(dim, ck["n_classes"], hidden=hidden)
-        clf.load_state_dict(state)
+        buf = io.BytesIO()  # torch's own file writer turns a full disk into an unreadable RuntimeError
+        torch.save({"state_dict": h.classifier.state_dict()}, buf)
+        (folder / "classifier.pt").write_bytes(buf.getbuffer())
+        gallery = {
+            "mu": h.gallery.mu,
+            "lat": h.gallery_lat,
+            "lon": h.gallery_lon,
+            "place": h.gallery_place,
+            "country": h.gallery_country.astype("<U2"),
+        }
+        if h.gallery.exact:  # half the size of the float32 index; rebuilt at load by one copy
+            gallery["vectors"] = h.gallery.vectors().astype(np.float16)
+        else:  # an IVF index is saved as trained: its k-means took minutes
+            write_index(h.gallery.index, folder / GALLERY_INDEX)
+        np.savez(folder / "gallery.npz", **gallery)
+        files = {p.name: _file_digest(p) for p in sorted(folder.iterdir()) if p.is_file()}
+        clf = h.classifier
+        doc = {
+            "format_version": FORMAT_VERSION,
+            "granularities": h.granularities,
+            "k": h.k,
+            "params": self.params.to_dict(),
+            "calibration": self.calibration.to_dict(),
+            "classifier": {"dim": clf.dim, "n_classes": clf.n_classes, "hidden": clf.hidden, "dropout": clf.dropout},
+            "gallery": {"index": h.gallery.kind, "n": len(h.gallery), "dim": h.gallery.dim, "nprobe": _nprobe(h.gallery.index)},
+            "files": files,
+            "meta": self.meta,
+        }
+        write_json(doc, folder / MODEL_JSON)
+        _file_digest(folder / MODEL_JSON)  # fsync
+        _fsync_dir(folder)
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike | None = None, *, verify: bool = True) -> "GeoModel":
+        """Read a model folder; every file is checked against the size and sha256 in its model.json.
+
+        Any problem (missing, truncated or changed file, bad JSON, another format) is a ModelError
+        that names the file and the reason, so every command can say it in one line.
+        """
+        model_dir = _recover(Path(model_dir) if model_dir else default_model_dir())
+        doc = read_model_json(model_dir)
+        if verify:
+            with _reading(model_dir / MODEL_JSON):  # a malformed entry; damaged files raise their own ModelError
+                verify_files(model_dir, doc)
+        granularities = list(doc["granularities"])
+        with _reading(model_dir / MODEL_JSON):
+            params = MixParams(**doc["params"])
+            calibration = Calibration.from_dict(doc["calibration"])
+            k = int(doc["k"])
+            cc, gc = doc["classifier"], doc["gallery"]
+            clf = CellClassifier(int(cc["dim"]), [int(n) for n in cc["n_classes"]], int(cc["hidden"]), float(cc["dropout"]))
+            if len(clf.n_classes) != len(granularities):
+                raise ValueError(f"{len(clf.n_classes)} classifier heads for {len(granularities)} granularities")
+        with _reading(model_dir / "cells.parquet"):
+            cells = pd.read_parquet(model_dir / "cells.parquet")
+        with _reading(model_dir / "places.npz"), np.load(model_dir / "places.npz") as pz:
+            places = Places(
+                pz["lat"],
+                pz["lon"],
+                pz["prior"],
+                [pz[f"ancestors_{i}"] for i in range(len(granularities))],
+                tuple(float(v) for v in pz["best_constant"]),
+            )
+        with _reading(model_dir / "classifier.pt"):
+            ck = torch.load(model_dir / "classifier.pt", map_location="cpu", weights_only=True)
+            clf.load_state_dict(ck["state_dict"])
         clf.eval()
-        gz = np.load(model_dir / "gallery.npz")
+        gallery_npz = model_dir / "gallery.npz"
+        with _reading(gallery_npz), np.load(gallery_npz) as gz:
+            g = {name: gz[name] for name in ("mu", "lat", "lon", "place", "country")}
+            if gc["index"] == "flat":
+                vectors = gz["vectors"].astype(np.float32)
+                gallery = Gallery(vectors=vectors, mu=g["mu"], exact_max=len(vectors))
+        if gc["index"] == "ivf":
+            try:
+                index = read_index(model_dir / GALLERY_INDEX)
+            except ValueError as exc:
+                raise ModelError(str(exc)) from exc
+            index.nprobe = int(gc["nprobe"])
+            gallery = Gallery(index=index, mu=g["mu"])
+        elif gc["index"] != "flat":
+            raise ModelError(f"{model_dir / MODEL_JSON}: unknown gallery index {gc['index']!r}")
+        if not (len(gallery) == int(gc["n"]) == len(g["lat"]) == len(g["place"])) or gallery.dim != clf.dim:
+            raise ModelError(
+                f"{gallery_npz}: {len(gallery)} gallery vectors of dim {gallery.dim} and {len(g['lat'])} locations, "
+                f"model.json says {gc['n']} of dim {clf.dim}"
+            )
         heads = Heads(
             cells=cells,
-            granularities=list(doc["granularities"]),
+            granularities=granularities,
             places=places,
             classifier=clf,
-            gallery=Gallery(vectors=gz["vectors"].astype(np.float32), mu=gz["mu"]),
-            gallery_lat=gz["lat"],
-            gallery_lon=gz["lon"],
-            gallery_place=gz["place"],
-            gallery_country=gz["country"],
-            k=int(doc["k"]),
+            gallery=gallery,
+            gallery_lat=g["lat"],
+            gallery_lon=g["lon"],
+            gallery_place=g["place"],
+            gallery_country=g["country"],
+            k=k,
         )
-        return cls(heads, MixParams(**doc["params"]), Calibration.from_dict(doc["calibration"]), doc.get("meta", {}))
+        return cls(heads, params, calibration, doc.get("meta", {}))
 
 
-def _place_masses(cell: np.ndarray, nb: np.ndarray, nb_place: np.ndarray) -> dict[int, float]:
-    """Mass per fine place; a neighbour outside every class is a place of its own (key -j-1)."""
-    masses: dict[int, float] = {}
-    nz = np.flatnonzero(cell > 0)
-    for p in nz:
-        masses[int(p)] = float(cell[p])
-    for j, (m, p) in enumerate(zip(nb, nb_place)):
-        key = int(p) if p >= 0 else -j - 1
-        masses[key] = masses.get(key, 0.0) + float(m)
-    return masses
+# -------------------------------------------------------------------- model folders: checks and swaps
+
+MODEL_JSON = "model.json"
+GALLERY_INDEX = "gallery.faiss"  # only for IVF galleries
+_REQUIRED_FILES = ("cells.parquet", "places.npz", "classifier.pt", "gallery.npz")
+_REQUIRED_KEYS = ("granularities", "k", "params", "calibration", "classifier", "gallery", "files")
+# what a damaged file makes the readers raise (numpy, pyarrow, torch's zip reader, pickle)
+_READ_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError)
 
 
-def _region(cell: np.ndarray, nb: np.ndarray, place_cc: np.ndarray, nb_cc: np.ndarray) -> dict:
-    """The most probable continent and country, from the posterior mass of every place."""
-    from geopin.countries import continent_of, country_name
+def read_model_json(model_dir: Path) -> dict:
+    """model.json, checked for format and keys; a ModelError names the file, the line and the reason."""
+    path = model_dir / MODEL_JSON
+    if not path.is_file():
+        raise ModelError(f"{model_dir}: not a geopin model folder (no model.json)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: cannot be read: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ModelError(f"{path}: expected a JSON object, found {type(doc).__name__}")
+    version = doc.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelError(
+            f"{path}: model format {version} is not {FORMAT_VERSION}, the one this geopin reads; retrain it "
+            f"(`geopin train`), or for the bundled model run scripts/build_default_model.py"
+        )
+    missing = [key for key in _REQUIRED_KEYS if key not in doc]
+    if missing:
+        raise ModelError(f"{path}: missing key(s) {', '.join(map(repr, missing))}")
+    return doc
 
-    by_cc: dict[str, float] = {}
-    for cc, m in zip(place_cc, cell):
-        by_cc[cc] = by_cc.get(cc, 0.0) + float(m)
-    for cc, m in zip(nb_cc, nb):
-        by_cc[str(cc)] = by_cc.get(str(cc), 0.0) + float(m)
-    codes = [c for c in by_cc if c]
-    by_continent: dict[str, float] = {}
-    for cc, cont in zip(codes, continent_of(codes) if codes else []):
-        by_continent[cont or ""] = by_continent.get(cont or "", 0.0) + by_cc[cc]
-    best_cc = max(codes, key=by_cc.get) if codes else ""
-    named = {k: v for k, v in by_continent.items() if k}
-    best_cont = max(named, key=named.get) if named else ""
-    return {
-        "continent": best_cont,
-        "continent_probability": float(named.get(best_cont, 0.0)),
-        "country": best_cc,
-        "country_name": country_name(best_cc) if best_cc else "",
-        "country_probability": float(by_cc.get(best_cc, 0.0)),
-    }
+
+def verify_files(model_dir: Path, doc: dict) -> None:
+    """Every file model.json lists has its recorded size, then its sha256; a torn or changed file is named."""
+    files = doc["files"] if isinstance(doc["files"], dict) else {}
+    needed = _REQUIRED_FILES + ((GALLERY_INDEX,) if doc["gallery"].get("index") == "ivf" else ())
+    unlisted = [name for name in needed if name not in files]
+    if unlisted:
+        raise ModelError(f"{model_dir / MODEL_JSON}: no checksum for {', '.join(unlisted) or 'any file'}")
+    for name, info in files.items():
+        path = model_dir / name
+        if Path(name).name != name:
+            raise ModelError(f"{model_dir / MODEL_JSON}: file name {name!r} is not a plain name")
+        if not path.is_file():
+            raise ModelError(f"{path}: missing (model.json lists it)")
+        size = path.stat().st_size
+        if size != info["size"]:
+            hint = "truncated?" if size < info["size"] else "longer than written"
+            raise ModelError(f"{path}: size {size} bytes, expected {info['size']} ({hint})")
+    for name, info in files.items():
+        digest = _sha256(model_dir / name)
+        if digest != info["sha256"]:
+            raise ModelError(
+                f"{model_dir / name}: sha256 {digest[:16]}... does not match model.json ({info['sha256'][:16]}...): "
+                "the file was changed or is corrupt"
+            )
 
 
-def confidence_summary(conf_row: np.ndarray, region: dict) -> str:
-    """Plain words for what the photo says, e.g. 'Europe (64%), perhaps France (22%); 3% within 25 km'."""
-    for r_i, r in enumerate(CONFIDENCE_KM[:2]):
-        if conf_row[r_i] >= 0.5:
-            where = f" ({region['country_name']})" if region.get("country_name") else ""
-            return f"within {int(r)} km of the guess{where} with {conf_row[r_i]:.0%} probability"
-    words = []
-    if region.get("continent"):
-        words.append(f"{region['continent']} ({region['continent_probability']:.0%})")
-    if region.get("country_name"):
-        words.append(f"perhaps {region['country_name']} ({region['country_probability']:.0%})")
-    level = "low confidence" if conf_row[2] < 0.5 else "moderate confidence"
-    return f"{', '.join(words) or 'anywhere'}; {level}: {conf_row[0]:.0%} within 25 km, {conf_row[2]:.0%} within 750 km"
+def check_output_dir(out_dir: str | os.PathLike) -> Path:
+    """Fail fast where a model could not be saved (before training, not after); tidy killed runs' leftovers.
+
+    Refuses to replace a folder that holds files but no model.json: swapping it out would delete them.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ModelError(f"{out_dir}: is a file, not a model folder")
+    if out_dir.is_dir() and not (out_dir / MODEL_JSON).is_file() and any(out_dir.iterdir()):
+        raise ModelError(f"{out_dir}: not a geopin model folder (no model.json) and not empty; refusing to replace it")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _recover(out_dir)
+        _remove_stale(out_dir)
+        Path(tempfile.mkdtemp(prefix=_temp_prefix(out_dir), dir=out_dir.parent)).rmdir()  # can we write here?
+    except OSError as exc:
+        raise ModelError(f"{out_dir}: cannot write the model: {_os_reason(exc)}; the model there before, if any, is unchanged") from exc
+    return out_dir
+
+
+def _temp_prefix(out_dir: Path) -> str:
+    """`.NAME.tmp-PID-`: the pid tells a later save whether the run that made it is still going."""
+    return f".{out_dir.name}.tmp-{os.getpid()}-"
+
+
+def _old_path(out_dir: Path) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.old")
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Put the complete folder `tmp` at `out_dir` in one step where the OS allows it."""
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        _fsync_dir(out_dir.parent)
+    elif _exchange(tmp, out_dir):
+        _fsync_dir(out_dir.parent)
+        _remove_tree(tmp)  # now the old model
+    else:  # two renames; a kill between them leaves only .NAME.old, which _recover puts back
+        old = _old_path(out_dir)
+        if old.exists():
+            _remove_tree(old)
+        os.rename(out_dir, old)
+        os.rename(tmp, out_dir)
+        _fsync_dir(out_dir.parent)
+        _remove_tree(old)
+
+
+def _recover(out_dir: Path) -> Path:
+    """Where a save without renameat2 was killed between its two renames, put the old model back."""
+    old = _old_path(out_dir)
+    if out_dir.exists() or not (old / MODEL_JSON).is_file():
+        return out_dir
+    try:
+        os.rename(old, out_dir)
+    except OSError as exc:
+        if out_dir.exists():  # another process finished its swap meanwhile
+            return out_dir
+        log.warning("%s: missing; reading the previous model at %s (cannot move it back: %s)", out_dir, old, exc)
+        return old
+    log.warning("%s: a save was interrupted; the previous model was put back from %s", out_dir, old)
+    return out_dir
+
+
+def _remove_stale(out_dir: Path) -> None:
+    """Temp folders of runs that were killed (their pid is gone), and an old model left after a swap."""
+    old = _old_path(out_dir)
+    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.tmp-(\d+)-\w+")
+    for path in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*"):
+        match = pattern.fullmatch(path.name)
+        if (match and not _pid_alive(int(match.group(1)))) or (path == old and out_dir.exists()):
+            log.info("removing %s, left by an interrupted save", path)
+            _remove_tree(path)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name != "posix":  # elsewhere there is no harmless liveness probe
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    """libc's renameat2, or None where there is none (not Linux, or glibc older than 2.28)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (renameat2 RENAME_EXCHANGE); False where the OS or file system cannot."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        log.debug("renameat2 RENAME_EXCHANGE unsupported here (%s): two renames instead", os.strerror(err))
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(b))
+
+
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_digest(path: Path) -> dict:
+    """Size and sha256 of a file just written, flushed to disk first so the swap never exposes an empty file."""
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+    return {"size": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: Path) -> None:
+    try:
+        shutil.rmtree(path)
+    except OSError as exc:  # left for the next save to remove
+        log.warning("could not remove %s: %s", path, exc)
+
+
+def _nprobe(index) -> int | None:
+    return None if not hasattr(index, "nprobe") else int(index.nprobe)
+
+
+def _os_reason(exc: OSError) -> str:
+    """'No space left on device', also where pyarrow buries it as '... Detail: [errno 28] ...'."""
+    if exc.errno:
+        return os.strerror(exc.errno)
+    found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
+    return os.strerror(int(found.group(1))) if found else str(exc)
+
+
+@contextlib.contextmanager
+def _reading(path: Path):
+    """Whatever a damaged file makes its reader raise becomes a ModelError naming the file."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except _READ_ERRORS as exc:
+        raise ModelError(f"{path}: cannot be read ({type(exc).__name__}: {str(exc).strip()[:300]})") from exc

@@ -31,9 +31,11 @@ def train_cmd(
     """Train a model: geocell classifier, retrieval gallery and a calibrated posterior."""
     from geopin.cells import Granularity
     from geopin.heads import ClassifierConfig
+    from geopin.model import check_output_dir
     from geopin.train import TrainConfig, train
 
     with input_errors("train", ValueError, FileNotFoundError, KeyError):
+        check_output_dir(out)  # a read-only or wrong --out fails now, not after the training
         grans = [Granularity.parse(g) for g in granularity] if granularity else None
         cfg = TrainConfig(
             granularities=grans,
