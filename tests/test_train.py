@@ -143,3 +143,22 @@ def test_granularities_nest_whatever_their_mins_and_order(reverse):
     assert places.ancestors[0].max() < n_coarse
     # lonely spots that share no coarse cell with a site keep a coarse class under its min of 10
     assert (model.heads.cells.query("granularity == 'coarse'")["count"] < 10).sum() >= 1
+
+
+def test_photos_without_geography_fall_back_to_the_prior():
+    """Noise embeddings: the posterior must not do worse than the prior's constant answer; it becomes it."""
+    df, emb = synthetic(n_per_site=25, signal=0.0)
+    model = train_model(emb, df.lat, df.lon, df.group.to_numpy(), FAST)
+    guard = model.meta["fit_report"]["prior_guard"]
+    assert guard["applied"] and guard["gain"] + guard["z"] * guard["se"] < 0
+    assert model.params.prior_only
+    out = model.predict_embeddings(emb[:5], top_k=3)
+    assert all((o["lat"], o["lon"]) == model.heads.places.best_constant for o in out)
+    assert all(o["top_k"][0]["is_guess"] for o in out)
+
+
+def test_photos_with_geography_keep_the_full_posterior(trained):
+    model, _, _ = trained
+    guard = model.meta["fit_report"]["prior_guard"]
+    assert not guard["applied"] and not model.params.prior_only
+    assert guard["oof_geoscore_model"] > guard["oof_geoscore_prior"]
