@@ -26,3 +26,22 @@ def im2gps_dir() -> Path:
     if not (SHARED_IM2GPS / "labels.csv").exists():
         pytest.skip(f"shared data not found at {SHARED_IM2GPS} (set GEOPIN_SHARED_IM2GPS or place ../shared beside the project)")
     return SHARED_IM2GPS
+
+
+@pytest.fixture(scope="session")
+def im2gps_embedded(im2gps_dir, tmp_path_factory):
+    """The shared photos ingested (by photographer) and embedded with the default backbone: (manifest, embeddings).
+
+    The embedding cache is the user's default one, so a second test run reuses the vectors.
+    """
+    import numpy as np
+
+    from geopin.embed import EmbedConfig, embed_manifest, load_embeddings
+    from geopin.ingest import IngestConfig, ingest, read_manifest
+
+    work = tmp_path_factory.mktemp("im2gps")
+    summary = ingest(im2gps_dir / "labels.csv", work / "ds", IngestConfig(group_col="author"))
+    embed_manifest(summary.manifest_path, work / "emb", EmbedConfig())
+    man = read_manifest(summary.manifest_path)
+    emb, _ = load_embeddings(work / "emb", man)
+    return man, np.asarray(emb)

@@ -9,20 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geopin.embed import EmbedConfig, embed_manifest, load_embeddings
 from geopin.evaluate import EvalConfig, evaluate_cv
-from geopin.ingest import IngestConfig, ingest, read_manifest
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def report(im2gps_dir, tmp_path_factory):
-    work = tmp_path_factory.mktemp("im2gps")
-    summary = ingest(im2gps_dir / "labels.csv", work / "ds", IngestConfig(group_col="author"))
-    embed_manifest(summary.manifest_path, work / "emb", EmbedConfig())  # default cache: reused across runs
-    man = read_manifest(summary.manifest_path)
-    emb, _ = load_embeddings(work / "emb", man)
+def report(im2gps_embedded):
+    man, emb = im2gps_embedded
     assert np.isfinite(emb).all()
     return evaluate_cv(emb, man.lat.to_numpy(), man.lon.to_numpy(), man.group.to_numpy(), EvalConfig(scenarios=("group",)))
 
