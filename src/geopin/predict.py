@@ -54,11 +54,12 @@ class Predictor:
         if want and want != self.backbone.version:
             log.warning("model was trained on %s features, this backbone is %s", want, self.backbone.version)
 
-    def predict_images(self, images: list, names: list[str]) -> list[dict]:
+    def predict_images(self, images: list, names: list[str], top_k: int | None = None) -> list[dict]:
+        """`top_k` overrides the configured number per call (the API takes it per request)."""
         from geopin.embed import embed_images
 
         emb = embed_images(images, self.backbone, self.embed_cfg)
-        results = self.model.predict_embeddings(emb, top_k=self.cfg.top_k)
+        results = self.model.predict_embeddings(emb, top_k=self.cfg.top_k if top_k is None else top_k)
         for name, r in zip(names, results):
             r["path"] = name
         return results

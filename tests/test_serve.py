@@ -1,0 +1,346 @@
+"""`geopin serve` against REAL uvicorn servers on 127.0.0.1, spoken to over HTTP with httpx.
+
+One Predictor (the bundled model) is loaded per module and shared by three servers: an open one with
+a 1 MB upload limit, one that needs a token, and one whose time limit no request can meet. After
+every bad upload the open server must still answer /api/health.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the server needs fastapi: pip install 'geopin[serve]'")
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+
+from imagefiles import png_header_only  # noqa: E402
+from test_predict import MODEL_DIR, geopin, save_jpeg, scene  # noqa: E402
+
+from geopin.exif import gps_exif_bytes  # noqa: E402
+from geopin.predict import PredictConfig, Predictor  # noqa: E402
+from geopin.serve import WEB_DIR, ServeConfig, create_app, is_loopback  # noqa: E402
+
+TOKEN = "s3cret-token"
+LIMIT_MB = 1.0
+
+
+class RunningServer:
+    """A uvicorn server in a thread on a socket bound here (no race for the port); stopped on close()."""
+
+    def __init__(self, app) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    if not (MODEL_DIR / "model.json").exists():
+        pytest.skip(f"bundled default model missing: no model.json in {MODEL_DIR}")
+    return Predictor(PredictConfig())
+
+
+@pytest.fixture(scope="module")
+def server(predictor):
+    s = RunningServer(create_app(ServeConfig(max_upload_mb=LIMIT_MB), predictor))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def token_server(predictor):
+    """Bound to loopback but configured with a token: every /api route must then ask for it."""
+    s = RunningServer(create_app(ServeConfig(token=TOKEN), predictor))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    """A generated street-like JPEG that carries a GPS position in its EXIF."""
+    return save_jpeg(scene(7), tmp_path_factory.mktemp("serve") / "street.jpg", exif=gps_exif_bytes(48.8584, 2.2945))
+
+
+def jpeg_bytes(seed: int = 3) -> bytes:
+    buf = io.BytesIO()
+    scene(seed).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def assert_error(resp, status: int, error: str) -> dict:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert body["error"] == error, body
+    assert isinstance(body["detail"], str) and body["detail"]
+    return body
+
+
+def assert_healthy(server: RunningServer) -> None:
+    r = server.client.get("/api/health")
+    assert r.status_code == 200 and r.json()["model_loaded"] is True
+
+
+def approx_tree(a, b) -> None:
+    """Equal JSON trees, floats to 1e-9 relative (the CLI runs in another process)."""
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            approx_tree(a[k], b[k])
+    elif isinstance(a, list):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            approx_tree(x, y)
+    elif isinstance(a, float) and not isinstance(b, bool):
+        assert b == pytest.approx(a, rel=1e-9, abs=1e-12)
+    else:
+        assert a == b
+
+
+# --------------------------------------------------------------------------------- good photos
+
+
+def test_predict_gives_the_same_json_as_the_cli(server, photo, tmp_path):
+    with photo.open("rb") as fh:
+        r = server.client.post("/api/predict", files={"photo": ("street.jpg", fh, "image/jpeg")}, data={"k": "3"})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    cli = geopin("predict", str(photo), "--json", "--top-k", "3", cwd=tmp_path)
+    assert cli.returncode == 0, cli.stderr
+    want = json.loads(cli.stdout)[0]
+    assert got["path"] == "street.jpg"
+    got["path"] = want["path"]
+    approx_tree(want, got)
+    assert len(got["top_k"]) == 3
+    assert got["exif_gps"] == pytest.approx({"lat": 48.8584, "lon": 2.2945}, abs=1e-4)
+
+
+def test_k_from_the_query_and_its_bounds(server):
+    data = jpeg_bytes()
+    r = server.client.post("/api/predict?k=2", files={"photo": ("a.jpg", data)})
+    assert r.status_code == 200 and len(r.json()["top_k"]) == 2
+    assert r.json()["exif_gps"] is None
+    for bad in ("0", "abc", "1000"):
+        assert_error(server.client.post("/api/predict", files={"photo": ("a.jpg", data)}, data={"k": bad}),
+                     422, "invalid_request")
+
+
+def test_type_is_judged_by_content_not_by_name(server):
+    """A PNG named .txt and sent as text/plain is a photo; text named .jpg sent as image/jpeg is not."""
+    buf = io.BytesIO()
+    scene(5).save(buf, format="PNG")
+    r = server.client.post("/api/predict", files={"photo": ("notes.txt", buf.getvalue(), "text/plain")})
+    assert r.status_code == 200, r.text
+    body = assert_error(server.client.post("/api/predict", files={"photo": ("x.jpg", b"hello, world\n" * 50, "image/jpeg")}),
+                        415, "not_an_image")
+    assert "x.jpg" in body["detail"]
+    assert_healthy(server)
+
+
+def test_concurrent_requests_share_one_model(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = jpeg_bytes(11)
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: server.client.post("/api/predict", files={"photo": ("c.jpg", data)}), range(6)))
+    assert [r.status_code for r in results] == [200] * 6
+    assert len({json.dumps(r.json(), sort_keys=True) for r in results}) == 1  # same photo, same answer
+
+
+# --------------------------------------------------------------------------------- bad uploads
+
+
+def multipart(field: str, filename: str, payload: bytes, boundary: str = "geopinboundary") -> bytes:
+    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+
+
+BAD_UPLOADS = {
+    # name: (files, status, error)
+    "truncated_jpeg": (lambda: {"photo": ("cut.jpg", jpeg_bytes()[:2000])}, 422, "truncated"),
+    "empty_file": (lambda: {"photo": ("empty.jpg", b"")}, 422, "empty_file"),
+    "bomb_header_png": (lambda: {"photo": ("bomb.png", png_header_only(20000, 20000))}, 413, "decompression_bomb"),
+    "wrong_field_name": (lambda: {"image": ("a.jpg", jpeg_bytes())}, 422, "invalid_request"),
+    "over_the_limit": (lambda: {"photo": ("huge.jpg", b"\xff\xd8" + b"\0" * int(1.5 * LIMIT_MB * 2**20))}, 413,
+                       "upload_too_large"),
+    "just_over_the_limit": (lambda: {"photo": ("big.jpg", b"\0" * (int(LIMIT_MB * 2**20) + 1))}, 413,
+                            "upload_too_large"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_upload_is_a_json_error_and_the_server_goes_on(server, case):
+    files, status, error = BAD_UPLOADS[case]
+    body = assert_error(server.client.post("/api/predict", files=files()), status, error)
+    if case == "wrong_field_name":
+        assert "photo" in body["detail"]
+    assert_healthy(server)
+
+
+def test_no_body_at_all(server):
+    assert_error(server.client.post("/api/predict"), 422, "invalid_request")
+    assert_healthy(server)
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content_length"])
+def test_oversized_body_gets_413_not_a_reset_connection(server, chunked):
+    """httpx, like most clients, sends the whole body before it reads the answer: it must still see the 413.
+
+    Chunked: no Content-Length to judge by, so the body is counted as it arrives and refused past the
+    limit; with a Content-Length the request is refused before any handler runs.
+    """
+    payload = multipart("photo", "stream.jpg", b"\0" * int(4 * LIMIT_MB * 2**20))  # within the drain limit
+    content = (payload[i : i + 64 * 1024] for i in range(0, len(payload), 64 * 1024)) if chunked else payload
+    r = server.client.post("/api/predict", content=content,
+                           headers={"content-type": "multipart/form-data; boundary=geopinboundary"})
+    body = assert_error(r, 413, "upload_too_large")
+    assert ("while streaming" in body["detail"]) == chunked
+    assert_healthy(server)
+
+
+def test_unknown_route_and_method_are_json(server):
+    assert_error(server.client.get("/api/nothing-here"), 404, "not_found")
+    assert_error(server.client.get("/api/predict"), 405, "method_not_allowed")
+
+
+def test_openapi_describes_the_api(server):
+    spec = server.client.get("/openapi.json").json()
+    assert {"/api/predict", "/api/explain", "/api/health"} <= set(spec["paths"])
+
+
+def test_health(server, predictor):
+    h = server.client.get("/api/health").json()
+    assert h["backbone"] == predictor.embed_cfg.backbone
+    assert h["n_classes"] == [int(n) for n in predictor.model.heads.classifier.n_classes]
+    assert h["version"]
+
+
+# --------------------------------------------------------------------------------- timeout
+
+
+def test_request_over_the_time_limit_is_504(predictor):
+    s = RunningServer(create_app(ServeConfig(timeout_s=0.001), predictor))
+    try:
+        assert_error(s.client.post("/api/predict", files={"photo": ("a.jpg", jpeg_bytes())}), 504, "timeout")
+        assert_healthy(s)
+    finally:
+        s.close()
+
+
+# --------------------------------------------------------------------------------- explanations
+
+
+HAVE_EXPLAIN = __import__("importlib.util").util.find_spec("geopin.explain") is not None
+
+
+@pytest.mark.skipif(HAVE_EXPLAIN, reason="geopin.explain is installed: the 501 answer cannot occur")
+def test_explain_without_the_module_is_501(server):
+    r = server.client.post("/api/explain", files={"photo": ("e.jpg", jpeg_bytes(2))})
+    assert_error(r, 501, "not_implemented")
+    assert server.client.get("/api/health").json()["explain"] is False
+
+
+@pytest.mark.skipif(not HAVE_EXPLAIN, reason="geopin.explain is not installed")
+def test_explain_returns_overlays_and_rejects_bad_input(server):
+    import base64
+
+    assert server.client.get("/api/health").json()["explain"] is True
+    r = server.client.post("/api/explain", files={"photo": ("e.jpg", jpeg_bytes(2))},
+                           data={"target": "guess", "occlusion": "false"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["path"] == "e.jpg" and out["occlusion"] is None
+    png = base64.b64decode(out["gradcam"]["png_base64"])
+    assert Image.open(io.BytesIO(png)).format == "PNG"
+    assert_error(server.client.post("/api/explain", files={"photo": ("e.jpg", jpeg_bytes(2))},
+                                    data={"target": "no-such-place"}), 422, "invalid_target")
+    assert_error(server.client.post("/api/explain", files={"photo": ("e.txt", b"not a photo at all")}),
+                 415, "not_an_image")
+    assert_healthy(server)
+
+
+# --------------------------------------------------------------------------------- tokens
+
+
+@pytest.mark.parametrize("path", ["/api/health", "/api/predict"])
+def test_token_is_required_when_configured(token_server, path):
+    files = {"photo": ("a.jpg", jpeg_bytes())} if path == "/api/predict" else None
+    call = token_server.client.post if files else token_server.client.get
+    assert_error(call(path, files=files) if files else call(path), 401, "unauthorized")
+    wrong = {"Authorization": "Bearer nope"}
+    assert_error(call(path, files=files, headers=wrong) if files else call(path, headers=wrong), 401, "unauthorized")
+    for headers in ({"Authorization": f"Bearer {TOKEN}"}, {"X-Geopin-Token": TOKEN}):
+        r = call(path, files=files, headers=headers) if files else call(path, headers=headers)
+        assert r.status_code == 200, r.text
+
+
+def test_cell_polygons_route_is_behind_the_token_too(token_server):
+    if "/api/cells" not in token_server.client.get("/openapi.json").json()["paths"]:
+        pytest.skip("geopin.geojson (the /api/cells route) is not installed")
+    assert_error(token_server.client.get("/api/cells?tokens=89c25"), 401, "unauthorized")
+    r = token_server.client.get("/api/cells?tokens=89c25", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200 and r.json()["type"] == "FeatureCollection"
+
+
+def test_page_can_pass_the_token_in_its_address(token_server):
+    assert token_server.client.get(f"/api/health?token={TOKEN}").status_code == 200
+    assert_error(token_server.client.get("/api/health?token=wrong"), 401, "unauthorized")
+    if (WEB_DIR / "index.html").is_file():  # the page itself loads without a token, then passes it on
+        r = token_server.client.get(f"/?token={TOKEN}")
+        assert r.status_code == 200 and "<html" in r.text.lower()
+
+
+def test_refuses_a_public_address_without_a_token(tmp_path):
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
+    with pytest.raises(ValueError, match="token"):
+        ServeConfig(host="0.0.0.0").check()
+    ServeConfig(host="0.0.0.0", token=TOKEN).check()
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "GEOPIN_TOKEN"}
+    import subprocess
+    import shutil
+    import sys
+
+    exe = shutil.which("geopin")
+    cmd = [exe] if exe else [sys.executable, "-c", "from geopin.cli import main; main()"]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd + ["serve", "--host", "0.0.0.0", "--port", "0"], capture_output=True, text=True,
+                       timeout=60, env=env, cwd=tmp_path)
+    assert p.returncode == 2
+    assert "refusing to listen on 0.0.0.0" in p.stderr and "token" in p.stderr
+    assert time.monotonic() - t0 < 30  # refused before loading any model
+
+
+def test_serve_without_page_says_where_the_api_is(predictor, tmp_path):
+    s = RunningServer(create_app(ServeConfig(web_dir=tmp_path), predictor))
+    try:
+        body = assert_error(s.client.get("/"), 404, "not_found")
+        assert "/docs" in body["detail"]
+    finally:
+        s.close()
