@@ -394,7 +394,7 @@ def create_app(cfg: ServeConfig = ServeConfig(), predictor: Predictor | None = N
             try:
                 out = fn(service.predictor, image, target=target, occlusion=occlusion, name=name)
             except ValueError as exc:  # a target that names no country or cell
-                raise ApiError(422, "invalid_target", f"target {target!r}: {exc}") from None
+                raise ApiError(422, "invalid_target", str(exc)) from None
             except Exception as exc:  # noqa: BLE001 - one request fails with 500, the server goes on
                 raise unexpected("explanation", exc) from None
             return {"path": name, **out}
