@@ -57,6 +57,9 @@ def evaluate_cmd(
     doc = report_for_json(report)
     doc["plots"] = [str(p) for p in plots]
     write_json(doc, out / "report.json")
+    from geopin.report import write_report
+
+    html = write_report(report, out, ids=man["id"].astype(str).tolist())  # the same, to look at offline
     if as_json:
         typer.echo(json.dumps(doc, indent=2, default=str))
         return
@@ -72,7 +75,7 @@ def evaluate_cmd(
             typer.echo(format_calibration_table(report, sc).to_string(index=False))
         for sc, why in report["skipped"].items():
             typer.echo(f"\n== {sc}: skipped: {why}")
-    typer.echo(f"\nreport: {out / 'report.json'}; plots: {', '.join(p.name for p in plots)}")
+    typer.echo(f"\nreport: {out / 'report.json'}; plots: {', '.join(p.name for p in plots)}; open {html} in a browser")
 
 
 def register(app: typer.Typer) -> None:
