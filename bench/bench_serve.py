@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import platform
@@ -52,22 +51,13 @@ def free_port() -> int:
 
 
 def good_photos(n: int = 8) -> list[bytes]:
-    """Landscape-like JPEGs at the shared photos' size (384 px long side), each different."""
-    import numpy as np
-    from PIL import Image
+    """The landscape-like JPEGs of bench_predict.py, as bytes to upload."""
+    import tempfile
 
-    out = []
-    for i in range(n):
-        rng = np.random.default_rng(i)
-        w, h = (384, 288) if i % 3 else (288, 384)
-        y = np.linspace(0.0, 1.0, h)[:, None, None]
-        horizon = rng.uniform(0.3, 0.7)
-        arr = np.where(y < horizon, rng.uniform(90, 240, 3) * (1 - 0.35 * y), rng.uniform(20, 170, 3) * (0.6 + 0.4 * y))
-        arr = arr * np.ones((1, w, 1)) + rng.normal(0, 12, (h, w, 3))
-        buf = io.BytesIO()
-        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
+    from bench_predict import generated_photos  # beside this script: python puts its folder on sys.path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return [p.read_bytes() for p in generated_photos(Path(tmp), n)]
 
 
 def png_header_only(width: int, height: int) -> bytes:

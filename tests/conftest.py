@@ -45,3 +45,14 @@ def im2gps_embedded(im2gps_dir, tmp_path_factory):
     man = read_manifest(summary.manifest_path)
     emb, _ = load_embeddings(work / "emb", man)
     return man, np.asarray(emb)
+
+
+@pytest.fixture(scope="session")
+def predictor():
+    """The bundled model and its backbone, loaded once for every test that predicts with it."""
+    from geopin.model import default_model_dir
+    from geopin.predict import PredictConfig, Predictor
+
+    if not (default_model_dir() / "model.json").exists():
+        pytest.skip(f"bundled default model missing: no model.json in {default_model_dir()} (it ships inside the package)")
+    return Predictor(PredictConfig())

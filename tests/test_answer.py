@@ -74,13 +74,6 @@ def test_top_k_starts_with_the_guess_then_alternatives_by_probability():
 # ---------------------------------------------------------------- the bundled model, end to end
 
 
-@pytest.fixture(scope="module")
-def predictor():
-    from geopin.predict import Predictor
-
-    return Predictor()
-
-
 def check_coherent(r: dict) -> None:
     """What a user reads in the JSON, in the words and on the map must agree."""
     top = r["top_k"]

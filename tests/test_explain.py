@@ -33,7 +33,6 @@ from geopin.heads import classifier_logits
 from geopin.io import write_parquet
 from geopin.model import default_model_dir
 from geopin.posterior import CONFIDENCE_KM, classifier_probs
-from geopin.predict import PredictConfig, Predictor
 
 MODEL_DIR = default_model_dir()
 SIZE = (360, 240)  # not a multiple of 32: maps must come back at the photo's size, not the network's
@@ -59,13 +58,6 @@ def centre_of_mass_x(m: np.ndarray) -> float:
     m = np.clip(m, 0, None)
     assert m.sum() > 0, "the map is empty"
     return float((m.sum(0) * np.arange(m.shape[1])).sum() / m.sum() / m.shape[1])
-
-
-@pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    if not (MODEL_DIR / "model.json").exists():
-        pytest.skip(f"bundled default model missing: no model.json in {MODEL_DIR}")
-    return Predictor(PredictConfig())
 
 
 @pytest.fixture(scope="module")

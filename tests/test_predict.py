@@ -21,7 +21,7 @@ from geopin.countries import country_of
 from geopin.exif import gps_exif_bytes
 from geopin.geo import haversine_km
 from geopin.model import default_model_dir
-from geopin.predict import EXAMPLE_PHOTO, EXAMPLE_TRUTH, PredictConfig, Predictor
+from geopin.predict import EXAMPLE_PHOTO, EXAMPLE_TRUTH
 
 MODEL_DIR = default_model_dir()
 RADII = ["25", "200", "750", "2500"]
@@ -54,13 +54,6 @@ def geopin(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     exe = shutil.which("geopin")
     cmd = [exe] if exe else [sys.executable, "-c", "from geopin.cli import main; main()"]
     return subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    if not (MODEL_DIR / "model.json").exists():
-        pytest.skip(f"bundled default model missing: no model.json in {MODEL_DIR} (it ships inside the package)")
-    return Predictor(PredictConfig())
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,9 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 from imagefiles import png_header_only  # noqa: E402
-from test_predict import MODEL_DIR, geopin, save_jpeg, scene  # noqa: E402
+from test_predict import geopin, save_jpeg, scene  # noqa: E402
 
 from geopin.exif import gps_exif_bytes  # noqa: E402
-from geopin.predict import PredictConfig, Predictor  # noqa: E402
 from geopin.serve import WEB_DIR, ServeConfig, create_app, is_loopback  # noqa: E402
 
 TOKEN = "s3cret-token"
@@ -55,13 +54,6 @@ class RunningServer:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.sock.close()
-
-
-@pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    if not (MODEL_DIR / "model.json").exists():
-        pytest.skip(f"bundled default model missing: no model.json in {MODEL_DIR}")
-    return Predictor(PredictConfig())
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from geopin.evaluate import (
     format_calibration_table,
     format_methods_table,
     paired_lines,
-    scenario_header,
 )
 from geopin.geo import haversine_km
 from geopin.io import write_text
@@ -105,7 +104,7 @@ def _section(report: dict, sc: str, out_dir: Path, note: str) -> str:
     paired = paired_lines(report, sc)
     if paired:
         parts.append("<ul class=\"paired\">" + "".join(f"<li>{_t(p)}</li>" for p in paired) + "</ul>")
-    parts.append(f"<h3>True (blue) and predicted (red) positions, joined</h3>")
+    parts.append("<h3>True (blue) and predicted (red) positions, joined</h3>")
     if note:
         parts.append(f'<p class="note">{_t(note)}</p>')
     parts.append(f'<div class="map" id="map-{_t(sc)}" data-scenario="{_t(sc)}"></div>')
