@@ -181,8 +181,8 @@ def guard_against_prior(oof: OutOfFold, params: MixParams, z: float = 0.5) -> tu
     """Keep the promise that the model is not worse than the prior's best constant answer.
 
     The mixture is fit for log-likelihood of the truth's neighbourhoods, not for the guess's GeoScore;
-    on few photos its guesses can score far below the constant answer (300 shared photos: 981 against
-    1065 for new photographers). When the held-out guesses lose to the constant by more than `z`
+    on few photos its guesses can score far below the constant answer (300 shared photos: 996 against
+    1041 for new photographers). When the held-out guesses lose to the constant by more than `z`
     standard errors (over photographers: one person's photos rise and fall together), the posterior
     becomes the prior and the guess its constant. Only a clear loss counts: on all 2,652 shared photos
     the held-out gain of the full model swings by +-90 between folds while it wins overall, and any
