@@ -463,3 +463,37 @@ def _world_backdrop(ax) -> None:
 
 def report_for_json(report: dict) -> dict:
     return {k: v for k, v in report.items() if k != "per_photo"}
+
+
+def write_evaluation(report: dict, man: pd.DataFrame, out: Path) -> tuple[dict, list[Path], Path]:
+    """Per-photo predictions, plots, report.json and report.html (`geopin evaluate` and `geopin build`)."""
+    from geopin.io import write_json, write_parquet
+    from geopin.report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    for sc, df in report["per_photo"].items():
+        df = df.copy()
+        df.insert(0, "id", man["id"].to_numpy()[df.row.to_numpy()])
+        write_parquet(df, out / f"predictions_{sc}.parquet")
+    plots = write_plots(report, out)
+    doc = report_for_json(report)
+    doc["plots"] = [str(p) for p in plots]
+    write_json(doc, out / "report.json")
+    html = write_report(report, out, ids=man["id"].astype(str).tolist())  # the same, to look at offline
+    return doc, plots, html
+
+
+def evaluation_text(report: dict) -> str:
+    """The methods, paired-difference and calibration tables of every scenario, as printed."""
+    import pandas as pd
+
+
+    lines = []
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        for sc in report["scenarios"]:
+            header, table = format_methods_table(report, sc)
+            lines += [f"\n{header}", table.to_string(index=False), *paired_lines(report, sc),
+                      format_calibration_table(report, sc).to_string(index=False)]
+        for sc, why in report["skipped"].items():
+            lines.append(f"\n== {sc}: skipped: {why}")
+    return "\n".join(lines)

@@ -24,18 +24,9 @@ def evaluate_cmd(
     With fewer photographers (or photos) than --folds, the folds the data allows are used and the
     report says so; every number comes with a 95 % interval over photographers.
     """
-    from geopin.evaluate import (
-        EvalConfig,
-        evaluate_cv,
-        format_calibration_table,
-        format_methods_table,
-        paired_lines,
-        report_for_json,
-        write_plots,
-    )
+    from geopin.evaluate import EvalConfig, evaluate_cv, evaluation_text, write_evaluation
     from geopin.embed import load_embeddings
     from geopin.ingest import read_manifest
-    from geopin.io import write_json, write_parquet
 
     with input_errors("evaluate", ValueError, FileNotFoundError, KeyError):
         cfg = EvalConfig(scenarios=tuple(scenario), folds=folds, seed=seed)
@@ -48,33 +39,11 @@ def evaluate_cmd(
     groups = man["group"].to_numpy() if man["group"].notna().all() else None
     with input_errors("evaluate", ValueError):
         report = evaluate_cv(emb[ok], man.lat.to_numpy(), man.lon.to_numpy(), groups, cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    for sc, df in report["per_photo"].items():
-        df = df.copy()
-        df.insert(0, "id", man["id"].to_numpy()[df.row.to_numpy()])
-        write_parquet(df, out / f"predictions_{sc}.parquet")
-    plots = write_plots(report, out)
-    doc = report_for_json(report)
-    doc["plots"] = [str(p) for p in plots]
-    write_json(doc, out / "report.json")
-    from geopin.report import write_report
-
-    html = write_report(report, out, ids=man["id"].astype(str).tolist())  # the same, to look at offline
+    doc, plots, html = write_evaluation(report, man, out)
     if as_json:
         typer.echo(json.dumps(doc, indent=2, default=str))
         return
-    import pandas as pd
-
-    with pd.option_context("display.width", 200, "display.max_columns", 30):
-        for sc in report["scenarios"]:
-            header, table = format_methods_table(report, sc)
-            typer.echo(f"\n{header}")
-            typer.echo(table.to_string(index=False))
-            for line in paired_lines(report, sc):
-                typer.echo(line)
-            typer.echo(format_calibration_table(report, sc).to_string(index=False))
-        for sc, why in report["skipped"].items():
-            typer.echo(f"\n== {sc}: skipped: {why}")
+    typer.echo(evaluation_text(report))
     typer.echo(f"\nreport: {out / 'report.json'}; plots: {', '.join(p.name for p in plots)}; open {html} in a browser")
 
 

@@ -1,0 +1,79 @@
+"""`geopin build`: one command from a table or photo folder to a trained, evaluated model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+from geopin.cli._common import input_errors
+
+
+def build_cmd(
+    source: Path = typer.Argument(..., help="A CSV/Parquet table (image, lat, lon[, author]) or a folder of "
+                                            "geotagged photos."),
+    out: Path = typer.Option(..., "--out", "-o", help="Build folder: dataset/, cells/, split.parquet, emb/, "
+                                                      "model/, eval/ and build.json."),
+    group_col: str | None = typer.Option(None, help="Table: group (photographer) column; default 'author' "
+                                                       "when the table has it, else none."),
+    group_from: str = typer.Option("none", help="Folder: group from 'subfolder', 'artist' (EXIF) or 'none'."),
+    lat_col: str = typer.Option("lat", help="Table: latitude column."),
+    lon_col: str = typer.Option("lon", help="Table: longitude column."),
+    image_col: str = typer.Option("image", help="Table: image path column."),
+    image_root: Path | None = typer.Option(None, help="Table: folder that relative image paths start from."),
+    granularity: list[str] | None = typer.Option(None, help="NAME:MAX:MIN, repeatable, coarse to fine; "
+                                                               "default scales with the data."),
+    folds: int = typer.Option(5, help="Folds for the split and the evaluation (fewer when the data allows fewer)."),
+    evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Cross-validated evaluation at the end."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Registered backbone."),
+    long_side: int = typer.Option(384, help="Long side in pixels of the photos fed to the backbone."),
+    cache_dir: Path | None = typer.Option(None, help="Embedding cache root (default: $GEOPIN_CACHE/embeddings)."),
+    epochs: int = typer.Option(40, help="Classifier epochs."),
+    hidden: int = typer.Option(512, help="Classifier hidden width (0 = linear heads)."),
+    k: int = typer.Option(32, help="Neighbours retrieved per photo."),
+    inner_folds: int = typer.Option(5, help="Folds for the out-of-fold posterior fit."),
+    workers: int = typer.Option(0, help="Ingest worker processes (0 = one per core)."),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
+) -> None:
+    """Ingest, cells, split, embed, train and evaluate; a rerun skips the stages whose inputs did not change.
+
+    Exits 1 when a stage leaves nothing to build on (e.g. ingest kept no photo), 2 on unusable input.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from geopin.backbones import BackboneUnavailable
+    from geopin.build import BuildConfig, BuildStopped, build
+    from geopin.cells import Granularity
+    from geopin.embed import OutputBusy
+    from geopin.faces import FaceDetectorUnavailable
+
+    with input_errors("build", ValueError, FileNotFoundError, KeyError, BackboneUnavailable, FaceDetectorUnavailable):
+        cfg = BuildConfig(
+            lat_col=lat_col, lon_col=lon_col, image_col=image_col, group_col=group_col, group_from=group_from,
+            image_root=image_root, workers=workers or (os.cpu_count() or 1),
+            granularities=tuple(Granularity.parse(g) for g in granularity) if granularity else None,
+            folds=folds, seed=seed, evaluate=evaluate, backbone=backbone, long_side=long_side,
+            cache_dir=cache_dir, k=k, inner_folds=inner_folds, epochs=epochs, hidden=hidden,
+        )
+        try:
+            result = build(source, out, cfg)
+        except (BuildStopped, OutputBusy) as exc:
+            typer.echo(f"geopin build: {exc}", err=True)
+            raise typer.Exit(1) from None
+    if as_json:
+        doc = {key: value for key, value in result.items() if key != "evaluation_text"}
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    for name, rec in result["stages"].items():
+        typer.echo(f"{name:<9} {rec['status']:<8} {rec['seconds']:.1f} s")
+    typer.echo(f"split: {result['split']['label']}")
+    if "evaluation_text" in result:
+        typer.echo(result["evaluation_text"])
+        typer.echo(f"\nreport: {result['evaluation']['report']}; open {result['evaluation']['html']} in a browser")
+    typer.echo(f"model: {result['model']}  (use: geopin predict PHOTO --model {result['model']})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="build")(build_cmd)
