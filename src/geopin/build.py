@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from geopin.cells import Granularity
+from geopin.embed import EmbedConfig
+from geopin.evaluate import EvalConfig
+from geopin.heads import ClassifierConfig
+from geopin.ingest import IngestConfig
+from geopin.train import TrainConfig
 from geopin.io import read_table, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -39,30 +44,31 @@ class BuildConfig:
     """Every option of the build; the defaults suit a table with image, lat, lon (and author) columns."""
 
     # ingest
-    lat_col: str = "lat"
-    lon_col: str = "lon"
-    image_col: str = "image"
+    # defaults are the stages' own, so the two cannot drift apart
+    lat_col: str = IngestConfig.lat_col
+    lon_col: str = IngestConfig.lon_col
+    image_col: str = IngestConfig.image_col
     group_col: str | None = None  # None: "author" when the table has it, else no group
-    group_from: str = "none"  # folder input: "none" | "subfolder" | "artist"
+    group_from: str = IngestConfig.group_from  # folder input: "none" | "subfolder" | "artist"
     image_root: Path | None = None
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     # cells and train
     granularities: tuple[Granularity, ...] | None = None  # None: scaled to the number of photos
     # split and evaluate
-    folds: int = 5
-    seed: int = 0
+    folds: int = EvalConfig.folds
+    seed: int = EvalConfig.seed
     evaluate: bool = True
     # embed
-    backbone: str = "efficientnet_lite0"
-    long_side: int = 384
-    batch_size: int = 32
+    backbone: str = EmbedConfig.backbone
+    long_side: int = EmbedConfig.long_side
+    batch_size: int = EmbedConfig.batch_size
     cache_dir: Path | None = None
-    shard_size: int = 256
+    shard_size: int = EmbedConfig.shard_size
     # train
-    k: int = 32
-    inner_folds: int = 5
-    epochs: int = 40
-    hidden: int = 512
+    k: int = TrainConfig.k
+    inner_folds: int = TrainConfig.inner_folds
+    epochs: int = ClassifierConfig.epochs
+    hidden: int = ClassifierConfig.hidden
 
     def __post_init__(self) -> None:
         if self.folds < 2:
@@ -141,10 +147,8 @@ class _Ledger:
 
 def build(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: BuildConfig | None = None) -> dict:
     """Run ingest, cells, split, embed, train and evaluate into out_dir; return a summary per stage."""
-    from geopin.embed import EmbedConfig, embed_manifest
-    from geopin.heads import ClassifierConfig
-    from geopin.ingest import IngestConfig, IngestInputError, ingest
-    from geopin.train import TrainConfig
+    from geopin.embed import embed_manifest
+    from geopin.ingest import IngestInputError, ingest
 
     cfg = cfg or BuildConfig()
     source, out_dir = Path(os.path.abspath(source)), Path(os.path.abspath(out_dir))
@@ -263,9 +267,8 @@ def _run_train(manifest: Path, emb_dir: Path, model_dir: Path, train_cfg) -> dic
 def _run_evaluate(manifest: Path, emb_dir: Path, eval_dir: Path, scenarios, train_cfg, cfg: BuildConfig) -> dict:
     import numpy as np
 
-    from geopin.evaluate import evaluation_text, write_evaluation
     from geopin.embed import load_embeddings
-    from geopin.evaluate import EvalConfig, evaluate_cv
+    from geopin.evaluate import evaluate_cv, evaluation_text, write_evaluation
     from geopin.ingest import read_manifest
 
     man = read_manifest(manifest)
