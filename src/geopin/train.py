@@ -147,10 +147,13 @@ def out_of_fold(emb, lat, lon, groups, cfg: TrainConfig) -> OutOfFold:
 
 def fit_posterior(oof: OutOfFold, cfg: TrainConfig) -> tuple[MixParams, Calibration, dict]:
     params, report = fit_mixture(oof.places, oof.evidence, oof.truth, cfg.fit)
+    decisions = _oof_decisions(oof, params)
     if cfg.prior_guard:
-        params, report["prior_guard"] = guard_against_prior(oof, params, cfg.guard_z)
+        guarded, report["prior_guard"] = guard_against_prior(oof, params, decisions, cfg.guard_z)
+        if guarded != params:
+            params, decisions = guarded, _oof_decisions(oof, guarded)
     raw, hit = [], []
-    for (dec, km) in _oof_decisions(oof, params):
+    for (dec, km) in decisions:
         raw.append(dec.raw_within)
         hit.append(km[:, None] <= np.asarray(CONFIDENCE_KM)[None, :])
     calibration = Calibration.fit(np.concatenate(raw), np.concatenate(hit))
@@ -167,17 +170,14 @@ def _oof_decisions(oof: OutOfFold, params: MixParams) -> list[tuple[Decision, np
     return out
 
 
-def shrink_towards_prior(params: MixParams, keep: float) -> MixParams:
-    """The same posterior with only `keep` of the classifier's and neighbours' weight (0: the prior alone)."""
-    return replace(
-        params,
-        w_prior=1.0 - keep * (1.0 - params.w_prior),
-        w_clf=keep * params.w_clf,
-        w_knn=keep * params.w_knn,
-    )
+def prior_params(params: MixParams) -> MixParams:
+    """The same model with all weight on the training prior: the photo itself no longer counts."""
+    return replace(params, w_prior=1.0, w_clf=0.0, w_knn=0.0)
 
 
-def guard_against_prior(oof: OutOfFold, params: MixParams, z: float = 0.5) -> tuple[MixParams, dict]:
+def guard_against_prior(
+    oof: OutOfFold, params: MixParams, decisions: list[tuple[Decision, np.ndarray]], z: float = 0.5
+) -> tuple[MixParams, dict]:
     """Keep the promise that the model is not worse than the prior's best constant answer.
 
     The mixture is fit for log-likelihood of the truth's neighbourhoods, not for the guess's GeoScore;
@@ -192,7 +192,7 @@ def guard_against_prior(oof: OutOfFold, params: MixParams, z: float = 0.5) -> tu
     prior = np.concatenate([
         geoscore(haversine_km(*places.best_constant, t_lat, t_lon)) for places, (t_lat, t_lon) in zip(oof.places, oof.truth)
     ])
-    gain = np.concatenate([geoscore(km) for _, km in _oof_decisions(oof, params)]) - prior
+    gain = np.concatenate([geoscore(km) for _, km in decisions]) - prior  # `decisions`: _oof_decisions(oof, params)
     groups = np.concatenate(oof.groups) if oof.groups else np.arange(len(gain))
     mean = float(gain.mean())
     per_group = pd.DataFrame({"gain": gain, "group": groups}).groupby("group", sort=False)["gain"].agg(["sum", "count"])
@@ -215,7 +215,7 @@ def guard_against_prior(oof: OutOfFold, params: MixParams, z: float = 0.5) -> tu
         "out of fold: the model falls back to the prior",
         -mean, se, report["n_groups"],
     )
-    return shrink_towards_prior(params, 0.0), report
+    return prior_params(params), report
 
 
 def train_model(
