@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import pandas as pd
 import pyarrow as pa
@@ -45,6 +47,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageFile
 
 from geopin.exif import ExifGpsError, coord_problem, gps_from_exif, read_artist
+from geopin.fetch import FetchConfig, FetchInputError, is_url
 from geopin.images import (IMAGE_SUFFIXES, PILLOW_MAX_PIXELS, ImageError, decode_rgb, open_image, symlink_target,
                            walk_folder)
 from geopin.io import atomic_path, read_table, write_json
@@ -68,6 +71,9 @@ REJECT_REASONS = (
     "unsupported_format",
     "duplicate",
     "faces",
+    "download_failed",  # a URL row: HTTP error, connection refused, no such object (geopin.fetch)
+    "download_timeout",
+    "too_large",  # a URL row: more than the download byte cap
 )
 __all__ = ["IMAGE_SUFFIXES", "PILLOW_MAX_PIXELS", "REJECT_REASONS", "IngestConfig", "IngestInputError",
            "IngestSummary", "ingest", "read_manifest"]  # the suffixes and the pixel limit: geopin.images
@@ -115,6 +121,8 @@ class IngestConfig:
     face_threshold: float = 0.035
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     chunk_size: int = 256
+    store: Path | None = None  # table of URLs: where downloads go (default <out>/photos), see geopin.fetch
+    fetch: FetchConfig = field(default_factory=FetchConfig)
 
     def validate(self) -> None:
         if self.group_from not in GROUP_FROM:
@@ -219,6 +227,8 @@ def ingest(source: Path, out_dir: Path, cfg: IngestConfig | None = None) -> Inge
             f"folder has no photos (looked for {', '.join(sorted(IMAGE_SUFFIXES))}; ignored "
             f"{_counts_text(ignored_reasons) or 'nothing'})")
         raise IngestInputError(f"{source}: {what}")
+    if any(t.problem is None and is_url(t.path) for t in tasks):
+        tasks = _fetch_tasks(tasks, source, out_dir, cfg)
 
     fingerprint = _fingerprint(source, input_digest, cfg)
     work = out_dir / WORK_DIR_NAME / fingerprint
@@ -335,11 +345,51 @@ def _table_tasks(table_path: Path, cfg: IngestConfig) -> tuple[list[_Task], str]
         if _is_blank(image):
             tasks.append(_Task(id="", path="", source_row=row, raw_lat=lat, raw_lon=lon, group=group))
             continue
+        if is_url(image):  # downloaded before the checks: see _fetch_tasks
+            tasks.append(_Task(id=image.strip(), path=image.strip(), source_row=row, raw_lat=lat, raw_lon=lon,
+                               group=group))
+            continue
+        if isinstance(image, str) and image.strip().lower().startswith("file://"):
+            image = url2pathname(urlparse(image.strip()).path)
         abs_path = Path(os.path.normpath(base / str(image)))  # an absolute image path replaces base
         tasks.append(_Task(id=_relative_id(abs_path, base), path=str(abs_path), source_row=row,
                            raw_lat=lat, raw_lon=lon, group=group))
     digest = hashlib.sha256(table_path.read_bytes()).hexdigest()
     return tasks, f"table:{digest}:base={base}"
+
+
+def _fetch_tasks(tasks: list[_Task], source: Path, out_dir: Path, cfg: IngestConfig) -> list[_Task]:
+    """Download the URL rows (valid positions only: no bandwidth for rows rejected anyway).
+
+    Each becomes a task on its stored local file, checked like any photo, or carries the download's
+    reject reason; its id stays the URL.
+    """
+    from geopin.fetch import fetch_urls
+
+    store = Path(os.path.abspath(cfg.store)) if cfg.store else out_dir / "photos"
+    urls = [t.path for t in tasks if t.problem is None and is_url(t.path) and _coords_ok(t)]
+    try:
+        results, _ = fetch_urls(urls, store, cfg.fetch)
+    except (FetchInputError, ValueError) as exc:
+        raise IngestInputError(f"{source}: cannot download its URLs: {exc}") from exc
+    out = []
+    for t in tasks:
+        res = results.get(t.path) if t.problem is None else None
+        if res is None:
+            out.append(t)
+        elif res.ok:
+            out.append(dataclasses.replace(t, path=str(store / res.path)))
+        else:
+            out.append(dataclasses.replace(t, problem=(res.reason, res.detail or "")))
+    return out
+
+
+def _coords_ok(task: _Task) -> bool:
+    try:
+        _parse_coords(task.raw_lat, task.raw_lon)
+    except _Reject:
+        return False
+    return True
 
 
 def _folder_tasks(root: Path, out_dir: Path, cfg: IngestConfig) -> tuple[list[_Task], str, list[_Ignored]]:
@@ -397,6 +447,8 @@ def _clean_group(value: Any) -> str | None:
 def _fingerprint(source: Path, input_digest: str, cfg: IngestConfig) -> str:
     settings = dataclasses.asdict(cfg)
     settings.pop("workers")  # results do not depend on it
+    settings["fetch"].pop("workers")
+    settings["store"] = os.path.abspath(cfg.store) if cfg.store else None
     settings["image_root"] = os.path.abspath(cfg.image_root) if cfg.image_root else None
     blob = json.dumps({"v": _RESULT_VERSION, "source": str(source), "input": input_digest,
                        "cfg": settings}, sort_keys=True)

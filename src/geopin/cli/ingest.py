@@ -31,20 +31,49 @@ def ingest_cmd(
     max_pixels: Optional[int] = typer.Option(None, help="Reject photos above this many pixels (default: Pillow's limit)."),
     workers: int = typer.Option(0, help="Worker processes (0 = one per core)."),
     chunk_size: int = typer.Option(256, help="Photos per unit of work (and per resumable part file)."),
+    store: Optional[Path] = typer.Option(None, help="URL rows: folder the downloads are stored in, by content "
+                                                    "hash, with a ledger so a rerun fetches nothing twice "
+                                                    "(default: OUT/photos)."),
+    download_workers: int = typer.Option(16, help="URL rows: downloads at once."),
+    retries: int = typer.Option(3, help="URL rows: retries after a timeout, connection error, HTTP 429 or 5xx "
+                                        "(exponential backoff); 4xx answers are not retried."),
+    timeout: float = typer.Option(20.0, help="URL rows: seconds to connect, and the longest silence while reading."),
+    max_bytes: int = typer.Option(50 * 1024 * 1024, help="URL rows: larger downloads are rejected as too_large."),
+    storage_option: list[str] = typer.Option([], "--storage-option", help="URL rows: KEY=VALUE passed to the fsspec "
+                                             "filesystem (repeatable), e.g. endpoint_url=http://127.0.0.1:9000 "
+                                             "for an S3-compatible server. s3:// credentials come from the usual "
+                                             "AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                                             "AWS_PROFILE, ~/.aws); the endpoint also from AWS_ENDPOINT_URL. "
+                                             "s3:// needs the s3 extra: pip install 'geopin\\[s3]'."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Check every photo (position, decodable, size, duplicates, optionally faces) and write the manifest.
+
+    A table's image column may hold URLs (http(s)://, s3://, gs://, ... any fsspec URL), mixed with
+    local paths: they are downloaded first (see --store), then checked like local photos; a failed
+    download is a reject (download_failed, download_timeout, too_large) with its detail.
 
     Exits 1 (after writing the rejects) when no photo was kept, 2 when the input itself is unusable.
     An interrupted run resumes from its finished parts when rerun with the same input and options.
     """
     from geopin.faces import FaceDetectorUnavailable
+    from geopin.fetch import FetchConfig
     from geopin.ingest import PILLOW_MAX_PIXELS, IngestConfig, IngestInputError, ingest
 
+    options = {}
+    for item in storage_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            typer.echo(f"geopin ingest: --storage-option {item!r}: expected KEY=VALUE", err=True)
+            raise typer.Exit(2)
+        options[key.strip()] = value
+    fetch = FetchConfig(workers=download_workers, retries=retries, timeout_s=timeout, max_bytes=max_bytes,
+                        storage_options=options)
     cfg = IngestConfig(
         lat_col=lat_col, lon_col=lon_col, image_col=image_col, group_col=group_col, image_root=image_root,
         group_from=group_from, min_side=min_side, max_pixels=max_pixels or PILLOW_MAX_PIXELS, faces=faces,
         face_threshold=face_threshold, workers=workers or (os.cpu_count() or 1), chunk_size=chunk_size,
+        store=store, fetch=fetch,
     )
     with input_errors("ingest", IngestInputError, FaceDetectorUnavailable):
         summary = ingest(source, out, cfg)

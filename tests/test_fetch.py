@@ -1,0 +1,402 @@
+"""geopin.fetch and URL tables in ingest, against real servers on loopback started here.
+
+An HTTP server (http.server in a thread) serves good, missing, slow, broken, non-image, too large and
+flaky photos and counts every hit per path; an S3-compatible server (moto in server mode) serves a
+bucket read through s3:// URLs. Nothing is mocked: requests, fsspec/s3fs and the decoder run for real.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import typing
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from geopin.cli import app
+from geopin.fetch import LEDGER_NAME, FetchConfig, Ledger, fetch_one, fetch_urls, is_url
+from geopin.ingest import REJECT_REASONS, IngestConfig, IngestInputError, ingest
+
+FAST = {"workers": 4, "retries": 2, "backoff_s": 0.05, "backoff_max_s": 0.2, "timeout_s": 0.5, "max_bytes": 200_000}
+
+
+def _jpeg(seed: int, size: int = 96) -> bytes:
+    img = Image.new("RGB", (size, size), ((seed * 37) % 256, (seed * 91) % 256, (seed * 13) % 256))
+    img.putpixel((seed % size, (seed // size) % size), (255 - seed % 256, 0, 0))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+class _Photos(BaseHTTPRequestHandler):
+    """Routes: /good/N.jpg, /missing.jpg (404), /forbidden.jpg (403), /slow.jpg, /broken.jpg,
+    /page.html (HTML as .jpg), /huge.jpg (Content-Length over the cap), /huge-stream.jpg (no length),
+    /flaky.jpg (503 twice, then the photo), /drip/N.jpg (a good photo after a short pause)."""
+
+    hits: typing.ClassVar[Counter] = Counter()
+    lock = threading.Lock()
+    slow_s = 2.0
+    drip_s = 0.0
+
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+    def _send(self, code: int, body: bytes, ctype: str = "image/jpeg", length: bool = True) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        if length:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped reading (byte cap): expected
+            pass
+
+    def do_GET(self) -> None:  # http.server's name
+        path = self.path.split("?")[0]
+        with self.lock:
+            self.hits[path] += 1
+            n_hits = self.hits[path]
+        if path.startswith("/good/"):
+            self._send(200, _jpeg(int(Path(path).stem)))
+        elif path.startswith("/drip/"):
+            time.sleep(self.drip_s)
+            self._send(200, _jpeg(int(Path(path).stem)))
+        elif path == "/slow.jpg":
+            time.sleep(self.slow_s)
+            self._send(200, _jpeg(1))
+        elif path == "/broken.jpg":
+            data = _jpeg(2, 256)
+            self._send(200, data[: len(data) // 2])
+        elif path == "/page.html":
+            self._send(200, b"<html><body>Not found, but 200</body></html>", "text/html")
+        elif path == "/huge.jpg":
+            self._send(200, _jpeg(3) + b"\0" * 400_000)
+        elif path == "/huge-stream.jpg":  # HTTP/1.0 without Content-Length: the cap must stop the read
+            self._send(200, _jpeg(4) + b"\0" * 400_000, length=False)
+        elif path == "/flaky.jpg":
+            if n_hits <= 2:
+                self._send(503, b"busy", "text/plain")
+            else:
+                self._send(200, _jpeg(5))
+        elif path == "/loop.jpg":  # redirects to itself forever
+            self.send_response(302)
+            self.send_header("Location", "/loop.jpg")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif path == "/moved.jpg":
+            self.send_response(301)
+            self.send_header("Location", "/good/9.jpg")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif path == "/forbidden.jpg":
+            self._send(403, b"no", "text/plain")
+        else:
+            self._send(404, b"not here", "text/plain")
+
+
+@pytest.fixture()
+def http_server():
+    _Photos.hits = Counter()
+    _Photos.drip_s = 0.0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Photos)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Photos
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto's S3 in server mode on loopback, with a bucket of two photos and a text file."""
+    pytest.importorskip("s3fs", reason="s3:// needs s3fs: pip install 'geopin[s3]'")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="photos")
+    s3.put_object(Bucket="photos", Key="a/one.jpg", Body=_jpeg(101))
+    s3.put_object(Bucket="photos", Key="a/two.jpg", Body=_jpeg(102))
+    s3.put_object(Bucket="photos", Key="notes.txt", Body=b"just text")
+    s3.put_object(Bucket="photos", Key="big.jpg", Body=_jpeg(103) + b"\0" * 300_000)
+    yield endpoint
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_is_url():
+    assert is_url("http://x/a.jpg") and is_url("s3://b/k.jpg") and is_url(" gs://b/k ")
+    assert not is_url("file:///tmp/a.jpg") and not is_url("photos/a.jpg") and not is_url("C:\\a.jpg")
+    assert not is_url(float("nan")) and not is_url(None)
+
+
+def test_fetch_one_each_outcome(http_server, tmp_path):
+    base, handler = http_server
+    cfg = FetchConfig(**FAST)
+    good = fetch_one(f"{base}/good/7.jpg", tmp_path, cfg)
+    assert good.ok and good.attempts == 1
+    stored = tmp_path / good.path
+    assert stored.read_bytes() == _jpeg(7)  # original bytes, not re-encoded
+    assert good.path == f"objects/{good.sha256[:2]}/{good.sha256}.jpg"
+
+    missing = fetch_one(f"{base}/missing.jpg", tmp_path, cfg)
+    assert (missing.reason, missing.detail) == ("download_failed", "HTTP 404 Not Found")
+    forbidden = fetch_one(f"{base}/forbidden.jpg", tmp_path, cfg)
+    assert forbidden.reason == "download_failed" and "403" in forbidden.detail
+    assert handler.hits["/missing.jpg"] == 1 and handler.hits["/forbidden.jpg"] == 1  # 4xx: no retry
+
+    flaky = fetch_one(f"{base}/flaky.jpg", tmp_path, cfg)
+    assert flaky.ok and flaky.attempts == 3 and handler.hits["/flaky.jpg"] == 3  # 503, 503, then the photo
+
+    huge = fetch_one(f"{base}/huge.jpg", tmp_path, cfg)
+    assert huge.reason == "too_large" and "Content-Length" in huge.detail
+    streamed = fetch_one(f"{base}/huge-stream.jpg", tmp_path, cfg)
+    assert streamed.reason == "too_large" and "stopped reading" in streamed.detail
+
+    started = time.monotonic()
+    slow = fetch_one(f"{base}/slow.jpg", tmp_path, cfg)
+    assert slow.reason == "download_timeout" and "after 3 attempts" in slow.detail
+    assert handler.hits["/slow.jpg"] == 3 and time.monotonic() - started < 5
+
+    refused = fetch_one("http://127.0.0.1:9/a.jpg", tmp_path, FetchConfig(**{**FAST, "retries": 0}))
+    assert (refused.reason, refused.detail) == ("download_failed", "connection refused")
+    unknown = fetch_one("nosuchscheme://x/y.jpg", tmp_path, cfg)
+    assert unknown.reason == "download_failed" and "nosuchscheme" in unknown.detail
+    # no partial downloads are left behind
+    assert not list((tmp_path / "tmp").glob("*"))
+
+
+def test_redirects_and_invalid_urls(http_server, tmp_path):
+    base, _ = http_server
+    cfg = FetchConfig(**FAST)
+    moved = fetch_one(f"{base}/moved.jpg", tmp_path, cfg)
+    assert moved.ok and (tmp_path / moved.path).read_bytes() == _jpeg(9)
+    loop = fetch_one(f"{base}/loop.jpg", tmp_path, cfg)
+    assert loop.reason == "download_failed" and "redirect" in loop.detail.lower()
+    assert loop.attempts == 1  # a redirect loop does not go away by itself: no retry
+    for bad in ("http://", "http://[::1/a.jpg", "https://exa mple.invalid/a b.jpg"):
+        res = fetch_one(bad, tmp_path, cfg)
+        assert res.reason == "download_failed" and res.detail, bad
+
+
+def test_fetch_one_in_a_worker_process(http_server, tmp_path):
+    """fetch_one and its config and result pickle: a process pool (or a distributed engine) can run it."""
+    base, handler = http_server
+    with cf.ProcessPoolExecutor(max_workers=1) as pool:
+        res = pool.submit(fetch_one, f"{base}/good/11.jpg", tmp_path, FetchConfig(**FAST)).result(timeout=60)
+    assert res.ok and (tmp_path / res.path).read_bytes() == _jpeg(11) and handler.hits["/good/11.jpg"] == 1
+
+
+def test_fetch_urls_once_each_and_ledger_resume(http_server, tmp_path):
+    base, handler = http_server
+    urls = [f"{base}/good/{i}.jpg" for i in range(6)] + [f"{base}/good/0.jpg", f"{base}/missing.jpg",
+                                                          f"{base}/slow.jpg"]
+    cfg = FetchConfig(**{**FAST, "retries": 0})
+    results, summary = fetch_urls(urls, tmp_path, cfg)
+    assert set(results) == set(urls) and summary.n_urls == 8
+    assert handler.hits["/good/0.jpg"] == 1  # listed twice, fetched once
+    assert summary.n_fetched == 6 and summary.n_failed == 2
+
+    again, summary2 = fetch_urls(urls, tmp_path, cfg)
+    assert summary2.n_cached == 7  # the photos and the permanent 404; the timeout is tried again
+    assert all(handler.hits[f"/good/{i}.jpg"] == 1 for i in range(6))
+    assert handler.hits["/missing.jpg"] == 1 and handler.hits["/slow.jpg"] == 2
+    assert {u: r.sha256 for u, r in again.items()} == {u: r.sha256 for u, r in results.items()}
+
+
+def test_ledger_torn_last_line_is_dropped(tmp_path, http_server):
+    base, handler = http_server
+    fetch_urls([f"{base}/good/1.jpg", f"{base}/good/2.jpg"], tmp_path, FetchConfig(**FAST))
+    ledger = tmp_path / LEDGER_NAME
+    with open(ledger, "ab") as fh:
+        fh.write(b'{"url": "http://torn')  # a kill mid-write
+    results, summary = fetch_urls([f"{base}/good/1.jpg", f"{base}/good/3.jpg"], tmp_path, FetchConfig(**FAST))
+    assert summary.n_cached == 1 and results[f"{base}/good/3.jpg"].ok
+    lines = ledger.read_bytes().splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["url"].startswith(base) for line in lines)
+    assert handler.hits["/good/1.jpg"] == 1
+
+
+def test_same_bytes_under_two_urls_stored_once(http_server, tmp_path):
+    base, _ = http_server
+    results, _ = fetch_urls([f"{base}/good/5.jpg", f"{base}/flaky.jpg"], tmp_path, FetchConfig(**FAST))
+    assert results[f"{base}/good/5.jpg"].path == results[f"{base}/flaky.jpg"].path
+    assert len(list((tmp_path / "objects").rglob("*.jpg"))) == 1
+
+
+_KILL_SCRIPT = """
+import json, sys
+from geopin.fetch import FetchConfig, fetch_urls
+urls = json.load(open(sys.argv[1]))
+fetch_urls(urls, sys.argv[2], FetchConfig(workers=2, retries=0, timeout_s=5, flush_every=1000))
+"""
+
+
+def test_kill_and_resume_fetches_nothing_twice(http_server, tmp_path):
+    base, handler = http_server
+    handler.drip_s = 0.05
+    urls = [f"{base}/drip/{i}.jpg" for i in range(100)]
+    (tmp_path / "urls.json").write_text(json.dumps(urls))
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(tmp_path / "urls.json"), str(store)])
+    ledger = store / LEDGER_NAME
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if ledger.exists() and len(ledger.read_bytes().splitlines()) >= 10:
+            break
+        time.sleep(0.02)
+    # kill 15 downloads later, a moment unrelated to any write: lines left in a user-space buffer would be lost
+    target = len(ledger.read_bytes().splitlines()) + 15
+    while time.monotonic() < deadline and sum(handler.hits.values()) < target:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)  # no cleanup, no fsync: the lines already written must survive
+    proc.wait(timeout=10)
+    done_before = {json.loads(line)["url"] for line in ledger.read_bytes().splitlines() if line.endswith(b"}")}
+    assert 10 <= len(done_before) < len(urls), "the kill should land partway"
+
+    results, summary = fetch_urls(urls, store, FetchConfig(workers=4, retries=0, timeout_s=5))
+    assert set(results) == set(urls) and all(r.ok for r in results.values())  # every URL accounted for
+    assert summary.n_cached == len(done_before)
+    for url in done_before:
+        assert handler.hits[url[len(base):]] == 1, f"{url} fetched again after the resume"
+    refetched = sum(handler.hits[u[len(base):]] - 1 for u in urls)
+    assert refetched <= 4  # only the downloads in flight at the kill (2 workers, 2 x workers queued)
+    assert sum(1 for _ in (store / "objects").rglob("*.jpg")) == len(urls)
+
+
+def test_s3_urls_through_moto(s3_server, tmp_path, monkeypatch):
+    cfg = FetchConfig(**{**FAST, "timeout_s": 5, "storage_options": {"endpoint_url": s3_server}})
+    one = fetch_one("s3://photos/a/one.jpg", tmp_path, cfg)
+    assert one.ok and (tmp_path / one.path).read_bytes() == _jpeg(101)
+    missing = fetch_one("s3://photos/a/none.jpg", tmp_path, cfg)
+    assert missing.reason == "download_failed" and "not found" in missing.detail
+    big = fetch_one("s3://photos/big.jpg", tmp_path, cfg)
+    assert big.reason == "too_large" and "not read" in big.detail
+    # the endpoint from the standard AWS environment variable instead of an option
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    two = fetch_one("s3://photos/a/two.jpg", tmp_path, FetchConfig(**{**FAST, "timeout_s": 5}))
+    assert two.ok and (tmp_path / two.path).read_bytes() == _jpeg(102)
+
+
+def test_ingest_table_of_urls_local_paths_and_s3(http_server, s3_server, tmp_path, monkeypatch):
+    """Every row ends in the manifest or the rejects, with the download's reason or the decoder's."""
+    base, handler = http_server
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    local = tmp_path / "local.jpg"
+    local.write_bytes(_jpeg(200))
+    rows = [
+        (f"{base}/good/1.jpg", 48.85, 2.35),
+        (f"{base}/good/2.jpg", 40.7, -74.0),
+        (f"{base}/good/1.jpg", 10.0, 10.0),  # the same URL twice: fetched once, second a duplicate
+        (str(local), 51.5, -0.12),  # a local path in the same table
+        ("local.jpg", 51.5, -0.12),  # the same file by relative path: duplicate
+        (f"file://{local}", 51.5, -0.12),  # and as a file:// URL: a local path, not downloaded
+        (f"{base}/missing.jpg", 1.0, 1.0),
+        (f"{base}/slow.jpg", 2.0, 2.0),
+        (f"{base}/broken.jpg", 3.0, 3.0),
+        (f"{base}/page.html", 4.0, 4.0),
+        (f"{base}/huge.jpg", 5.0, 5.0),
+        (f"{base}/flaky.jpg", 6.0, 6.0),
+        (f"{base}/good/3.jpg", None, 7.0),  # no position: rejected for that, and not downloaded
+        ("s3://photos/a/one.jpg", 35.0, 139.0),
+        ("s3://photos/notes.txt", 36.0, 139.0),
+        ("s3://photos/missing.jpg", 37.0, 139.0),
+    ]
+    table = tmp_path / "urls.csv"
+    pd.DataFrame(rows, columns=["image", "lat", "lon"]).to_csv(table, index=False)
+    cfg = IngestConfig(workers=1, fetch=FetchConfig(**{**FAST, "timeout_s": 1.0}))
+    summary = ingest(table, tmp_path / "out", cfg)
+    man = pd.read_parquet(summary.manifest_path)
+    rej = pd.read_parquet(summary.rejects_path)
+    assert len(man) + len(rej) == len(rows)
+    assert set(rej["reason"]) <= set(REJECT_REASONS)
+    by_id = {r.id: (r.reason, r.detail) for r in rej.itertuples() if r.reason != "duplicate"}
+    assert by_id[f"{base}/missing.jpg"] == ("download_failed", "HTTP 404 Not Found")
+    assert by_id[f"{base}/slow.jpg"][0] == "download_timeout"
+    assert by_id[f"{base}/broken.jpg"][0] == "truncated"
+    assert by_id[f"{base}/page.html"][0] == "not_an_image"
+    assert by_id[f"{base}/huge.jpg"][0] == "too_large"
+    assert by_id[f"{base}/good/3.jpg"][0] == "coords_missing"
+    assert by_id["s3://photos/notes.txt"][0] == "not_an_image"
+    assert by_id["s3://photos/missing.jpg"][0] == "download_failed"
+    assert rej.set_index("id").loc[f"{base}/missing.jpg", "path"] == f"{base}/missing.jpg"
+    assert sorted(rej.loc[rej.reason == "duplicate", "source_row"]) == [2, 4, 5]
+    assert list(man["id"]) == [f"{base}/good/1.jpg", f"{base}/good/2.jpg", "local.jpg", f"{base}/flaky.jpg",
+                               "s3://photos/a/one.jpg"]
+    store = tmp_path / "out" / "photos"
+    for row in man.itertuples():
+        if is_url(row.id):
+            assert Path(row.path).is_relative_to(store) and Path(row.path).is_file()
+    assert handler.hits["/good/1.jpg"] == 1 and handler.hits["/good/3.jpg"] == 0
+    assert summary.reasons["download_failed"] == 2 and summary.reasons["too_large"] == 1
+
+    # a rerun downloads nothing that is already stored
+    hits_before = sum(v for k, v in handler.hits.items() if k != "/slow.jpg")
+    summary2 = ingest(table, tmp_path / "out", cfg)
+    assert summary2.n_kept == summary.n_kept
+    assert sum(v for k, v in handler.hits.items() if k != "/slow.jpg") == hits_before
+
+
+def test_cli_ingest_urls(http_server, tmp_path):
+    base, _ = http_server
+    table = tmp_path / "t.csv"
+    pd.DataFrame([(f"{base}/good/{i}.jpg", 10.0 + i, 20.0) for i in range(3)] + [(f"{base}/missing.jpg", 1, 1)],
+                 columns=["image", "lat", "lon"]).to_csv(table, index=False)
+    store = tmp_path / "cache"
+    result = CliRunner().invoke(app, ["ingest", str(table), "--out", str(tmp_path / "o"), "--store", str(store),
+                                      "--download-workers", "2", "--retries", "0", "--timeout", "2",
+                                      "--max-bytes", "100000", "--workers", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["n_kept"] == 3 and out["reasons"]["download_failed"] == 1
+    assert len(Ledger(store).entries) == 4
+
+
+def test_missing_backend_stops_before_any_download(http_server, tmp_path, monkeypatch):
+    """A scheme whose fsspec package is absent is an input error naming the table, not N rejects."""
+    from fsspec.registry import known_implementations
+
+    base, handler = http_server
+    monkeypatch.setitem(known_implementations, "geopintest",
+                        {"class": "geopin_no_such_pkg.FS", "err": "pip install geopin-no-such-pkg"})
+    table = tmp_path / "t.csv"
+    pd.DataFrame([(f"{base}/good/1.jpg", 1.0, 1.0), ("geopintest://b/k.jpg", 2.0, 2.0)],
+                 columns=["image", "lat", "lon"]).to_csv(table, index=False)
+    with pytest.raises(IngestInputError, match=r"t\.csv: cannot download.*geopintest://.*geopin-no-such-pkg"):
+        ingest(table, tmp_path / "out", IngestConfig(workers=1))
+    assert handler.hits["/good/1.jpg"] == 0
+
+
+def test_cli_rejects_bad_storage_option(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("image,lat,lon\ns3://b/k.jpg,1,1\n")
+    result = CliRunner().invoke(app, ["ingest", str(table), "--out", str(tmp_path / "o"),
+                                      "--storage-option", "endpoint_url"])
+    assert result.exit_code == 2 and "KEY=VALUE" in result.output
