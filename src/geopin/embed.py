@@ -439,6 +439,52 @@ def embed_images(images: Sequence[Image.Image | Path | str], backbone: Backbone,
     return out
 
 
+def embed_stream(
+    todo: Sequence[tuple[Any, Path | str, str | None]], backbone: Backbone, cfg: EmbedConfig,
+    pool: ThreadPoolExecutor, batcher: "_Batcher",
+) -> Iterator[tuple[Any, np.ndarray | BadImage]]:
+    """(key, vector) per (key, path, expected sha256 or None), as batches complete; (key, BadImage) for a photo
+    that cannot be used. The one decode-batch-forward loop that embed_manifest and the engine's workers share,
+    so both give the same vectors and the same reasons. The caller sets threads and inference mode."""
+    decode = _safe(lambda key, path, sha: _decode_views(path, sha, backbone, cfg))
+    window = max(2 * cfg.batch_size, 8)
+    for (key, _, _), views in zip(todo, _ordered_prefetch(pool, decode, todo, window)):
+        if isinstance(views, BadImage):
+            yield key, views
+            continue
+        yield from batcher.add(key, views)
+    yield from batcher.flush()
+
+
+def embed_rows(rows: Sequence[dict], backbone: Backbone, cfg: EmbedConfig, pool: ThreadPoolExecutor) -> list[dict]:
+    """One partition of manifest rows (dicts with id, path, sha256 or None) -> the same dicts with `sha256`,
+    `embedding` (float32, or None) and `error` (None, or the reason embed_manifest records). What an engine
+    worker runs: the hashing and embed_stream of embed_manifest, without its cache and output file."""
+    import torch
+
+    out = [dict(r, embedding=None, error=None) for r in rows]
+    missing = [r for r in out if not r.get("sha256")]
+    for r, result in zip(missing, pool.map(_hash_file, [str(r["path"]) for r in missing])):
+        if isinstance(result, BadImage):
+            r["error"] = str(result)
+        else:
+            r["sha256"] = result
+    rows_of: dict[str, list[dict]] = {}
+    for r in out:
+        if r["error"] is None:
+            rows_of.setdefault(r["sha256"], []).append(r)
+    todo = [(s, Path(rs[0]["path"]), s) for s, rs in rows_of.items()]
+    batcher = _Batcher(backbone.model, cfg.batch_size)
+    with torch_threads(cfg.threads), torch.inference_mode():
+        for s, result in embed_stream(todo, backbone, cfg, pool, batcher):
+            for r in rows_of[s]:
+                if isinstance(result, BadImage):
+                    r["error"] = str(result)
+                else:
+                    r["embedding"] = result
+    return out
+
+
 def read_manifest(manifest: Path | str | pd.DataFrame) -> pd.DataFrame:
     """The manifest with absolute paths; needs `id` and `path` (`sha256` is computed where missing)."""
     if isinstance(manifest, pd.DataFrame):
@@ -453,7 +499,9 @@ def read_manifest(manifest: Path | str | pd.DataFrame) -> pd.DataFrame:
     df["path"] = [str(p if Path(p).is_absolute() else base / p) for p in df["path"].astype(str)]
     if "sha256" not in df.columns:
         df["sha256"] = None
-    df["sha256"] = [s.lower() if isinstance(s, str) and len(s) == 64 else None for s in df["sha256"]]
+    # object dtype: pandas 3 would store str-and-None as a str column with NaN, and NaN is no "missing" hash
+    df["sha256"] = pd.Series([s.lower() if isinstance(s, str) and len(s) == 64 else None for s in df["sha256"]],
+                             index=df.index, dtype=object)
     return df
 
 
@@ -562,19 +610,16 @@ def _embed_locked(df: pd.DataFrame, out_dir: Path, cfg: EmbedConfig, backbone: B
                         elapsed = time.perf_counter() - t_embed
                         logger.info("embedded %d/%d photos (%.1f photos/s)", n_embedded, len(todo), n_embedded / elapsed)
 
-            decode = _safe(lambda s, p: _decode_views(p, s, backbone, cfg))
-            window = max(2 * cfg.batch_size, 8)
             with torch_threads(cfg.threads) as n_threads, keep_freed_memory(), torch.inference_mode():
                 bar = progress(total=len(todo), desc=f"embed {backbone.name}", unit="photo")
                 try:
-                    for (s, p), views in zip(todo, _ordered_prefetch(pool, decode, todo, window)):
-                        if isinstance(views, BadImage):
+                    for s, result in embed_stream([(s, p, s) for s, p in todo], backbone, cfg, pool, batcher):
+                        if isinstance(result, BadImage):
                             for i in rows_of[s]:
-                                failures[i] = str(views)
+                                failures[i] = str(result)
                             bar.update(1)
                             continue
-                        finish(batcher.add(s, views))
-                    finish(batcher.flush())
+                        finish([(s, result)])
                 finally:
                     bar.close()
                     if cache is not None:

@@ -26,11 +26,16 @@ def embed(
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode threads (default: min(4, cores))."),
     shard_size: int = typer.Option(256, "--shard-size", help="Photos per cache shard (the most an interruption can lose)."),
     json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary to stdout."),
+    engine: str = typer.Option("local", "--engine", help="local: this process (cached by content). ray: partitions on a Ray cluster, one backbone per worker, written to <out>/parts/part-NNNNN.parquet (a rerun skips finished parts), then the same embeddings.npy/.json. Needs `pip install 'geopin\\[cluster]'`; see docs/cluster.md."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: 'auto' (started on this node with `ray start`), HOST:PORT of the head, or ray://HOST:10001; default: start a local cluster of --engine-workers CPUs."),
+    engine_workers: int = typer.Option(2, "--engine-workers", help="Ray workers, each holding one backbone and using 1 CPU (torch threads) per photo batch."),
+    partition_size: int = typer.Option(64, "--partition-size", help="Photos per partition: the unit of retry, resume and output file."),
 ) -> None:
     """Compute backbone features for every photo of a manifest (cached by content; resumable)."""
     _sleeping_openmp_threads()
     from geopin.backbones import BackboneUnavailable
     from geopin.embed import EmbedConfig, OutputBusy, embed_manifest
+    from geopin.engine import EngineConfig, EngineUnavailable, embed_manifest_engine
 
     try:
         cfg = EmbedConfig(
@@ -38,8 +43,12 @@ def embed(
             tta=tuple(t.strip() for t in tta.split(",") if t.strip()), cache_dir=cache_dir,
             threads=threads, workers=workers, shard_size=shard_size, use_cache=not no_cache,
         )
-        summary = embed_manifest(manifest, out, cfg)
-    except (ValueError, FileNotFoundError, BackboneUnavailable) as exc:
+        engine_cfg = EngineConfig(engine, address=address, workers=engine_workers, partition_size=partition_size)
+        if engine_cfg.name == "local":
+            summary = embed_manifest(manifest, out, cfg)
+        else:
+            summary = embed_manifest_engine(manifest, out, cfg, engine_cfg)
+    except (ValueError, FileNotFoundError, BackboneUnavailable, EngineUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except OutputBusy as exc:  # another run writes --out: nothing was touched

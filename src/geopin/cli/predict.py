@@ -40,11 +40,17 @@ def predict_cmd(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder; default: the bundled model."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="How many candidate places to list."),
     as_json: bool = typer.Option(False, "--json", help="JSON array of results on stdout."),
+    engine: str = typer.Option("local", "--engine", help="local: this process. ray: partitions on a Ray cluster, one model per worker; writes <out>/parts/part-NNNNN.parquet (a rerun skips finished parts), <out>/predictions.parquet and <out>/predictions.json. Needs `pip install 'geopin\\[cluster]'`; see docs/cluster.md."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder of the engine's parts and predictions (required with --engine ray)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: 'auto' (started on this node with `ray start`), HOST:PORT of the head, or ray://HOST:10001; default: start a local cluster of --engine-workers CPUs."),
+    engine_workers: int = typer.Option(2, "--engine-workers", help="Ray workers, each holding one model and using 1 CPU."),
+    partition_size: int = typer.Option(64, "--partition-size", help="Photos per partition: the unit of retry, resume and output file."),
 ) -> None:
     """Predict where each photo was taken: best guess, top-k places, within-km confidences.
 
     Exits 2 when the arguments hold no photo at all, 1 when every photo failed.
     """
+    from geopin.engine import EngineConfig, EngineUnavailable, predict_engine
     from geopin.images import IMAGE_SUFFIXES
     from geopin.predict import PredictConfig, Predictor, expand_paths
 
@@ -53,6 +59,17 @@ def predict_cmd(
         typer.echo(f"geopin predict: no photos in {', '.join(map(str, paths))} "
                    f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))}, in folders recursively)", err=True)
         raise typer.Exit(2)
+    with input_errors("predict", ValueError, FileNotFoundError, EngineUnavailable):
+        engine_cfg = EngineConfig(engine, address=address, workers=engine_workers, partition_size=partition_size)
+        if engine_cfg.name != "local" and out is None:
+            raise ValueError(f"--engine {engine} needs --out (the folder of its parts, the resume, and the predictions)")
+    if engine_cfg.name != "local":
+        with input_errors("predict", ValueError, FileNotFoundError, EngineUnavailable):
+            results, _ = predict_engine(photos, out, PredictConfig(model_dir=model, top_k=top_k), engine_cfg)
+        typer.echo(json.dumps(results, indent=2) if as_json else _table(results))
+        if results and all("error" in r for r in results):
+            raise typer.Exit(1)
+        return
     with input_errors("predict"):
         predictor = Predictor(PredictConfig(model_dir=model, top_k=top_k))
     results = []

@@ -1,0 +1,563 @@
+"""Run a per-partition function on a cluster (Ray) or in this process, with partitioned, resumable output.
+
+Why this shape: embed, predict and ingest all map a plain function over chunks of independent records. The
+engine adds only what a cluster needs and the local path does not: a worker (a Ray actor) that builds its
+expensive state (a backbone, a Predictor) ONCE and serves many partitions; each partition's rows written
+atomically as `<parts>/part-NNNNN.parquet`, tagged with a digest of its input and of the job's fingerprint,
+so a rerun skips the partitions already finished and never reuses one made from other input; a partition
+whose worker raises (or dies) is retried, and if it fails again its rows carry the error instead of being lost.
+
+    from geopin.engine import EngineConfig, map_partitions, partition, read_parts
+    report = map_partitions(fn, partition(items, 64), out / "parts", EngineConfig("ray"),
+                            setup=make_state, fingerprint={"kind": "mine"}, on_error=error_row)
+    table = read_parts(out / "parts", report.n_partitions)
+
+`fn(items)` (or `fn(state, items)` with `setup`) returns a list of row dicts or a pyarrow Table; `setup()`
+runs once per worker. Both must be picklable (module-level functions, functools.partial of them).
+The names `"local"` runs the same partitions in this process (no cluster needed, same files).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from geopin.io import atomic_path, write_json
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("local", "ray")
+PARTS_DIR = "parts"
+JOB_JSON = "_job.json"
+_META_DIGEST = b"geopin.partition_digest"
+_META_FAILED = b"geopin.partition_failed"
+
+
+class EngineUnavailable(RuntimeError):
+    """The chosen engine is not installed or its cluster cannot be reached."""
+
+
+@dataclass
+class EngineConfig:
+    """Where partitions run. address: None starts a local cluster of `workers` CPUs; "auto" joins the cluster
+    started on this node with `ray start`; "HOST:PORT" joins that head; "ray://HOST:10001" is Ray Client."""
+
+    name: str = "local"
+    address: str | None = None
+    workers: int = 2  # actors, each holding one copy of the model
+    partition_size: int = 64  # rows per partition: the unit of retry, resume and output file
+    cpus_per_worker: int = 1  # Ray CPUs and torch threads of each actor (2 workers x 1 on 2 cores)
+    retries: int = 1  # extra attempts of a partition whose worker raised or died
+    in_flight: int = 2  # partitions queued per worker, so a worker never waits for the driver
+
+    def __post_init__(self) -> None:
+        if self.name not in ENGINES:
+            raise ValueError(f"unknown engine {self.name!r}; choose one of {', '.join(ENGINES)}")
+        for name in ("workers", "partition_size", "cpus_per_worker", "in_flight"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"engine {name} must be positive, got {getattr(self, name)}")
+        if self.retries < 0:
+            raise ValueError(f"engine retries must be >= 0, got {self.retries}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EngineReport:
+    """What a map_partitions call did: partitions computed, skipped (finished before), retried, failed."""
+
+    n_partitions: int = 0
+    computed: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    workers: dict[str, int] = field(default_factory=dict)  # worker id -> partitions it computed
+    setups: int = 0  # times a worker built its state (once per worker, plus once per replaced worker)
+    start_seconds: float = 0.0  # cluster start (when not running yet) and workers ready with their state
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def partition(items: Sequence[Any], size: int) -> list[list[Any]]:
+    """Consecutive chunks of `size` items: deterministic, so a rerun on the same input finds the same parts."""
+    if size < 1:
+        raise ValueError(f"partition size must be positive, got {size}")
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def part_path(parts_dir: Path | str, index: int) -> Path:
+    return Path(parts_dir) / f"part-{index:05d}.parquet"
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _finished(path: Path, digest: str) -> bool:
+    """A part counts as done when it exists, was made from this very input and did not fail as a whole."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException):
+        return False
+    return meta.get(_META_DIGEST) == digest.encode() and meta.get(_META_FAILED) != b"1"
+
+
+def _to_table(rows: list[dict] | pa.Table, schema: pa.Schema | None) -> pa.Table:
+    if isinstance(rows, pa.Table):
+        return rows.cast(schema) if schema is not None and rows.schema != schema else rows
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _write_part(path: Path, table: pa.Table, digest: str, failed: bool) -> None:
+    meta = dict(table.schema.metadata or {})
+    meta[_META_DIGEST] = digest.encode()
+    meta[_META_FAILED] = b"1" if failed else b"0"
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
+
+
+def read_parts(parts_dir: Path | str, n_partitions: int | None = None) -> pa.Table:
+    """All parts in partition order as one table; with n_partitions, a missing part is an error."""
+    parts_dir = Path(parts_dir)
+    if n_partitions is None:
+        paths = sorted(parts_dir.glob("part-*.parquet"))
+    else:
+        paths = [part_path(parts_dir, i) for i in range(n_partitions)]
+        missing = [p.name for p in paths if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"{parts_dir}: missing part(s) {', '.join(missing[:5])}")
+    if not paths:
+        return pa.table({})
+    tables = [pq.read_table(p) for p in paths]
+    return pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="default")
+
+
+class _Worker:
+    """Holds the state `setup` built once and maps `fn` over the partitions it is sent (a Ray actor's body)."""
+
+    def __init__(self, fn: Callable, setup: Callable | None, threads: int, own_process: bool = True):
+        if own_process:  # in the caller's process ("local") its thread settings are left alone
+            import torch
+
+            torch.set_num_threads(threads)
+        self.fn = fn
+        self.state = setup() if setup is not None else None
+        self.has_state = setup is not None
+        self.limits = _limit_native_threads(threads) if own_process else None
+        self.id = f"{os.uname().nodename}:{os.getpid()}"
+
+    def ready(self) -> str:
+        return self.id
+
+    def run(self, items: list) -> tuple[Any, str]:
+        rows = self.fn(self.state, items) if self.has_state else self.fn(items)
+        return rows, self.id
+
+
+def _limit_native_threads(threads: int) -> Any:
+    """BLAS and OpenMP pools (numpy, faiss, torch's) of a worker to its share of the cores: by default each
+    sizes itself to the whole machine, and two workers on 2 cores then run 4+ threads that wait on each other."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # a scikit-learn dependency, so normally present; without it the pools stay as they are
+        return None
+    return threadpool_limits(limits=threads)
+
+
+def map_partitions(
+    fn: Callable,
+    partitions: Sequence[Sequence[Any]],
+    parts_dir: Path | str,
+    engine: EngineConfig,
+    *,
+    setup: Callable[[], Any] | None = None,
+    fingerprint: Any = None,
+    on_error: Callable[[Any, str], dict] | None = None,
+    schema: pa.Schema | None = None,
+) -> EngineReport:
+    """Compute every partition not already finished in `parts_dir` and write it as part-NNNNN.parquet.
+
+    fingerprint: what, besides the items, decides the output (e.g. the backbone and preprocessing): a part
+    made under another fingerprint or from other items is recomputed. on_error(item, message) -> the row
+    of an item whose partition failed twice (default: {"error": message}). schema: the parts' Arrow schema
+    (needed when a failed partition's error rows must match the good ones).
+    """
+    t0 = time.perf_counter()
+    parts_dir = Path(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    job_fp = _digest(fingerprint)
+    digests = [_digest([job_fp, list(p)]) for p in partitions]
+    for stale in parts_dir.glob("part-*.parquet"):  # left from a longer input: never part of this job's output
+        try:
+            index = int(stale.stem.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if index >= len(partitions):
+            stale.unlink()
+    write_json({"fingerprint": fingerprint, "fingerprint_sha256": job_fp, "n_partitions": len(partitions),
+                "n_items": sum(len(p) for p in partitions), "input_sha256": _digest(digests),
+                "engine": engine.to_dict()}, parts_dir / JOB_JSON)
+    report = EngineReport(n_partitions=len(partitions))
+    todo = []
+    for i, d in enumerate(digests):
+        if _finished(part_path(parts_dir, i), d):
+            report.skipped.append(i)
+        else:
+            todo.append(i)
+    if report.skipped:
+        logger.info("%s: %d of %d partitions already finished, %d to compute",
+                    parts_dir, len(report.skipped), len(partitions), len(todo))
+
+    def done(i: int, rows: Any, worker: str) -> None:
+        _write_part(part_path(parts_dir, i), _to_table(rows, schema), digests[i], failed=False)
+        report.computed.append(i)
+        report.workers[worker] = report.workers.get(worker, 0) + 1
+
+    def give_up(i: int, message: str) -> None:
+        logger.error("partition %d (%d items) failed %d times, its rows carry the error: %s",
+                     i, len(partitions[i]), engine.retries + 1, message)
+        make = on_error or (lambda item, msg: {"error": msg})
+        rows = [make(item, f"worker failed: {message}") for item in partitions[i]]
+        _write_part(part_path(parts_dir, i), _to_table(rows, schema), digests[i], failed=True)
+        report.failed.append(i)
+
+    if todo:
+        runner = _run_ray if engine.name == "ray" else _run_local
+        runner(fn, setup, partitions, todo, engine, report, done, give_up)
+    report.seconds = time.perf_counter() - t0
+    logger.info("%s: %d partitions computed (%d retried, %d failed), %d skipped in %.1f s on %d worker(s)",
+                parts_dir, len(report.computed), len(report.retried), len(report.failed), len(report.skipped),
+                report.seconds, len(report.workers))
+    return report
+
+
+def _run_local(fn, setup, partitions, todo, engine, report, done, give_up) -> None:
+    """The same partitions in this process: one state, partitions in order (no cluster needed)."""
+    t0 = time.perf_counter()
+    worker = _Worker(fn, setup, 1, own_process=False)
+    report.setups += setup is not None
+    report.start_seconds = time.perf_counter() - t0
+    for i in todo:
+        for attempt in range(engine.retries + 1):
+            try:
+                rows, wid = worker.run(partitions[i])
+            except Exception as exc:  # noqa: BLE001 - a partition's failure is recorded in its rows, never the job's end
+                message = f"{type(exc).__name__}: {exc}"
+                if attempt < engine.retries:
+                    logger.warning("partition %d raised (%s); retrying", i, message)
+                    report.retried.append(i)
+                    continue
+                give_up(i, message)
+                break
+            done(i, rows, wid)
+            break
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise EngineUnavailable("the ray engine needs Ray: pip install 'geopin[cluster]'") from None
+    return ray
+
+
+def start_ray(engine: EngineConfig) -> bool:
+    """Connect to (address) or start (None: `workers` x `cpus_per_worker` CPUs) a Ray cluster; True if we started
+    or joined it here (and so should shut it down), False when this process was already connected."""
+    ray = _ray()
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                              "configure_logging": False}
+    if engine.address is None:
+        kwargs["num_cpus"] = engine.workers * engine.cpus_per_worker
+        # the local cluster's processes inherit this: idle OpenMP threads sleep instead of spinning (see embed)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    else:
+        kwargs["address"] = engine.address
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise EngineUnavailable(f"cannot start or reach the Ray cluster at {engine.address or 'a new local cluster'}: "
+                                f"{exc}") from None
+    return True
+
+
+def _run_ray(fn, setup, partitions, todo, engine, report, done, give_up) -> None:
+    """Actors hold the state; each gets up to `in_flight` partitions; a raised or lost partition is retried."""
+    ray = _ray()
+    t0 = time.perf_counter()
+    owned = start_ray(engine)
+    try:
+        # No per-actor runtime_env: it would bar Ray's pre-started workers and cost ~2 s per worker; idle OpenMP
+        # threads are told to sleep through the environment the cluster was started with (start_ray, docs/cluster.md).
+        actor_cls = ray.remote(_Worker).options(num_cpus=engine.cpus_per_worker, max_restarts=0, max_concurrency=1)
+        n_workers = min(engine.workers, len(todo))
+        actors = [actor_cls.remote(fn, setup, engine.cpus_per_worker) for _ in range(n_workers)]
+        report.setups += n_workers if setup is not None else 0
+        try:  # a setup that fails (no model, wrong backbone) fails the same on every worker: say so once
+            ray.get([a.ready.remote() for a in actors])
+        except ray.exceptions.RayActorError as exc:
+            raise EngineUnavailable(f"engine worker could not start: {_short_error(exc)}") from None
+        report.start_seconds = time.perf_counter() - t0
+        queue = deque(todo)
+        attempts: dict[int, int] = {}
+        in_flight: dict[Any, tuple[int, Any, int]] = {}  # ref -> (slot, actor, partition)
+
+        def submit(slot: int) -> None:
+            if queue:
+                i = queue.popleft()
+                in_flight[actors[slot].run.remote(partitions[i])] = (slot, actors[slot], i)
+
+        for _ in range(engine.in_flight):
+            for slot in range(n_workers):
+                submit(slot)
+        while in_flight:
+            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            slot, actor, i = in_flight.pop(ref)
+            try:
+                rows, wid = ray.get(ref)
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError,
+                    ray.exceptions.WorkerCrashedError) as exc:
+                if isinstance(exc, ray.exceptions.RayActorError) and actors[slot] is actor:
+                    logger.warning("worker %d died; starting a new one", slot)
+                    actors[slot] = actor_cls.remote(fn, setup, engine.cpus_per_worker)
+                    report.setups += setup is not None
+                message = _short_error(exc)
+                attempts[i] = attempts.get(i, 0) + 1
+                if attempts[i] <= engine.retries:
+                    logger.warning("partition %d failed (%s); retrying", i, message)
+                    report.retried.append(i)
+                    queue.appendleft(i)
+                else:
+                    give_up(i, message)
+            else:
+                done(i, rows, wid)
+            submit(slot)
+        for actor in actors:
+            ray.kill(actor)
+    finally:
+        if owned:
+            ray.shutdown()
+
+
+def _short_error(exc: BaseException) -> str:
+    """The worker's own exception line, not Ray's wrapper and traceback."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------------------------------------
+# embed on the engine
+
+
+def _embed_setup(cfg) -> dict:
+    """Per worker, once: the backbone, a decode pool, and glibc keeping freed memory (as embed_manifest does)."""
+    from geopin.backbones import create_backbone
+    from geopin.embed import keep_freed_memory
+
+    keep = keep_freed_memory()
+    keep.__enter__()  # for the worker's whole life: every partition reuses the same activation memory
+    return {"backbone": create_backbone(cfg.backbone, cfg.device), "cfg": cfg,
+            "pool": ThreadPoolExecutor(cfg.workers or 2, thread_name_prefix="geopin-decode"), "keep": keep}
+
+
+def _embed_partition(state: dict, items: list[dict]) -> list[dict]:
+    from geopin.embed import embed_rows
+
+    return embed_rows(items, state["backbone"], state["cfg"], state["pool"])
+
+
+def _embed_error_row(item: dict, message: str) -> dict:
+    return {**item, "embedding": None, "error": message}
+
+
+def embed_schema(dim: int) -> pa.Schema:
+    return pa.schema([("row", pa.int64()), ("id", pa.string()), ("path", pa.string()), ("sha256", pa.string()),
+                      ("embedding", pa.list_(pa.float32(), dim)), ("error", pa.string())])
+
+
+def embed_manifest_engine(manifest, out_dir: Path | str, cfg=None, engine: EngineConfig | None = None):
+    """embed_manifest on the engine: `<out>/parts/part-NNNNN.parquet` (row, id, path, sha256, embedding, error),
+    then embeddings.npy + embeddings.json in the local path's layout (so `geopin train` reads it unchanged).
+
+    The parts are the resume: a rerun computes only missing or stale partitions. The embedding cache is neither
+    read nor written here (it lives on one machine's disk; the parts play its role on the cluster).
+    """
+    import dataclasses
+
+    from geopin.backbones import create_backbone
+    from geopin.embed import (
+        EMBEDDINGS_JSON,
+        EMBEDDINGS_NPY,
+        PREPROCESS_VERSION,
+        EmbedConfig,
+        EmbedSummary,
+        cache_key,
+        cache_spec,
+        ids_digest,
+        output_lock,
+        read_manifest,
+    )
+
+    cfg = cfg or EmbedConfig()
+    engine = engine or EngineConfig("ray")
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    df = read_manifest(manifest)
+    worker_cfg = dataclasses.replace(cfg, threads=engine.cpus_per_worker, use_cache=False)
+    items = [{"row": i, "id": str(r.id), "path": str(r.path), "sha256": r.sha256}
+             for i, r in enumerate(df[["id", "path", "sha256"]].itertuples(index=False))]
+    with output_lock(out_dir), ThreadPoolExecutor(1) as ex:
+        # the driver needs the backbone only for dim, version and key: load it while the cluster starts
+        loading = ex.submit(create_backbone, cfg.backbone, cfg.device)
+        owned = start_ray(engine) if engine.name == "ray" else False
+        try:
+            backbone = loading.result()
+            report = map_partitions(
+                _embed_partition, partition(items, engine.partition_size), out_dir / PARTS_DIR,
+                engine, setup=functools.partial(_embed_setup, worker_cfg),
+                fingerprint={"kind": "embed", "spec": cache_spec(backbone, cfg)},
+                on_error=_embed_error_row, schema=embed_schema(backbone.dim),
+            )
+        finally:
+            if owned:
+                _ray().shutdown()
+        table = read_parts(out_dir / PARTS_DIR, report.n_partitions)
+        n = len(df)
+        if table.num_rows != n or table.column("row").to_pylist() != list(range(n)):
+            raise RuntimeError(f"{out_dir / PARTS_DIR}: the parts hold {table.num_rows} rows, not the manifest's {n} in order")
+        errors = table.column("error").to_pylist()
+        shas = table.column("sha256").to_pylist()
+        npy_path = out_dir / EMBEDDINGS_NPY
+        with atomic_path(npy_path) as tmp:
+            out = np.full((n, backbone.dim), np.nan, dtype=np.float32)
+            for i, vec in enumerate(table.column("embedding").to_pylist()):
+                if vec is not None:
+                    out[i] = vec
+            with open(tmp, "wb") as fh:
+                np.save(fh, out)
+    failures = [{"row": i, "id": df.at[i, "id"], "path": df.at[i, "path"], "reason": e}
+                for i, e in enumerate(errors) if e is not None]
+    n_embedded = len({s for s, e in zip(shas, errors) if e is None})
+    seconds = time.perf_counter() - t_start
+    summary = EmbedSummary(
+        out_dir=out_dir, embeddings_path=npy_path, meta_path=out_dir / EMBEDDINGS_JSON, backbone=backbone.name,
+        version=backbone.version, dim=backbone.dim, n=n, n_unique=len({s for s in shas if s}), n_cached=0,
+        n_embedded=n_embedded, n_failed=len(failures), failures=failures, seconds=seconds, embed_seconds=report.seconds,
+        photos_per_s=n_embedded / report.seconds if report.seconds > 0 else 0.0, cache_key=cache_key(backbone, cfg),
+    )
+    meta = {
+        "backbone": backbone.name, "version": backbone.version, "dim": backbone.dim, "n": n,
+        "ids_sha256": ids_digest(df["id"]), "normalised": False, "config": cfg.to_dict(), "cache_key": summary.cache_key,
+        "preprocess": PREPROCESS_VERSION, "torch_threads": engine.cpus_per_worker, "decode_threads": worker_cfg.workers or 2,
+        "n_cached": 0, "n_embedded": n_embedded, "n_failed": len(failures), "failures": failures,
+        "seconds": round(seconds, 3), "embed_seconds": round(report.seconds, 3), "forward_seconds": None,
+        "photos_per_s": round(summary.photos_per_s, 2), "engine": {**engine.to_dict(), **_report_brief(report)},
+    }
+    write_json(meta, out_dir / EMBEDDINGS_JSON)
+    summary.engine_report = report  # type: ignore[attr-defined]  # for callers that count partitions
+    return summary
+
+
+def _report_brief(report: EngineReport) -> dict:
+    return {"n_partitions": report.n_partitions, "computed": len(report.computed), "skipped": len(report.skipped),
+            "retried": len(report.retried), "failed": len(report.failed), "workers": len(report.workers)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# predict on the engine
+
+PREDICT_FLAT = ("path", "lat", "lon", "country", "country_name", "continent", "cell", "summary", "error")
+PREDICTIONS_PARQUET = "predictions.parquet"
+PREDICTIONS_JSON = "predictions.json"
+
+
+def predict_schema() -> pa.Schema:
+    """The flat fields of `geopin predict --json` as columns, and the whole result as its JSON in `result`."""
+    return pa.schema([("index", pa.int64()), ("path", pa.string()), ("lat", pa.float64()), ("lon", pa.float64()),
+                      ("country", pa.string()), ("country_name", pa.string()), ("continent", pa.string()),
+                      ("cell", pa.string()), ("summary", pa.string()), ("error", pa.string()), ("result", pa.string())])
+
+
+def _predict_setup(cfg, threads: int):
+    from geopin.predict import Predictor
+
+    predictor = Predictor(cfg)
+    predictor.embed_cfg.threads = threads  # the worker's share of the cores, not all of them
+    return predictor
+
+
+def _predict_row(index: int, result: dict) -> dict:
+    from geopin.io import json_default
+
+    row = {k: result.get(k) for k in PREDICT_FLAT}
+    row["index"] = index
+    row["result"] = json.dumps(result, default=json_default)
+    return row
+
+
+def _predict_partition(predictor, items: list[dict]) -> list[dict]:
+    results = list(predictor.predict_paths([it["path"] for it in items]))
+    if len(results) != len(items):
+        raise RuntimeError(f"{len(items)} photos gave {len(results)} results")
+    return [_predict_row(it["index"], r) for it, r in zip(items, results)]
+
+
+def _predict_error_row(item: dict, message: str) -> dict:
+    return _predict_row(item["index"], {"path": item["path"], "error": f"{item['path']}: {message}"})
+
+
+def predict_engine(paths: Iterable[str | Path], out_dir: Path | str, cfg=None,
+                   engine: EngineConfig | None = None) -> tuple[list[dict], EngineReport]:
+    """Predictor.predict_paths on the engine (one Predictor per worker): the same result dicts, in input order.
+
+    Writes `<out>/parts/`, then `<out>/predictions.parquet` (flat fields + `result`, the full JSON) and
+    `<out>/predictions.json` (the list `geopin predict --json` prints).
+    """
+    from geopin.io import write_parquet
+    from geopin.predict import PredictConfig, expand_paths
+
+    cfg = cfg or PredictConfig()
+    engine = engine or EngineConfig("ray")
+    out_dir = Path(out_dir)
+    photos = expand_paths(paths)
+    items = [{"index": i, "path": str(p)} for i, p in enumerate(photos)]
+    model_json = Path(cfg.model_dir or _default_model_dir()) / "model.json"
+    model_digest = hashlib.sha256(model_json.read_bytes()).hexdigest() if model_json.exists() else None
+    report = map_partitions(
+        _predict_partition, partition(items, engine.partition_size), out_dir / PARTS_DIR, engine,
+        setup=functools.partial(_predict_setup, cfg, engine.cpus_per_worker),
+        fingerprint={"kind": "predict", "model": model_digest, "top_k": cfg.top_k},
+        on_error=_predict_error_row, schema=predict_schema(),
+    )
+    table = read_parts(out_dir / PARTS_DIR, report.n_partitions)
+    results = [json.loads(s) for s in table.column("result").to_pylist()]
+    write_parquet(table.to_pandas(), out_dir / PREDICTIONS_PARQUET)
+    write_json(results, out_dir / PREDICTIONS_JSON)
+    return results, report
+
+
+def _default_model_dir() -> Path:
+    from geopin.model import default_model_dir
+
+    return default_model_dir()
