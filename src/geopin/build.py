@@ -21,6 +21,7 @@ from typing import Any
 
 from geopin.cells import Granularity
 from geopin.embed import EmbedConfig
+from geopin.engine import EngineConfig
 from geopin.evaluate import EvalConfig
 from geopin.heads import ClassifierConfig
 from geopin.ingest import IngestConfig
@@ -69,6 +70,8 @@ class BuildConfig:
     inner_folds: int = TrainConfig.inner_folds
     epochs: int = ClassifierConfig.epochs
     hidden: int = ClassifierConfig.hidden
+    # ingest and embed: None/"local" on this machine, "ray" on a cluster (same results: not in any fingerprint)
+    engine: EngineConfig | None = None
 
     def __post_init__(self) -> None:
         if self.folds < 2:
@@ -147,7 +150,6 @@ class _Ledger:
 
 def build(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: BuildConfig | None = None) -> dict:
     """Run ingest, cells, split, embed, train and evaluate into out_dir; return a summary per stage."""
-    from geopin.embed import embed_manifest
     from geopin.ingest import IngestInputError, ingest
 
     cfg = cfg or BuildConfig()
@@ -184,9 +186,9 @@ def build(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: BuildConfi
     group_col = resolve_group_col(source, cfg)
     ingest_cfg = IngestConfig(lat_col=cfg.lat_col, lon_col=cfg.lon_col, image_col=cfg.image_col,
                               group_col=group_col, image_root=cfg.image_root, group_from=cfg.group_from,
-                              workers=cfg.workers)
+                              workers=cfg.workers, engine=cfg.engine)
     source_digest = _folder_digest(source) if source.is_dir() else file_sha256(source)
-    ingest_conf = {k: v for k, v in dataclasses.asdict(ingest_cfg).items() if k != "workers"}
+    ingest_conf = {k: v for k, v in dataclasses.asdict(ingest_cfg).items() if k not in ("workers", "engine")}
     ing = stage("ingest", {"source": source_digest}, ingest_conf,
                 [manifest], lambda: ingest(source, paths["dataset"], ingest_cfg).to_dict())
     result["group_col"] = group_col
@@ -221,7 +223,7 @@ def build(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: BuildConfi
                             cache_dir=cfg.cache_dir, shard_size=cfg.shard_size)
     embed_conf = {k: embed_cfg.to_dict()[k] for k in ("backbone", "mode", "long_side", "tta", "device")}
     emb = stage("embed", {"manifest": man_sha}, embed_conf, [paths["emb"] / "embeddings.npy"],
-                lambda: embed_manifest(manifest, paths["emb"], embed_cfg).to_dict())
+                lambda: _run_embed(manifest, paths["emb"], embed_cfg, cfg.engine))
     emb_sha = file_sha256(paths["emb"] / "embeddings.npy")
     if emb["n_failed"] >= emb["n"]:
         raise BuildStopped(f"embed failed on every photo ({emb['n']}); see {paths['emb'] / 'embeddings.json'}")
@@ -247,6 +249,16 @@ def build(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: BuildConfi
     log.info("build done in %.1f s: %s", result["seconds"],
              ", ".join(f"{s} {r['status']}" for s, r in result["stages"].items()))
     return result
+
+
+def _run_embed(manifest: Path, emb_dir: Path, embed_cfg: EmbedConfig, engine: EngineConfig | None) -> dict:
+    """embed_manifest, or its engine twin (same embeddings.npy/.json layout) when an engine is named."""
+    from geopin.embed import embed_manifest
+    from geopin.engine import embed_manifest_engine
+
+    if engine is None or engine.name == "local":
+        return embed_manifest(manifest, emb_dir, embed_cfg).to_dict()
+    return embed_manifest_engine(manifest, emb_dir, embed_cfg, engine).to_dict()
 
 
 def _train_conf(train_cfg) -> dict:

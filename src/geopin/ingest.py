@@ -8,7 +8,9 @@ Work is split into chunks of photos processed on all cores. Each finished chunk 
 atomically to `<out>/.ingest-work/<fingerprint>/part-NNNNN.parquet`; the fingerprint covers the
 input and every setting that changes results, so an interrupted run resumes where it stopped. The
 final files are written once, at the end, after duplicates are removed in input order (the result
-does not depend on which worker finished first).
+does not depend on which worker finished first). With `IngestConfig.engine` set to "ray" the same
+per-chunk code runs as `geopin.engine` partitions on a cluster, each downloading its own URL rows
+first; its parts are kept in `<out>/parts/` (see docs/cluster.md).
 
 Empty (zero-byte) files get their own reason, `empty_file`, because "the copy failed" and "this is
 not an image" call for different fixes. Decode failures after a readable header (cut-off bytes,
@@ -47,7 +49,8 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageFile
 
 from geopin.exif import ExifGpsError, coord_problem, gps_from_exif, read_artist
-from geopin.fetch import FetchConfig, FetchInputError, is_url
+from geopin.engine import PARTS_DIR, EngineConfig, EngineReport, _report_brief
+from geopin.fetch import FetchConfig, FetchInputError, FetchResult, is_url
 from geopin.images import (IMAGE_SUFFIXES, PILLOW_MAX_PIXELS, ImageError, decode_rgb, open_image, symlink_target,
                            walk_folder)
 from geopin.io import atomic_path, read_table, write_json
@@ -74,6 +77,7 @@ REJECT_REASONS = (
     "download_failed",  # a URL row: HTTP error, connection refused, no such object (geopin.fetch)
     "download_timeout",
     "too_large",  # a URL row: more than the download byte cap
+    "worker_failed",  # --engine: the partition's worker raised or died twice; the detail says how (a rerun retries it)
 )
 __all__ = ["IMAGE_SUFFIXES", "PILLOW_MAX_PIXELS", "REJECT_REASONS", "IngestConfig", "IngestInputError",
            "IngestSummary", "ingest", "read_manifest"]  # the suffixes and the pixel limit: geopin.images
@@ -123,6 +127,13 @@ class IngestConfig:
     chunk_size: int = 256
     store: Path | None = None  # table of URLs: where downloads go (default <out>/photos), see geopin.fetch
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    # None or "local": chunks on this machine's processes, URLs fetched first by the driver (with a ledger).
+    # "ray": partitions on a cluster, each downloading its own URLs into `store` (which every worker must see).
+    engine: EngineConfig | None = None
+
+    @property
+    def on_engine(self) -> bool:
+        return self.engine is not None and self.engine.name != "local"
 
     def validate(self) -> None:
         if self.group_from not in GROUP_FROM:
@@ -149,6 +160,7 @@ class IngestSummary:
     n_ignored_files: int = 0  # folder input: files without an image suffix
     workers: int = 1
     fingerprint: str = ""
+    engine: dict[str, Any] | None = None  # --engine: the engine's settings and what it did (partitions computed, ...)
     ignored_path: str = ""  # ignored.csv: every walked entry that is not a photo, with its reason
     ignored_reasons: dict[str, int] = field(default_factory=dict)  # count by reason (no image suffix, hidden, ...)
 
@@ -227,15 +239,27 @@ def ingest(source: Path, out_dir: Path, cfg: IngestConfig | None = None) -> Inge
             f"folder has no photos (looked for {', '.join(sorted(IMAGE_SUFFIXES))}; ignored "
             f"{_counts_text(ignored_reasons) or 'nothing'})")
         raise IngestInputError(f"{source}: {what}")
-    if any(t.problem is None and is_url(t.path) for t in tasks):
-        tasks = _fetch_tasks(tasks, source, out_dir, cfg)
+    has_urls = any(t.problem is None and is_url(t.path) for t in tasks)
+    store = Path(os.path.abspath(cfg.store)) if cfg.store else out_dir / "photos"
+    if has_urls and not cfg.on_engine:
+        tasks = _fetch_tasks(tasks, source, store, cfg)
+    elif has_urls:
+        _prepare_store(tasks, source, store, cfg)
 
     fingerprint = _fingerprint(source, input_digest, cfg)
     work = out_dir / WORK_DIR_NAME / fingerprint
-    chunks = [tasks[i:i + cfg.chunk_size] for i in range(0, len(tasks), cfg.chunk_size)]
-    log.info("ingest %s: %d photos in %d chunks, %d workers, work dir %s",
-             source, len(tasks), len(chunks), cfg.workers, work)
-    parts, n_resumed = _run_chunks(chunks, work, opts, cfg.workers)
+    report = None
+    if cfg.on_engine:
+        chunks = [tasks[i:i + cfg.engine.partition_size] for i in range(0, len(tasks), cfg.engine.partition_size)]
+        log.info("ingest %s: %d photos in %d partitions on the %s engine, parts in %s",
+                 source, len(tasks), len(chunks), cfg.engine.name, out_dir / PARTS_DIR)
+        parts, n_resumed, report = _run_engine(chunks, out_dir / PARTS_DIR, opts, fingerprint, cfg,
+                                               store if has_urls else None)
+    else:
+        chunks = [tasks[i:i + cfg.chunk_size] for i in range(0, len(tasks), cfg.chunk_size)]
+        log.info("ingest %s: %d photos in %d chunks, %d workers, work dir %s",
+                 source, len(tasks), len(chunks), cfg.workers, work)
+        parts, n_resumed = _run_chunks(chunks, work, opts, cfg.workers)
     seconds_work = time.perf_counter() - started
 
     table = pa.concat_tables(parts[i] for i in range(len(chunks)))
@@ -267,6 +291,7 @@ def ingest(source: Path, out_dir: Path, cfg: IngestConfig | None = None) -> Inge
         rejects_csv_path=str(rejects_csv_path), n_resumed=n_resumed,
         n_ignored_files=ignored_reasons.get("no image suffix", 0), workers=cfg.workers, fingerprint=fingerprint,
         ignored_path=str(ignored_path), ignored_reasons=ignored_reasons,
+        engine=None if report is None else {**cfg.engine.to_dict(), **_report_brief(report)},
     )
     write_json(summary.to_dict(), out_dir / SUMMARY_NAME)
     shutil.rmtree(work, ignore_errors=True)
@@ -358,30 +383,44 @@ def _table_tasks(table_path: Path, cfg: IngestConfig) -> tuple[list[_Task], str]
     return tasks, f"table:{digest}:base={base}"
 
 
-def _fetch_tasks(tasks: list[_Task], source: Path, out_dir: Path, cfg: IngestConfig) -> list[_Task]:
-    """Download the URL rows (valid positions only: no bandwidth for rows rejected anyway).
+def _fetch_tasks(tasks: list[_Task], source: Path, store: Path, cfg: IngestConfig) -> list[_Task]:
+    """Download the URL rows on the driver (the local path), then check them like local photos.
 
     Each becomes a task on its stored local file, checked like any photo, or carries the download's
     reject reason; its id stays the URL.
     """
     from geopin.fetch import fetch_urls
 
-    store = Path(os.path.abspath(cfg.store)) if cfg.store else out_dir / "photos"
-    urls = [t.path for t in tasks if t.problem is None and is_url(t.path) and _coords_ok(t)]
     try:
-        results, _ = fetch_urls(urls, store, cfg.fetch)
+        results, _ = fetch_urls([t.path for t in tasks if _to_fetch(t)], store, cfg.fetch)
     except (FetchInputError, ValueError) as exc:
         raise IngestInputError(f"{source}: cannot download its URLs: {exc}") from exc
-    out = []
-    for t in tasks:
-        res = results.get(t.path) if t.problem is None else None
-        if res is None:
-            out.append(t)
-        elif res.ok:
-            out.append(dataclasses.replace(t, path=str(store / res.path)))
-        else:
-            out.append(dataclasses.replace(t, problem=(res.reason, res.detail or "")))
-    return out
+    return [_fetched(t, results[t.path], store) if _to_fetch(t) else t for t in tasks]
+
+
+def _to_fetch(task: _Task) -> bool:
+    """A URL row worth downloading: valid position only (no bandwidth for rows rejected anyway)."""
+    return task.problem is None and is_url(task.path) and _coords_ok(task)
+
+
+def _fetched(task: _Task, res: FetchResult, store: Path) -> _Task:
+    """The task on its stored file, or carrying the download's reject reason; its id stays the URL."""
+    if res.ok:
+        return dataclasses.replace(task, path=str(store / res.path))
+    return dataclasses.replace(task, problem=(res.reason, res.detail or ""))
+
+
+def _prepare_store(tasks: list[_Task], source: Path, store: Path, cfg: IngestConfig) -> None:
+    """--engine: the checks fetch_urls makes before any download, done once on the driver; the workers download."""
+    from geopin.fetch import _clean_tmp, check_schemes
+
+    try:
+        cfg.fetch.validate()
+        check_schemes({t.path.strip() for t in tasks if _to_fetch(t)}, cfg.fetch)
+    except (FetchInputError, ValueError) as exc:
+        raise IngestInputError(f"{source}: cannot download its URLs: {exc}") from exc
+    store.mkdir(parents=True, exist_ok=True)
+    _clean_tmp(store, cfg.fetch)
 
 
 def _coords_ok(task: _Task) -> bool:
@@ -447,6 +486,7 @@ def _clean_group(value: Any) -> str | None:
 def _fingerprint(source: Path, input_digest: str, cfg: IngestConfig) -> str:
     settings = dataclasses.asdict(cfg)
     settings.pop("workers")  # results do not depend on it
+    settings.pop("engine")  # nor on where the chunks run
     settings["fetch"].pop("workers")
     settings["store"] = os.path.abspath(cfg.store) if cfg.store else None
     settings["image_root"] = os.path.abspath(cfg.image_root) if cfg.image_root else None
@@ -483,6 +523,51 @@ def _run_chunks(chunks: list[list[_Task]], work: Path, opts: _Options, workers: 
             parts[k] = table
             bar.update(len(rows))
     return parts, n_resumed
+
+
+def _run_engine(chunks: list[list[_Task]], parts_dir: Path, opts: _Options, fingerprint: str, cfg: IngestConfig,
+                store: Path | None) -> tuple[dict[int, pa.Table], int, EngineReport]:
+    """The chunks as engine partitions (`<out>/parts/part-NNNNN.parquet`, kept: a rerun skips finished ones).
+
+    Each partition downloads its own URL rows into the shared store, then checks every row with the local
+    path's code; a partition that fails twice is kept as `worker_failed` rows and retried by the next run.
+    """
+    from functools import partial
+
+    from geopin.engine import map_partitions, part_path
+
+    fn = partial(_engine_chunk, opts=opts, store=None if store is None else str(store), fetch=cfg.fetch)
+    report = map_partitions(fn, chunks, parts_dir, cfg.engine, fingerprint={"kind": "ingest", "ingest": fingerprint},
+                            schema=_PART_SCHEMA, on_error=_worker_failed_row)
+    parts = {k: pq.read_table(part_path(parts_dir, k)).replace_schema_metadata(None) for k in range(len(chunks))}
+    n_resumed = sum(parts[k].num_rows for k in report.skipped)
+    if report.failed:
+        log.error("ingest: %d partition(s) failed on their workers; their %d photos are worker_failed rejects "
+                  "until a rerun of the same command retries them", len(report.failed),
+                  sum(parts[k].num_rows for k in report.failed))
+    return parts, n_resumed, report
+
+
+def _engine_chunk(tasks: list[_Task], opts: _Options, store: str | None, fetch: FetchConfig) -> list[dict]:
+    """One engine partition: download its own URL rows (each distinct URL once), then `_process_chunk` as locally.
+
+    No ledger: workers on many machines cannot share one append-only file; the finished partition is the record.
+    """
+    from geopin.fetch import _map_bounded
+
+    urls = list(dict.fromkeys(t.path.strip() for t in tasks if _to_fetch(t)))
+    if not urls:
+        return _process_chunk(tasks, opts)
+    results = {res.url: res for res in _map_bounded(urls, Path(store), fetch)}
+    return _process_chunk([_fetched(t, results[t.path.strip()], Path(store)) if _to_fetch(t) else t
+                           for t in tasks], opts)
+
+
+def _worker_failed_row(task: _Task, message: str) -> dict:
+    """The row of a photo whose whole partition failed (a worker that raised or died twice): a reject, not a loss."""
+    return {"id": task.id, "path": task.path, "source_row": task.source_row, "lat": None, "lon": None,
+            "group": task.group, "width": None, "height": None, "sha256": None, "reason": "worker_failed",
+            "detail": message}
 
 
 def _map_chunks(todo: list[int], chunks: list[list[_Task]], opts: _Options, workers: int

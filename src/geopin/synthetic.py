@@ -86,6 +86,14 @@ def synthetic_photos(cfg: SyntheticConfig) -> tuple[pd.DataFrame, dict[str, byte
     return table, photos
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A client killed mid-request (the resume tests do that) is expected: log it, no traceback on stderr."""
+        log.debug("photo server: request from %s ended early", client_address, exc_info=True)
+
+
 @dataclass
 class _Routes:
     photos: dict[str, bytes]
@@ -149,8 +157,7 @@ class PhotoServer:
             def log_message(self, format: str, *args) -> None:  # noqa: A002 (the stdlib's signature)
                 log.debug("photo server: " + format, *args)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="photo-server", daemon=True)
 
     @property

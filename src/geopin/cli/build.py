@@ -37,6 +37,15 @@ def build_cmd(
     workers: int = typer.Option(0, help="Ingest worker processes (0 = one per core)."),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
+    engine: str = typer.Option("local", "--engine", help="Where ingest and embed run: local (this machine) or ray "
+                               "(partitions on a Ray cluster; the photos, downloads included, must be at the same "
+                               "path on every worker; see docs/cluster.md). The results, and so what a rerun skips, "
+                               "do not depend on it."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster to join: 'auto', HOST:PORT of the head, "
+                                       "or ray://HOST:10001; default: start a local cluster of --engine-workers CPUs."),
+    engine_workers: int = typer.Option(2, "--engine-workers", help="Ray workers (1 CPU each; embed: one backbone each)."),
+    partition_size: int = typer.Option(64, "--partition-size", help="Photos per partition: the unit of retry, resume "
+                                       "and output file."),
 ) -> None:
     """Ingest, cells, split, embed, train and evaluate; a rerun skips the stages whose inputs did not change.
 
@@ -47,15 +56,18 @@ def build_cmd(
     from geopin.build import BuildConfig, BuildStopped, build
     from geopin.cells import Granularity
     from geopin.embed import OutputBusy
+    from geopin.engine import EngineConfig, EngineUnavailable
     from geopin.faces import FaceDetectorUnavailable
 
-    with input_errors("build", ValueError, FileNotFoundError, KeyError, BackboneUnavailable, FaceDetectorUnavailable):
+    with input_errors("build", ValueError, FileNotFoundError, KeyError, BackboneUnavailable, FaceDetectorUnavailable,
+                      EngineUnavailable):
         cfg = BuildConfig(
             lat_col=lat_col, lon_col=lon_col, image_col=image_col, group_col=group_col, group_from=group_from,
             image_root=image_root, workers=workers or (os.cpu_count() or 1),
             granularities=tuple(Granularity.parse(g) for g in granularity) if granularity else None,
             folds=folds, seed=seed, evaluate=evaluate, backbone=backbone, long_side=long_side,
             cache_dir=cache_dir, k=k, inner_folds=inner_folds, epochs=epochs, hidden=hidden,
+            engine=EngineConfig(engine, address=address, workers=engine_workers, partition_size=partition_size),
         )
         try:
             result = build(source, out, cfg)

@@ -33,7 +33,8 @@ def ingest_cmd(
     chunk_size: int = typer.Option(256, help="Photos per unit of work (and per resumable part file)."),
     store: Optional[Path] = typer.Option(None, help="URL rows: folder the downloads are stored in, by content "
                                                     "hash, with a ledger so a rerun fetches nothing twice "
-                                                    "(default: OUT/photos)."),
+                                                    "(default: OUT/photos). With --engine ray every worker "
+                                                    "writes here: it must be the same shared folder on every node."),
     download_workers: int = typer.Option(16, help="URL rows: downloads at once."),
     retries: int = typer.Option(3, help="URL rows: retries after a timeout, connection error, HTTP 429 or 5xx "
                                         "(exponential backoff); 4xx answers are not retried."),
@@ -46,19 +47,37 @@ def ingest_cmd(
                                              "AWS_PROFILE, ~/.aws); the endpoint also from AWS_ENDPOINT_URL. "
                                              "s3:// needs the s3 extra: pip install 'geopin\\[s3]'."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    engine: str = typer.Option("local", "--engine", help="local: this machine's processes (URLs fetched first, with a "
+                               "ledger in --store). ray: partitions on a Ray cluster, each downloading its own URLs "
+                               "into --store (which must be the same shared folder on every worker) and checking its "
+                               "photos, written to OUT/parts/part-NNNNN.parquet (a rerun skips finished parts), then "
+                               "the same manifest and rejects. Needs `pip install 'geopin\\[cluster]'`; see "
+                               "docs/cluster.md."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster to join: 'auto' (started on this node "
+                                          "with `ray start`), HOST:PORT of the head, or ray://HOST:10001; default: "
+                                          "start a local cluster of --engine-workers CPUs."),
+    engine_workers: int = typer.Option(2, "--engine-workers", help="Ray workers, each checking one partition at a "
+                                       "time on 1 CPU."),
+    partition_size: int = typer.Option(64, "--partition-size", help="Photos per partition: the unit of retry, resume "
+                                       "and output file."),
 ) -> None:
     """Check every photo (position, decodable, size, duplicates, optionally faces) and write the manifest.
 
     A table's image column may hold URLs (http(s)://, s3://, gs://, ... any fsspec URL), mixed with
     local paths: they are downloaded first (see --store), then checked like local photos; a failed
-    download is a reject (download_failed, download_timeout, too_large) with its detail.
+    download is a reject (download_failed, download_timeout, too_large) with its detail. With
+    --engine ray each partition downloads its own URLs on its worker, then checks them.
 
     Exits 1 (after writing the rejects) when no photo was kept, 2 when the input itself is unusable.
     An interrupted run resumes from its finished parts when rerun with the same input and options.
     """
+    from geopin.engine import EngineConfig, EngineUnavailable
     from geopin.faces import FaceDetectorUnavailable
     from geopin.fetch import FetchConfig
     from geopin.ingest import PILLOW_MAX_PIXELS, IngestConfig, IngestInputError, ingest
+
+    with input_errors("ingest", ValueError):
+        engine_cfg = EngineConfig(engine, address=address, workers=engine_workers, partition_size=partition_size)
 
     options = {}
     for item in storage_option:
@@ -73,9 +92,9 @@ def ingest_cmd(
         lat_col=lat_col, lon_col=lon_col, image_col=image_col, group_col=group_col, image_root=image_root,
         group_from=group_from, min_side=min_side, max_pixels=max_pixels or PILLOW_MAX_PIXELS, faces=faces,
         face_threshold=face_threshold, workers=workers or (os.cpu_count() or 1), chunk_size=chunk_size,
-        store=store, fetch=fetch,
+        store=store, fetch=fetch, engine=engine_cfg,
     )
-    with input_errors("ingest", IngestInputError, FaceDetectorUnavailable):
+    with input_errors("ingest", IngestInputError, FaceDetectorUnavailable, EngineUnavailable):
         summary = ingest(source, out, cfg)
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
