@@ -49,8 +49,12 @@ class Places:
     @property
     def score_matrix(self) -> np.ndarray:
         """GeoScore between every pair of places (K, K), built once per model."""
-        if self._score is None:
-            self._score = geoscore(pairwise_km(self.lat, self.lon, self.lat, self.lon)).astype(np.float32)
+        if self._score is None:  # by row blocks: float64 (K, K) temporaries were 0.6 GB at 5,000 places
+            k = len(self.lat)
+            score = np.empty((k, k), dtype=np.float32)
+            for s in range(0, k, 512):
+                score[s : s + 512] = geoscore(pairwise_km(self.lat[s : s + 512], self.lon[s : s + 512], self.lat, self.lon))
+            self._score = score
         return self._score
 
 

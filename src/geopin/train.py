@@ -20,7 +20,7 @@ import pandas as pd
 from geopin.cells import Granularity, build_cells, coarse_to_fine, default_granularities, locate
 from geopin.countries import country_of
 from geopin.geo import haversine_km, pairwise_km
-from geopin.heads import ClassifierConfig, Gallery, train_classifier
+from geopin.heads import ClassifierConfig, Gallery, iter_rows, l2_normalize, take_rows, train_classifier
 from geopin.metrics import geoscore
 from geopin.model import GeoModel, Heads
 from geopin.posterior import (
@@ -53,6 +53,13 @@ class TrainConfig:
     seed: int = 0
     fit: FitConfig = field(default_factory=FitConfig)
     max_fit_photos: int = 20_000  # held-out photos used to fit the posterior: enough, and bounded memory
+    # Training photos per inner fold: above it the inner heads are fit on a random subsample. They only
+    # serve to fit a handful of mixing weights and temperatures; five refits on a million photos
+    # would cost five times the final training. 0: no limit.
+    max_fold_photos: int = 50_000
+    # Gallery of k-means representatives: at most this many per finest cell instead of every
+    # training photo (0: every photo). Measured on the shared set in bench/bench_scale.py --part gallery.
+    gallery_per_cell: int = 0
     prior_guard: bool = True  # fall back to the prior when the posterior clearly loses to it out of fold
     guard_z: float = 0.5  # standard errors by which the posterior must lose to the prior to fall back
 
@@ -82,14 +89,53 @@ def fit_heads(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, cfg: TrainConfi
     photo_place = part.assignments[f"class_{names[-1]}"].to_numpy()
     nearest = photo_place.copy()
     lost = np.flatnonzero(nearest < 0)
-    if len(lost):
-        nearest[lost] = np.argmin(pairwise_km(lat[lost], lon[lost], f_lat, f_lon), axis=1)
+    for s in range(0, len(lost), 4096):  # in chunks: (photos x places) km at a million photos is gigabytes
+        part_rows = lost[s : s + 4096]
+        nearest[part_rows] = np.argmin(pairwise_km(lat[part_rows], lon[part_rows], f_lat, f_lon), axis=1)
     prior = np.bincount(nearest, minlength=len(fine)).astype(np.float64)
     prior /= prior.sum()
     places = Places(f_lat, f_lon, prior, ancestors, best_constant(lat, lon, seed=cfg.seed))
     clf = train_classifier(emb, lat, lon, [(t.lat.to_numpy(), t.lon.to_numpy()) for t in tables], cfg.classifier)
     cells = pd.concat(tables, ignore_index=True)
+    if cfg.gallery_per_cell > 0:
+        gallery, rows, g_lat, g_lon = cluster_gallery(emb, lat, lon, photo_place, cfg.gallery_per_cell, cfg.seed)
+        return Heads(cells, names, places, clf, gallery, g_lat, g_lon, photo_place[rows], country_of(g_lat, g_lon), cfg.k)
     return Heads(cells, names, places, clf, Gallery(emb), lat, lon, photo_place, country_of(lat, lon), cfg.k)
+
+
+def cluster_gallery(emb, lat, lon, photo_place: np.ndarray, per_cell: int, seed: int = 0):
+    """A gallery of at most `per_cell` k-means representatives per finest cell, instead of every photo.
+
+    Each representative is a centroid of the cell's centred unit vectors, placed at the member
+    photo nearest to it (a real spot inside the cell). Photos whose cell was dropped stay as they are.
+    Returns (gallery, the member row behind each entry, its lat, its lon).
+    """
+    import faiss
+
+    from geopin.heads import centring_mean
+
+    mu = centring_mean(emb)
+    order = np.argsort(photo_place, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(photo_place[order]) != 0])
+    bounds = np.r_[starts, len(order)]
+    vecs, rows = [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        members = np.sort(order[a:b])
+        v = l2_normalize(l2_normalize(take_rows(emb, members)) - mu)
+        if photo_place[members[0]] < 0 or len(members) <= per_cell:
+            vecs.append(v)
+            rows.append(members)
+            continue
+        km = faiss.Kmeans(v.shape[1], per_cell, niter=20, seed=seed + int(photo_place[members[0]]), spherical=True)
+        km.train(v)
+        centroids = l2_normalize(km.centroids)
+        nearest = np.argmax(v @ centroids.T, axis=0)  # per centroid, its closest member photo
+        vecs.append(centroids)
+        rows.append(members[nearest])
+    rows_all = np.concatenate(rows)
+    gallery = Gallery(vectors=np.concatenate(vecs), mu=mu)
+    log.info("gallery: %d representatives for %d photos (at most %d per cell)", len(rows_all), len(lat), per_cell)
+    return gallery, rows_all, lat[rows_all], lon[rows_all]
 
 
 def ordered_granularities(grans) -> list[Granularity]:
@@ -135,9 +181,12 @@ def out_of_fold(emb, lat, lon, groups, cfg: TrainConfig) -> OutOfFold:
         tr, va = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
         if len(va) > per_fold:
             va = np.sort(rng.choice(va, per_fold, replace=False))
-        heads = fit_heads(emb[tr], lat[tr], lon[tr], cfg)
+        if 0 < cfg.max_fold_photos < len(tr):
+            log.info("inner fold %s: heads fit on %d of its %d training photos (max_fold_photos)", f, cfg.max_fold_photos, len(tr))
+            tr = np.sort(rng.choice(tr, cfg.max_fold_photos, replace=False))
+        heads = fit_heads(take_rows(emb, tr), lat[tr], lon[tr], cfg)
         oof.places.append(heads.places)
-        oof.evidence.append(heads.evidence(emb[va]))
+        oof.evidence.append(heads.evidence(take_rows(emb, va)))
         oof.truth.append((lat[va], lon[va]))
         oof.rows.append(va)
         if groups is not None:
@@ -227,7 +276,8 @@ def train_model(
     meta: dict | None = None,
 ) -> GeoModel:
     t0 = time.perf_counter()
-    emb = np.asarray(emb, dtype=np.float32)
+    if not (isinstance(emb, np.ndarray) and emb.dtype == np.float32):  # a float32 memory map is read as it is
+        emb = np.asarray(emb, dtype=np.float32)
     lat = np.asarray(lat, dtype=np.float64)
     lon = np.asarray(lon, dtype=np.float64)
     if len(emb) != len(lat):
@@ -270,7 +320,9 @@ def train(
 
     man = read_manifest(manifest)
     emb, emb_meta = load_embeddings(embeddings_dir, man)
-    keep = np.isfinite(emb).all(axis=1)
+    keep = np.ones(len(emb), dtype=bool)
+    for s, rows in iter_rows(emb):  # in chunks: a million embeddings are read, never held, here
+        keep[s : s + len(rows)] = np.isfinite(rows).all(axis=1)
     if split is not None:
         sp = pd.read_parquet(split)
         col = "split" if "split" in sp.columns else None
@@ -285,8 +337,10 @@ def train(
     if cfg.scenario == "group" and groups is None:
         log.warning("not every photo has a group: fitting the posterior on random folds (archive completion)")
         cfg = replace(cfg, scenario="random")
+    if not keep.all():  # the rows kept, copied in float32 (chunk by chunk)
+        emb = take_rows(emb, np.flatnonzero(keep))
     model = train_model(
-        emb[keep],
+        emb,
         m["lat"].to_numpy(),
         m["lon"].to_numpy(),
         groups,
