@@ -8,10 +8,13 @@ runs on them as a user would run it, in its own process, so the peak memory is t
 
     python bench/bench_scale.py --part train --sizes 10000,100000,1000000 [--work /tmp/geopin-scale]
     python bench/bench_scale.py --part gallery [--limit N]   # clustered gallery vs every photo, shared set
+    python bench/bench_scale.py --part download|embed|predict [--sizes N]   # local vs Ray on 1 and 2 workers
 
 Prints a table (size, train s, peak GiB, model MB, load s, load peak GiB, predict photos/s) and writes
 bench/results/bench_scale_train.json (rows of earlier runs at other sizes are kept). The parts
-`download`, `embed` and `predict` (on the engine) are hooks for the other stages: see PARTS.
+`download` (URL ingest from a loopback server), `embed` and `predict` (photo files) compare the local
+path with the Ray engine on 1 and 2 workers; `--sizes N` sets their number of photos (defaults 2,000 /
+600 / 600).
 """
 
 from __future__ import annotations
@@ -251,19 +254,92 @@ def part_gallery(args) -> list[dict]:
     return rows
 
 
+def _with_cluster(fn):
+    """Start the 2-CPU Ray cluster once, as `ray start` runs once on a real cluster; its start-up is reported apart."""
+    import ray
+
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    start_s = time.perf_counter() - t0
+    try:
+        rows = fn()
+    finally:
+        ray.shutdown()
+    for r in rows:
+        r["cluster_start_s"] = round(start_s, 1)
+    return rows
+
+
 def part_download(args) -> list[dict]:
-    """Hook: downloading photos at scale (the lead adds it, with geopin.fetch)."""
-    raise NotImplementedError("--part download: not implemented yet (hook for the download stage)")
+    """Download + check photos from the loopback server: ingest's local path vs the engine on 1 and 2 workers."""
+    import shutil
+    import tempfile
+
+    from geopin.engine import EngineConfig
+    from geopin.ingest import IngestConfig, ingest
+    from geopin.synthetic import PhotoServer, SyntheticConfig, synthetic_photos
+
+    n = args.sizes[0] if args.sizes != [10000, 100000, 1000000] else 2000
+    positions, photos = synthetic_photos(SyntheticConfig(n=n, seed=args.seed))
+    rows: list[dict] = []
+    with PhotoServer(photos) as server, tempfile.TemporaryDirectory(prefix="bench_scale_dl_") as tmp:
+        table = pd.DataFrame({"image": [f"{server.url}/p/{name}" for name in positions["name"]],
+                              "lat": positions["lat"], "lon": positions["lon"]})
+        table.to_csv(Path(tmp) / "urls.csv", index=False)
+
+        def run(label: str, workers: int, engine) -> dict:
+            out = Path(tmp) / label
+            t0 = time.perf_counter()
+            summary = ingest(Path(tmp) / "urls.csv", out, IngestConfig(engine=engine))
+            wall = time.perf_counter() - t0
+            shutil.rmtree(out, ignore_errors=True)
+            return {"task": "download+check", "path": label.split("-")[0], "workers": workers, "photos": n,
+                    "kept": summary.n_kept, "seconds": round(wall, 2), "photos_per_s": round(n / wall, 1)}
+
+        rows.append(run("local", os.cpu_count() or 1, None))
+        rows += _with_cluster(lambda: [run(f"ray-{w}", w, EngineConfig("ray", workers=w, partition_size=128))
+                                       for w in (1, 2)])
+    return _engine_rows(rows, args)
+
+
+def _engine_part(task: str, args) -> list[dict]:
+    """embed or predict of real photos (the shared set when present): local vs the engine on 1 and 2 workers."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_engine  # the same measurement bench_engine.py makes; one implementation
+
+    n = args.sizes[0] if args.sizes != [10000, 100000, 1000000] else 600
+    with tempfile.TemporaryDirectory(prefix=f"bench_scale_{task}_") as tmp:
+        df, source = bench_engine._manifest(n, Path(tmp))
+        if task == "embed":
+            rows = _with_cluster(lambda: bench_engine.bench_embed(df, Path(tmp), 32))
+        else:
+            rows = _with_cluster(lambda: bench_engine.bench_predict(df["path"].tolist(), Path(tmp), 32))
+    for r in rows:
+        r.update(photos=len(df), source=source)
+    return _engine_rows(rows, args)
 
 
 def part_embed(args) -> list[dict]:
-    """Hook: embedding photos at scale (the lead adds it, with geopin.embed)."""
-    raise NotImplementedError("--part embed: not implemented yet (hook for the embed stage)")
+    """Photos/s of embed: the local path vs the Ray engine on 1 and 2 workers."""
+    return _engine_part("embed", args)
 
 
 def part_predict(args) -> list[dict]:
-    """Hook: predicting from photo files through the engine at scale (the lead adds it)."""
-    raise NotImplementedError("--part predict: not implemented yet (hook for predict on the engine)")
+    """Photos/s of predict from photo files: the local path vs the Ray engine on 1 and 2 workers."""
+    return _engine_part("predict", args)
+
+
+def _engine_rows(rows: list[dict], args) -> list[dict]:
+    local = next(r for r in rows if r["path"] == "local")
+    for r in rows:
+        r["vs_local"] = round(r["photos_per_s"] / local["photos_per_s"], 2)
+    cols = [c for c in ("task", "path", "workers", "photos", "seconds", "photos_per_s", "vs_local", "cluster_start_s")
+            if any(c in r for r in rows)]
+    print(pd.DataFrame(rows)[cols].to_string(index=False))
+    write_json({"bench": f"bench_scale --part {args.part}", "cpus": os.cpu_count(), "rows": rows}, args.out)
+    return rows
 
 
 PARTS = {"train": part_train, "download": part_download, "embed": part_embed, "predict": part_predict, "gallery": part_gallery}
