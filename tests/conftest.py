@@ -56,3 +56,14 @@ def predictor():
     if not (default_model_dir() / "model.json").exists():
         pytest.skip(f"bundled default model missing: no model.json in {default_model_dir()} (it ships inside the package)")
     return Predictor(PredictConfig())
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster of 2 CPUs (2 workers of 1 CPU), for one test module; shut down after it."""
+    ray = pytest.importorskip("ray", reason="the engine tests need Ray: pip install 'geopin[cluster]'")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()

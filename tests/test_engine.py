@@ -36,16 +36,6 @@ from geopin.engine import (  # noqa: E402
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A local Ray cluster of 2 CPUs (2 workers of 1 CPU), started once for the module and shut down after."""
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def _photo(path: Path, seed: int, size: tuple[int, int]) -> Path:
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)

@@ -36,16 +36,6 @@ RUN_OPTS = ["--workers", "1", "--group-col", "author", "--retries", "3", "--time
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A local Ray cluster of 2 CPUs (2 workers of 1 CPU), started once for the module and shut down after."""
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def server():
     _, photos = synthetic_photos(SyntheticConfig(n=30, n_authors=4, seed=5))
     with PhotoServer(photos, flaky_failures=2) as srv:
