@@ -440,7 +440,7 @@ def fetch_urls(urls: Iterable[str], store: str | os.PathLike, cfg: FetchConfig |
     ledger.open(cfg.flush_every)
     try:
         with progress(total=len(todo), desc="fetch", unit="url") as bar:
-            for res in _map_bounded(todo, store, cfg):
+            for res in fetch_many(todo, store, cfg):
                 results[res.url] = res
                 n_bytes += res.size or 0
                 ledger.record(res)
@@ -465,8 +465,8 @@ def fetch_urls(urls: Iterable[str], store: str | os.PathLike, cfg: FetchConfig |
     return results, summary
 
 
-def _map_bounded(todo: list[str], store: Path, cfg: FetchConfig) -> Iterator[FetchResult]:
-    """fetch_one over todo on a thread pool, at most 2 x workers submitted at once."""
+def fetch_many(todo: list[str], store: Path, cfg: FetchConfig) -> Iterator[FetchResult]:
+    """fetch_one over todo on a thread pool, at most 2 x workers submitted at once; no ledger (fetch_urls adds one)."""
     if not todo:
         return
     queue = iter(todo)

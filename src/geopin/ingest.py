@@ -553,12 +553,12 @@ def _engine_chunk(tasks: list[_Task], opts: _Options, store: str | None, fetch: 
 
     No ledger: workers on many machines cannot share one append-only file; the finished partition is the record.
     """
-    from geopin.fetch import _map_bounded
+    from geopin.fetch import fetch_many
 
     urls = list(dict.fromkeys(t.path.strip() for t in tasks if _to_fetch(t)))
     if not urls:
         return _process_chunk(tasks, opts)
-    results = {res.url: res for res in _map_bounded(urls, Path(store), fetch)}
+    results = {res.url: res for res in fetch_many(urls, Path(store), fetch)}
     return _process_chunk([_fetched(t, results[t.path.strip()], Path(store)) if _to_fetch(t) else t
                            for t in tasks], opts)
 
