@@ -280,7 +280,7 @@ def _run_evaluate(manifest: Path, emb_dir: Path, eval_dir: Path, scenarios, trai
     import numpy as np
 
     from geopin.embed import load_embeddings
-    from geopin.evaluate import evaluate_cv, evaluation_text, write_evaluation
+    from geopin.evaluate import evaluate_cv, evaluation_text, similarity_by_distance, write_evaluation
     from geopin.ingest import read_manifest
 
     man = read_manifest(manifest)
@@ -290,6 +290,8 @@ def _run_evaluate(manifest: Path, emb_dir: Path, eval_dir: Path, scenarios, trai
     groups = man["group"].to_numpy() if man["group"].notna().all() else None
     ecfg = EvalConfig(scenarios=tuple(scenarios), folds=cfg.folds, seed=cfg.seed, train=train_cfg)
     report = evaluate_cv(emb[ok], man.lat.to_numpy(), man.lon.to_numpy(), groups, ecfg)
+    # do photos near each other look alike to the model? (a property of the embeddings, once on all photos)
+    report["similarity_km"] = similarity_by_distance(emb[ok], man.lat.to_numpy(), man.lon.to_numpy(), groups)
     _, plots, html = write_evaluation(report, man, eval_dir)
     write_text(evaluation_text(report), eval_dir / "summary.txt")  # reprinted when a rerun skips the stage
     return {"report": str(eval_dir / "report.json"), "html": str(html), "plots": [str(p) for p in plots],

@@ -305,3 +305,53 @@ def bootstrap_ece(prob, hit, draws: BootstrapDraws, n_bins: int = 10) -> Interva
     stats = np.concatenate([np.abs(w @ sums).sum(1) / (w @ counts) for w in draws.chunks()])
     lo, hi = draws.percentiles(stats)
     return Interval(expected_calibration_error(prob, hit, n_bins), float(lo), float(hi))
+
+
+def bootstrap_pair_sums(values, rows_a, rows_b, strata, n_strata: int, draws: BootstrapDraws):
+    """Sums and counts of a value over disjoint strata of photo pairs, and the same in every draw of the units.
+
+    A pair (a, b) is evidence from two units (photographers, or photos): a draw that takes a's unit
+    w_a times and b's unit w_b times takes the pair w_a * w_b times, so a stratum's draw sum is
+    w' S w with S its unit-by-unit sums: sparse products over the distinct unit pairs, never a loop
+    over draws or a (draws x pairs) matrix. Means of strata and of their unions (sum / count) follow,
+    all from the same draws, so differences between them are paired.
+
+    values (P,) or (P, m); rows_a, rows_b (P,): photo indices into draws.codes; strata (P,): the
+    stratum of each pair, 0..n_strata-1. Returns (sums (n_strata, m), counts (n_strata,),
+    draw_sums (n_boot, n_strata, m), draw_counts (n_boot, n_strata)).
+    """
+    from scipy import sparse
+
+    x = np.asarray(values, dtype=np.float64)
+    x = x.reshape(len(x), -1)
+    strata = np.asarray(strata, dtype=np.int64).ravel()
+    if np.isnan(x).any():
+        raise ValueError(f"bootstrap_pair_sums: {int(np.isnan(x).sum())} value(s) are NaN")
+    if strata.shape != (len(x),) or (len(x) and (strata.min() < 0 or strata.max() >= n_strata)):
+        raise ValueError(f"strata: need one stratum in 0..{n_strata - 1} per pair ({len(x)} pairs)")
+    ua, ub = draws.codes[np.asarray(rows_a)], draws.codes[np.asarray(rows_b)]
+    m = x.shape[1]
+    sums, counts = np.zeros((n_strata, m)), np.zeros(n_strata)
+    mats = []  # per stratum: its units, then the count matrix and one sum matrix per value column over them
+    for s in range(n_strata):
+        sel = strata == s
+        n_sel = int(sel.sum())
+        counts[s] = n_sel
+        sums[s] = [x[sel, k].sum() for k in range(m)]  # column by column: none depends on its neighbours
+        units, inv = np.unique(np.r_[ua[sel], ub[sel]], return_inverse=True)  # only the units it touches
+        ij, u = (inv[:n_sel], inv[n_sel:]), len(units)
+        cols = [np.ones(n_sel)] + [x[sel, k] for k in range(m)]
+        mats.append((units, [sparse.coo_matrix((c, ij), shape=(u, u)).tocsr() for c in cols]))
+    d_sums, d_counts = [], []
+    for w in draws.chunks():
+        ds, dc = np.zeros((len(w), n_strata, m)), np.zeros((len(w), n_strata))
+        for s, (units, (count, *mat)) in enumerate(mats):
+            if len(units) == 0:
+                continue
+            wt = np.ascontiguousarray(w[:, units].T)  # (units, rows)
+            dc[:, s] = (wt * (count @ wt)).sum(axis=0)
+            for k, sm in enumerate(mat):
+                ds[:, s, k] = (wt * (sm @ wt)).sum(axis=0)
+        d_sums.append(ds)
+        d_counts.append(dc)
+    return sums, counts, np.concatenate(d_sums), np.concatenate(d_counts)

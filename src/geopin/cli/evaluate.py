@@ -18,33 +18,51 @@ def evaluate_cmd(
     scenario: list[str] = typer.Option(["group", "random"], help="'group' (new photographers) and/or 'random' (archive completion)."),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
+    compare_embeddings: Path | None = typer.Option(
+        None, "--compare-embeddings",
+        help="A second embedding folder for the same manifest (e.g. before fine-tuning): its similarity-by-distance "
+             "goes beside the first, with the paired difference of the near-minus-far gap."),
 ) -> None:
     """Compare model, classifier (per level, hierarchical), nearest neighbour, prior constant and oracle.
 
     With fewer photographers (or photos) than --folds, the folds the data allows are used and the
-    report says so; every number comes with a 95 % interval over photographers.
+    report says so; every number comes with a 95 % interval over photographers. Also: embedding
+    similarity against distance in km (do photos near each other look alike?), once on all photos.
     """
-    from geopin.evaluate import EvalConfig, evaluate_cv, evaluation_text, write_evaluation
+    from geopin.evaluate import EvalConfig, evaluate_cv, evaluation_text, similarity_by_distance, write_evaluation
     from geopin.embed import load_embeddings
     from geopin.ingest import read_manifest
 
     with input_errors("evaluate", ValueError, FileNotFoundError, KeyError):
         cfg = EvalConfig(scenarios=tuple(scenario), folds=folds, seed=seed)
         man = read_manifest(manifest)
-        emb, _ = load_embeddings(embeddings, man)
+        emb, meta = load_embeddings(embeddings, man)
+        ref, ref_meta = load_embeddings(compare_embeddings, man) if compare_embeddings else (None, {})
     import numpy as np
 
     ok = np.isfinite(emb).all(axis=1)
+    both = ok if ref is None else ok & np.isfinite(ref).all(axis=1)  # similarity: rows both sets have
+    sub = man[both]
     man = man[ok].reset_index(drop=True)
     groups = man["group"].to_numpy() if man["group"].notna().all() else None
     with input_errors("evaluate", ValueError):
         report = evaluate_cv(emb[ok], man.lat.to_numpy(), man.lon.to_numpy(), groups, cfg)
+        report["similarity_km"] = similarity_by_distance(
+            emb[both], sub.lat.to_numpy(), sub.lon.to_numpy(),
+            sub["group"].to_numpy() if sub["group"].notna().all() else None, seed=seed,
+            reference=None if ref is None else ref[both], label=_embedding_label(embeddings, meta),
+            reference_label=_embedding_label(compare_embeddings, ref_meta))
     doc, plots, html = write_evaluation(report, man, out)
     if as_json:
         typer.echo(json.dumps(doc, indent=2, default=str))
         return
     typer.echo(evaluation_text(report))
     typer.echo(f"\nreport: {out / 'report.json'}; plots: {', '.join(p.name for p in plots)}; open {html} in a browser")
+
+
+def _embedding_label(folder: Path | None, meta: dict) -> str:
+    """How the report names an embedding set: its folder and backbone."""
+    return "" if folder is None else f"{folder.name} ({meta.get('backbone', 'unknown backbone')})"
 
 
 def register(app: typer.Typer) -> None:
