@@ -110,7 +110,8 @@ def test_large_gallery_is_ivf_with_8_bit_vectors_and_finds_the_exact_neighbours(
 def test_inner_folds_refit_on_at_most_max_fold_photos(caplog):
     df, emb = synthetic(n_per_site=40)
     cfg = TrainConfig(
-        granularities=FAST.granularities, classifier=ClassifierConfig(epochs=2), k=4, inner_folds=3, max_fold_photos=150
+        granularities=FAST.granularities, classifier=ClassifierConfig(epochs=2), k=4, inner_folds=3, max_fold_photos=150,
+        scale_inner_folds=0,
     )
     with caplog.at_level("INFO", logger="geopin.train"):
         oof = out_of_fold(emb, df.lat.to_numpy(), df.lon.to_numpy(), df.group.to_numpy(), cfg)
@@ -118,6 +119,18 @@ def test_inner_folds_refit_on_at_most_max_fold_photos(caplog):
     for places in oof.places:  # the prior counts the photos the heads were fit on
         counts = places.prior * 150
         assert np.allclose(counts, np.round(counts))
+
+
+@pytest.mark.parametrize("max_fold_photos, expected", [(100, 2), (0, 3), (10_000, 3)])
+def test_sets_of_four_capped_folds_or_more_fit_the_posterior_on_fewer_folds(max_fold_photos, expected):
+    df, emb = synthetic(n_per_site=40)
+    assert 4 * 100 <= len(df) < 4 * 10_000
+    cfg = TrainConfig(granularities=FAST.granularities, classifier=ClassifierConfig(epochs=2), k=4, inner_folds=3,
+                      max_fold_photos=max_fold_photos)
+    oof = out_of_fold(emb, df.lat.to_numpy(), df.lon.to_numpy(), df.group.to_numpy(), cfg)
+    assert len(oof.places) == expected
+    held_out = np.concatenate(oof.rows)
+    assert len(np.unique(held_out)) == len(held_out)
 
 
 def test_clustered_gallery_keeps_at_most_k_per_cell_at_real_photo_spots(tmp_path):

@@ -57,6 +57,10 @@ class TrainConfig:
     # serve to fit a handful of mixing weights and temperatures; five refits on a million photos
     # would cost five times the final training. 0: no limit.
     max_fold_photos: int = 50_000
+    # Inner folds once the set is at least 4 x max_fold_photos: every fold then refits heads of the same
+    # capped size and holds out far more photos than max_fit_photos needs, so more folds only cost time
+    # (each is a ninth of a 1 M training; bench_scale.py). 0: always inner_folds.
+    scale_inner_folds: int = 2
     # Gallery of k-means representatives: at most this many per finest cell instead of every
     # training photo (0: every photo). Measured on the shared set in bench/bench_scale.py --part gallery.
     gallery_per_cell: int = 0
@@ -153,12 +157,20 @@ def inner_folds(n: int, groups, cfg: TrainConfig) -> np.ndarray:
             raise ValueError("scenario 'group' needs a group (photographer) for every photo; use scenario 'random'")
         n_groups = len(pd.unique(pd.Series(groups)))
         if n_groups >= 2:
-            k = min(cfg.inner_folds, n_groups)
-            if k < cfg.inner_folds:
+            want = _inner_k(n, cfg)
+            k = min(want, n_groups)
+            if k < want:
                 log.warning("only %d photographers: fitting the posterior on %d folds by group", n_groups, k)
             return group_kfold(np.asarray(groups), k=k, seed=cfg.seed)
         log.warning("one photographer only: fitting the posterior on random folds")
-    return random_kfold(n, k=min(cfg.inner_folds, n), seed=cfg.seed)
+    return random_kfold(n, k=min(_inner_k(n, cfg), n), seed=cfg.seed)
+
+
+def _inner_k(n: int, cfg: TrainConfig) -> int:
+    if 0 < cfg.scale_inner_folds < cfg.inner_folds and 0 < cfg.max_fold_photos and n >= 4 * cfg.max_fold_photos:
+        log.info("%d photos: %d inner folds instead of %d (scale_inner_folds)", n, cfg.scale_inner_folds, cfg.inner_folds)
+        return cfg.scale_inner_folds
+    return cfg.inner_folds
 
 
 @dataclass
