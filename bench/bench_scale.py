@@ -293,8 +293,11 @@ def part_download(args) -> list[dict]:
             summary = ingest(Path(tmp) / "urls.csv", out, IngestConfig(engine=engine))
             wall = time.perf_counter() - t0
             shutil.rmtree(out, ignore_errors=True)
-            return {"task": "download+check", "path": label.split("-")[0], "workers": workers, "photos": n,
-                    "kept": summary.n_kept, "seconds": round(wall, 2), "photos_per_s": round(n / wall, 1)}
+            row = {"task": "download+check", "path": label.split("-")[0], "workers": workers, "photos": n,
+                   "kept": summary.n_kept, "seconds": round(wall, 2), "photos_per_s": round(n / wall, 1)}
+            if summary.engine and "start_seconds" in summary.engine:  # starting the workers: counted in seconds
+                row["workers_start_s"] = summary.engine["start_seconds"]
+            return row
 
         rows.append(run("local", os.cpu_count() or 1, None))
         rows += _with_cluster(lambda: [run(f"ray-{w}", w, EngineConfig("ray", workers=w, partition_size=128))

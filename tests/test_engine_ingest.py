@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -18,17 +19,25 @@ from typer.testing import CliRunner
 pytestmark = pytest.mark.slow
 
 ray = pytest.importorskip("ray", reason="the engine tests need Ray: pip install 'geopin[cluster]'")
+from ray import cloudpickle  # Ray's own copy: the one that pickles task arguments
 
 from geopin.cli import app
-from geopin.engine import PARTS_DIR, EngineConfig, map_partitions, part_path
+from geopin.engine import PARTS_DIR, EngineConfig, map_partitions, part_path, read_parts
+from geopin.fetch import FetchConfig
 from geopin.ingest import (
     _PART_SCHEMA,
     REJECT_REASONS,
+    IngestConfig,
+    _engine_chunk,
+    _options,
     _split_and_dedup,
     _Task,
     _worker_failed_row,
 )
 from geopin.synthetic import PhotoServer, SyntheticConfig, synthetic_photos
+
+# The small functions below run inside Ray workers, which cannot import this test module: ship them by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 PART = 8  # rows per partition in these tests
 FAST = ["--long-side", "128", "--epochs", "15", "--hidden", "64", "--k", "8", "--inner-folds", "3", "--folds", "4"]
@@ -219,3 +228,48 @@ def test_build_on_the_engine_runs_to_a_model_and_its_fingerprint_ignores_the_eng
     assert (out / "model" / "model.json").exists()
     again = _invoke(args)  # the local engine: same results, so nothing to redo
     assert {r["status"] for r in again["stages"].values()} == {"skipped"}
+
+
+def _ingest_chunk_and_modules(store: str, tasks: list) -> list[dict]:
+    """The engine's ingest partition as it runs on a worker, plus what that worker process had to import."""
+    rows = _engine_chunk(tasks, _options(IngestConfig(), from_exif=False), store, FetchConfig(retries=0, timeout_s=5))
+    return [{"id": r["id"], "reason": r["reason"], "torch_loaded": "torch" in sys.modules} for r in rows]
+
+
+def _torch_threads(state, items: list) -> list[dict]:
+    import torch
+
+    return [{"item": i, "threads": torch.get_num_threads(), "state": state} for i in items]
+
+
+def _setup_with_torch() -> str:
+    import torch  # as the embed and predict setups do: the model needs it
+
+    return f"torch {torch.__version__}"
+
+
+def test_an_ingest_worker_does_not_pay_for_importing_torch(cluster, server, tmp_path):
+    """Ingest needs no torch: its import (2-8 s on a busy 2-core machine) was a third of a 5,000-URL job's time."""
+    import functools
+
+    photo = _local_photo(tmp_path / "local.jpg", 1)
+    tasks = [_Task(id=f"{server.url}/p/{server.names[i]}", path=f"{server.url}/p/{server.names[i]}", source_row=i,
+                   raw_lat=10.0 + i, raw_lon=20.0) for i in range(3)]
+    tasks.append(_Task(id="local.jpg", path=str(photo), source_row=3, raw_lat=1.0, raw_lon=2.0))
+    parts = tmp_path / "parts"
+    report = map_partitions(functools.partial(_ingest_chunk_and_modules, str(tmp_path / "store")), [tasks[:2], tasks[2:]],
+                            parts, EngineConfig("ray", workers=2, partition_size=2))
+    assert report.failed == [] and len(report.workers) == 2
+    table = read_parts(parts, 2).to_pylist()
+    assert [r["reason"] for r in table] == [None] * 4  # the photos were downloaded and checked
+    assert [r["torch_loaded"] for r in table] == [False] * 4
+
+
+def test_a_worker_whose_setup_imports_torch_still_gets_its_share_of_the_threads(cluster, tmp_path):
+    """torch is set to cpus_per_worker threads once something loads it, not by importing it up front."""
+    parts = tmp_path / "parts"
+    report = map_partitions(_torch_threads, [[0, 1], [2, 3]], parts, EngineConfig("ray", workers=2, partition_size=2),
+                            setup=_setup_with_torch)
+    assert report.failed == []
+    rows = read_parts(parts, 2).to_pylist()
+    assert [r["threads"] for r in rows] == [1] * 4 and rows[0]["state"].startswith("torch ")
