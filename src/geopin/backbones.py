@@ -97,10 +97,32 @@ def create_backbone(name: str = "efficientnet_lite0", device: str = "cpu") -> Ba
 
 
 def _entry(name: str) -> _Entry:
+    if name.startswith("finetuned:"):  # a folder written by `geopin finetune` (geopin.finetune)
+        return _finetuned_entry(name)
     try:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}") from None
+
+
+def _finetuned_entry(name: str) -> _Entry:
+    """An entry for "finetuned:DIR", made on demand: the folder, not the registry, holds the weights.
+
+    DIR is made absolute, so a model folder that records the backbone loads it from any working directory.
+    """
+    name = "finetuned:" + str(Path(name.split(":", 1)[1]).expanduser().absolute())
+
+    def check() -> str | None:
+        from geopin.finetune import finetuned_problem
+
+        return finetuned_problem(name)
+
+    def factory(device: str) -> Backbone:
+        from geopin.finetune import load_finetuned
+
+        return load_finetuned(name, device)
+
+    return _Entry(name, factory, check, "EfficientNet-Lite fine-tuned by `geopin finetune`")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -136,7 +136,9 @@ def cache_key(backbone: Backbone, cfg: EmbedConfig) -> str:
     """Folder name for vectors that are interchangeable: same weights, same preprocessing, same views."""
     spec = cache_spec(backbone, cfg)
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{backbone.name}-{cfg.mode}-{digest}"
+    # A folder name: "finetuned:/a/b" must not nest folders (nor "finetuned:../x" climb out of the cache).
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in backbone.name)
+    return f"{safe}-{cfg.mode}-{digest}"
 
 
 def cache_spec(backbone: Backbone, cfg: EmbedConfig) -> dict[str, Any]:

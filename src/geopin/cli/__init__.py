@@ -23,7 +23,7 @@ app = typer.Typer(
 )
 
 # Command modules, each defining `register(app)`.
-_COMMAND_MODULES = ["ingest", "cells", "splits", "embed", "train", "predict", "evaluate", "serve", "explain", "build"]
+_COMMAND_MODULES = ["ingest", "cells", "splits", "embed", "train", "predict", "evaluate", "serve", "explain", "build", "finetune"]
 
 
 @app.callback()

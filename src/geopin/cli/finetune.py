@@ -1,0 +1,77 @@
+"""`geopin finetune`: fine-tune the backbone's last blocks on a manifest's training photos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from geopin.cli._common import input_errors
+
+
+def finetune_cmd(
+    manifest: Path = typer.Argument(..., help="Manifest Parquet from `geopin ingest`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (weights.pt, finetune.json); use it as --backbone finetuned:DIR."),
+    split: Optional[Path] = typer.Option(None, help="Split Parquet (id, split) from `geopin split`; fine-tune on rows whose split is --split-value (default: every photo)."),
+    split_value: str = typer.Option("train", help="Which split value to fine-tune on."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Base backbone (an EfficientNet-Lite)."),
+    train_blocks: int = typer.Option(2, help="Last MBConv blocks trained (with the head conv)."),
+    views: int = typer.Option(4, help="Augmented views per photo, computed once through the frozen blocks and cached."),
+    crop_size: int = typer.Option(288, help="Side of each training view (a multiple of 32)."),
+    flip: bool = typer.Option(False, "--flip/--no-flip", help="Mirror half of the views (off: text and driving side carry the place)."),
+    epochs: int = typer.Option(10, help="Training epochs (the best one on held-out photographers is kept)."),
+    max_minutes: Optional[float] = typer.Option(None, help="Wall-time budget: stop after the epoch that would overrun it."),
+    lr: float = typer.Option(1e-4, help="Learning rate of the trained blocks (the cell head: 10x)."),
+    batch_size: int = typer.Option(64),
+    contrastive_weight: float = typer.Option(0.0, help="Weight of the GPS-contrastive (GeoCLIP-style) term; 0: off."),
+    val_fraction: float = typer.Option(0.1, help="Photographers held out of the training photos to pick the epoch."),
+    device: str = typer.Option("auto", help="auto (GPU when torch sees one), cpu or cuda."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Where cached activations go (default: <geopin cache>/finetune-prefix)."),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON summary."),
+) -> None:
+    """Fine-tune the last blocks of the backbone on haversine-smoothed geocell labels (resumable from its cache)."""
+    import pandas as pd
+
+    from geopin.backbones import BackboneUnavailable
+    from geopin.finetune import FinetuneConfig, finetune
+
+    with input_errors("finetune", ValueError, FileNotFoundError, KeyError, BackboneUnavailable):
+        cfg = FinetuneConfig(
+            backbone=backbone, train_blocks=train_blocks, views=views, crop_size=crop_size, flip=flip, epochs=epochs,
+            max_minutes=max_minutes, lr=lr, batch_size=batch_size, contrastive_weight=contrastive_weight,
+            val_fraction=val_fraction, seed=seed, device=device, cache_dir=cache_dir,
+        )
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest}: manifest not found (run `geopin ingest` first)")
+        train_ids = None
+        if split is not None:
+            if not split.is_file():
+                raise FileNotFoundError(f"{split}: split file not found (run `geopin split` first)")
+            sp = pd.read_parquet(split)
+            if "split" not in sp.columns or "id" not in sp.columns:
+                raise ValueError(f"{split}: expected columns 'id' and 'split' (from `geopin split --val-fraction`)")
+            train_ids = sp.loc[sp["split"].astype(str) == split_value, "id"].astype(str).tolist()
+            if not train_ids:
+                raise ValueError(f"{split}: no row has split {split_value!r}")
+        summary = finetune(manifest, out, cfg, train_ids=train_ids)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    last = summary["history"][summary["best_epoch"]]
+    typer.echo(
+        f"fine-tuned {summary['base_backbone']} ({summary['train_blocks']} blocks) on {summary['n_photos']} photos "
+        f"in {summary['seconds']} s -> {out}"
+    )
+    typer.echo(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}: {json.dumps(last)}")
+    if summary["stopped_on_time"]:
+        typer.echo(f"stopped on time (--max-minutes {max_minutes})")
+    if summary["n_failed"]:
+        typer.echo(f"{summary['n_failed']} photo(s) skipped (see {out / 'finetune.json'})")
+    typer.echo(f"use it: geopin embed MANIFEST --backbone finetuned:{out.resolve()} --out EMB")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="finetune")(finetune_cmd)
