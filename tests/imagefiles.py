@@ -88,3 +88,33 @@ def heic_bytes(img: Image.Image, exif: bytes | None = None) -> bytes:
     kw = {"exif": exif} if exif is not None else {}
     img.save(buf, format="HEIF", quality=95, **kw)
     return buf.getvalue()
+
+
+FOUR_SITES = [(48.8584, 2.2945), (40.6892, -74.0445), (-33.8568, 151.2153), (35.6586, 139.7454)]
+
+
+def site_photo(site: int, rng: np.random.Generator) -> Image.Image:
+    """A small photo whose colour and stripes say which of FOUR_SITES it shows (plus noise)."""
+    h, w = 64, 96
+    base = np.array([[200, 60, 40], [40, 160, 60], [40, 80, 200], [220, 200, 40]][site], float)
+    yy, xx = np.mgrid[0:h, 0:w]
+    stripes = np.sin((xx * np.cos(site) + yy * np.sin(site)) / (3 + site)) * 50
+    img = base[None, None, :] + stripes[..., None] + rng.normal(0, 25, (h, w, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def three_photographer_dataset(root: Path) -> Path:
+    """24 geotagged photos of FOUR_SITES by 3 photographers (subfolders), ingested; returns the dataset folder."""
+    from geopin.exif import gps_exif_bytes
+    from geopin.ingest import IngestConfig, ingest
+
+    photos = root / "photos"
+    rng = np.random.default_rng(1)
+    for s, (la, lo) in enumerate(FOUR_SITES):
+        for i in range(6):
+            who = photos / f"photographer{i % 3}"
+            who.mkdir(parents=True, exist_ok=True)
+            exif = gps_exif_bytes(la + rng.normal(0, 0.01), lo + rng.normal(0, 0.01))
+            site_photo(s, rng).save(who / f"site{s}_{i}.jpg", exif=exif, quality=90)
+    ingest(photos, root / "ds", IngestConfig(group_from="subfolder"))
+    return root / "ds"

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from imagefiles import three_photographer_dataset
 from typer.testing import CliRunner
 
 from geopin.cells import Granularity
 from geopin.evaluate import EvalConfig, evaluate_cv, format_methods_table
-from geopin.exif import gps_exif_bytes
 from geopin.heads import ClassifierConfig
 from geopin.train import TrainConfig
 
@@ -153,33 +152,15 @@ def test_prior_guard_is_counted_per_fold(monkeypatch):
 # ------------------------------------------------------------------ the command, on real photos
 
 
-def _photo(site: int, rng: np.random.Generator) -> Image.Image:
-    h, w = 64, 96
-    base = np.array([[200, 60, 40], [40, 160, 60], [40, 80, 200], [220, 200, 40]][site], float)
-    yy, xx = np.mgrid[0:h, 0:w]
-    stripes = np.sin((xx * np.cos(site) + yy * np.sin(site)) / (3 + site)) * 50
-    img = base[None, None, :] + stripes[..., None] + rng.normal(0, 25, (h, w, 3))
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-
-
 @pytest.fixture(scope="module")
 def three_photographers(tmp_path_factory) -> Path:
     """A manifest and real embeddings of 24 generated photos by 3 photographers."""
     from geopin.embed import EmbedConfig, embed_manifest
-    from geopin.ingest import IngestConfig, ingest
 
     root = tmp_path_factory.mktemp("three")
-    photos = root / "photos"
-    rng = np.random.default_rng(1)
-    for s, (la, lo) in enumerate(SITES):
-        for i in range(6):
-            who = photos / f"photographer{i % 3}"
-            who.mkdir(parents=True, exist_ok=True)
-            exif = gps_exif_bytes(la + rng.normal(0, 0.01), lo + rng.normal(0, 0.01))
-            _photo(s, rng).save(who / f"site{s}_{i}.jpg", exif=exif, quality=90)
-    summary = ingest(photos, root / "ds", IngestConfig(group_from="subfolder"))
-    embed_manifest(summary.manifest_path, root / "ds" / "emb", EmbedConfig(long_side=96, cache_dir=root / "cache"))
-    return root / "ds"
+    ds = three_photographer_dataset(root)
+    embed_manifest(ds / "manifest.parquet", ds / "emb", EmbedConfig(long_side=96, cache_dir=root / "cache"))
+    return ds
 
 
 def test_evaluate_command_with_more_folds_than_photographers(three_photographers, tmp_path):

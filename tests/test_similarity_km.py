@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from imagefiles import three_photographer_dataset
 from PIL import Image
 from typer.testing import CliRunner
 
 from geopin.evaluate import similarity_by_distance
-from geopin.exif import gps_exif_bytes
 from geopin.geo import to_xyz
 
 
@@ -244,37 +244,16 @@ def test_many_photos_never_build_an_n_by_n_matrix():
 # ------------------------------------------------------------------ the command, on real photos
 
 
-def _photo(site: int, rng: np.random.Generator) -> Image.Image:
-    h, w = 64, 96
-    base = np.array([[200, 60, 40], [40, 160, 60], [40, 80, 200], [220, 200, 40]][site], float)
-    yy, xx = np.mgrid[0:h, 0:w]
-    stripes = np.sin((xx * np.cos(site) + yy * np.sin(site)) / (3 + site)) * 50
-    img = base[None, None, :] + stripes[..., None] + rng.normal(0, 25, (h, w, 3))
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-
-
-SITES = [(48.8584, 2.2945), (40.6892, -74.0445), (-33.8568, 151.2153), (35.6586, 139.7454)]
-
-
 @pytest.fixture(scope="module")
 def two_embeddings(tmp_path_factory) -> Path:
     """24 generated photos by 3 photographers, embedded twice (two sizes: two different embedding sets)."""
     from geopin.embed import EmbedConfig, embed_manifest
-    from geopin.ingest import IngestConfig, ingest
 
     root = tmp_path_factory.mktemp("simkm")
-    photos = root / "photos"
-    rng = np.random.default_rng(1)
-    for s, (la, lo) in enumerate(SITES):
-        for i in range(6):
-            who = photos / f"photographer{i % 3}"
-            who.mkdir(parents=True, exist_ok=True)
-            exif = gps_exif_bytes(la + rng.normal(0, 0.01), lo + rng.normal(0, 0.01))
-            _photo(s, rng).save(who / f"site{s}_{i}.jpg", exif=exif, quality=90)
-    summary = ingest(photos, root / "ds", IngestConfig(group_from="subfolder"))
+    ds = three_photographer_dataset(root)
     for name, side in (("emb", 96), ("emb_small", 64)):
-        embed_manifest(summary.manifest_path, root / "ds" / name, EmbedConfig(long_side=side, cache_dir=root / "cache"))
-    return root / "ds"
+        embed_manifest(ds / "manifest.parquet", ds / name, EmbedConfig(long_side=side, cache_dir=root / "cache"))
+    return ds
 
 
 def test_evaluate_command_reports_similarity_by_distance(two_embeddings, tmp_path):
