@@ -115,4 +115,6 @@ def test_evaluate_compares_every_method_on_the_same_folds(photo_folder, tmp_path
     doc = json.loads(r.stdout)
     assert set(doc["scenarios"]) == {"group", "random"}
     assert (tmp_path / "ev" / "report.json").exists() and (tmp_path / "ev" / "predictions_group.parquet").exists()
-    assert len(doc["plots"]) == 6
+    # the command adds similarity against distance in km (once on all photos) to the six per-scenario plots
+    assert len(doc["plots"]) == 7 and any(Path(x).name == "similarity_km.png" for x in doc["plots"])
+    assert "similarity_km" in doc
