@@ -124,3 +124,83 @@ def test_bundled_model_answers_are_coherent_on_real_photos(predictor, im2gps_dir
         check_coherent(r)
         if r["region"]["guess_in"] != "country":
             assert re.search(r"best guess (is in|lies outside)", r["summary"]), r["summary"]
+
+
+def read_every_place(model, emb: np.ndarray, top_k: int = 5, region_mass=(0.5, 0.9)) -> list[dict]:
+    """The answer as it was read before the array readout: a Place for every place of the posterior."""
+    from geopin import answer
+    from geopin.cells import leaf_cell_ids
+    from geopin.countries import country_of
+    from geopin.posterior import CONFIDENCE_KM
+
+    ev, cell, nb, dec, conf = model.decide(emb)
+    fine = model._fine
+    out = []
+    for i in range(len(ev)):
+        places = {}
+        for key, mass in answer.place_masses(cell[i], nb[i], ev.nb_place[i]).items():
+            if key >= 0:
+                places[key] = Place(key, float(fine["lat"][key]), float(fine["lon"][key]), str(fine["token"][key]), str(fine["country"][key]), mass)
+            else:
+                j = -key - 1
+                places[key] = Place(key, float(ev.nb_lat[i, j]), float(ev.nb_lon[i, j]), "", str(ev.nb_country[i, j]), mass)
+        g_lat, g_lon = float(dec.lat[i]), float(dec.lon[i])
+        leaf = leaf_cell_ids(np.array([g_lat]), np.array([g_lon]))[0]
+        hit = np.flatnonzero((fine["lo"] <= leaf) & (leaf <= fine["hi"]))  # a scan, not the bisection
+        containing = int(hit[0]) if len(hit) else -1
+        cc = str(country_of(g_lat, g_lon))
+        guess = {"lat": g_lat, "lon": g_lon, "country": cc, "cell": str(fine["token"][containing]) if containing >= 0 else ""}
+        key = answer.guess_key(places, (g_lat, g_lon), ev.nb_lat[i], ev.nb_lon[i], ev.nb_place[i], containing)
+        by_mass = sorted(places.values(), key=lambda p: -p.mass)
+        out.append({
+            "region": read_region(list(places.values()), cc),
+            "top_k": top_places(places, guess, key, top_k),
+            "regions": answer.confidence_regions(by_mass, region_mass),
+            "within_km": {f"{int(r)}": float(conf[i, r_i]) for r_i, r in enumerate(CONFIDENCE_KM)},
+        })
+    return out
+
+
+def test_the_array_readout_names_what_reading_every_place_names():
+    """predict_embeddings reads the posterior with arrays (7 -> hundreds of photos/s at 10,000 places);
+    its regions, top-k and confidence regions must be those of a Place for every place."""
+    from geopin.model import GeoModel, default_model_dir
+
+    model = GeoModel.load(default_model_dir())
+    rng = np.random.default_rng(3)
+    dim = model.heads.classifier.dim
+    emb = np.abs(rng.standard_normal((40, dim))).astype(np.float32)  # post-ReLU-like features
+    fast = model.predict_embeddings(emb)
+    slow = read_every_place(model, emb)
+    for f, s in zip(fast, slow):
+        assert f["cell"] == s["top_k"][0]["cell"] and f["top_k"][0]["is_guess"]
+        assert f["regions"] == s["regions"]
+        assert f["within_km"] == s["within_km"]
+        assert [(t["lat"], t["lon"], t["cell"], t["country"], t["is_guess"]) for t in f["top_k"]] == [
+            (t["lat"], t["lon"], t["cell"], t["country"], t["is_guess"]) for t in s["top_k"]
+        ]
+        assert np.allclose([t["probability"] for t in f["top_k"]], [t["probability"] for t in s["top_k"]], rtol=1e-9, atol=1e-15)
+        assert {k: v for k, v in f["region"].items() if not k.endswith("probability")} == {
+            k: v for k, v in s["region"].items() if not k.endswith("probability")
+        }
+        for k in ("continent_probability", "country_probability", "guess_country_probability", "guess_continent_probability"):
+            assert f["region"][k] == pytest.approx(s["region"][k], rel=1e-9, abs=1e-15)
+
+
+def test_fine_cells_found_by_bisection_are_the_scanned_ones():
+    from geopin.cells import leaf_cell_ids
+    from geopin.model import GeoModel, default_model_dir
+
+    model = GeoModel.load(default_model_dir())
+    fine = model._fine
+    assert fine["disjoint"]
+    rng = np.random.default_rng(5)
+    lat = np.r_[rng.uniform(-90, 90, 300), fine["lat"][:50]]
+    lon = np.r_[rng.uniform(-180, 180, 300), fine["lon"][:50]]
+    tokens, index = model._fine_cells_of(lat, lon)
+    leaf = leaf_cell_ids(lat, lon)
+    for n, x in enumerate(leaf):
+        hit = np.flatnonzero((fine["lo"] <= x) & (x <= fine["hi"]))
+        assert index[n] == (hit[0] if len(hit) else -1)
+        assert tokens[n] == (str(fine["token"][hit[0]]) if len(hit) else "")
+    assert (index[300:] >= 0).all()  # each cell's own point lies in it

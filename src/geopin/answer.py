@@ -56,10 +56,20 @@ def region_masses(places: list[Place]) -> tuple[dict[str, float], dict[str, floa
 
 def read_region(places: list[Place], guess_cc: str) -> dict:
     """Continent, the most probable country inside it, and where the guess stands relative to both."""
-    by_cc, by_continent = region_masses(places)
+    return read_region_masses(region_masses(places)[0], guess_cc)
+
+
+def read_region_masses(by_cc: dict[str, float], guess_cc: str) -> dict:
+    """read_region from the posterior mass per country code ('' for places at sea or unknown)."""
+    codes = list(by_cc)
+    cont_of = dict(zip(codes, continent_of(codes) if codes else []))
+    by_continent: dict[str, float] = {}
+    for cc in codes:
+        key = (cont_of[cc] or "") if cc else ""
+        by_continent[key] = by_continent.get(key, 0.0) + by_cc[cc]
     named = {k: v for k, v in by_continent.items() if k}
     continent = max(named, key=named.get) if named else ""
-    inside = [cc for cc in by_cc if cc and continent_of([cc])[0] == continent]
+    inside = [cc for cc in codes if cc and cont_of[cc] == continent]
     country = max(inside, key=by_cc.get) if inside else ""
     guess_continent = str(continent_of([guess_cc])[0]) if guess_cc else ""
     if guess_cc and guess_cc == country:
@@ -162,6 +172,7 @@ __all__ = [
     "place_masses",
     "region_masses",
     "read_region",
+    "read_region_masses",
     "summary",
     "guess_key",
     "top_places",

@@ -61,9 +61,28 @@ def pairwise_km(lat_a: ArrayLike, lon_a: ArrayLike, lat_b: ArrayLike, lon_b: Arr
     """
     a = to_xyz(np.atleast_1d(lat_a), np.atleast_1d(lon_a)).reshape(-1, 3)
     b = to_xyz(np.atleast_1d(lat_b), np.atleast_1d(lon_b)).reshape(-1, 3)
+    return pairwise_km_xyz(a, b)
+
+
+def pairwise_km_xyz(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """pairwise_km between unit vectors (n_a, 3) and (n_b, 3): for callers that keep a point set's
+    vectors, so that a fixed set (the model's places) is not converted again for every photo."""
     out = np.empty((a.shape[0], b.shape[0]), dtype=np.float64)
     if out.size == 0:
         return out
+    block = max(1, _PAIRWISE_BLOCK_ELEMENTS // max(1, b.shape[0]))
+    bx, by, bz = b[:, 0], b[:, 1], b[:, 2]
+    for start in range(0, a.shape[0], block):
+        ax = a[start : start + block, 0:1]
+        ay = a[start : start + block, 1:2]
+        az = a[start : start + block, 2:3]
+        cx = ay * bz - az * by
+        cy = az * bx - ax * bz
+        cz = ax * by - ay * bx
+        dot = ax * bx + ay * by + az * bz
+        out[start : start + block] = np.arctan2(np.sqrt(cx * cx + cy * cy + cz * cz), dot)
+    out *= EARTH_RADIUS_KM
+    return out
     block = max(1, _PAIRWISE_BLOCK_ELEMENTS // max(1, b.shape[0]))
     bx, by, bz = b[:, 0], b[:, 1], b[:, 2]
     for start in range(0, a.shape[0], block):

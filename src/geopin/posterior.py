@@ -10,12 +10,13 @@ held-out data. Decisions (best guess, top-k places, within-km confidences) are r
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from geopin.geo import pairwise_km
+from geopin.geo import pairwise_km, pairwise_km_xyz, to_xyz
 from geopin.metrics import geoscore
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,11 @@ class Places:
 
     def __post_init__(self) -> None:
         self._score = None
+
+    @functools.cached_property
+    def xyz(self) -> np.ndarray:
+        """Unit vectors of the places (K, 3), made once per model rather than once per photo."""
+        return to_xyz(self.lat, self.lon).reshape(-1, 3)
 
     @property
     def score_matrix(self) -> np.ndarray:
@@ -140,15 +146,21 @@ def decide(places: Places, ev: Evidence, cell: np.ndarray, nb: np.ndarray, prior
     within = np.empty((b, len(CONFIDENCE_KM)))
     # Expected score of each place candidate against the place part of the posterior, batched.
     exp_cells = cell.astype(np.float32) @ score  # (B, K), score is symmetric
+    places_xyz = places.xyz
+    const_xyz = to_xyz([const_lat], [const_lon])
     for i in range(b):
         cand_lat = np.append(ev.nb_lat[i], const_lat)
         cand_lon = np.append(ev.nb_lon[i], const_lon)
-        # neighbours' own locations and the constant as candidates: (k+1, K) and (k+1, k)
-        d_c_places = pairwise_km(cand_lat, cand_lon, places.lat, places.lon)
-        d_c_nb = pairwise_km(cand_lat, cand_lon, ev.nb_lat[i], ev.nb_lon[i])
-        exp_extra = geoscore(d_c_places) @ cell[i] + geoscore(d_c_nb) @ nb[i]
-        d_places_nb = pairwise_km(places.lat, places.lon, ev.nb_lat[i], ev.nb_lon[i])
-        exp_places = exp_cells[i] + geoscore(d_places_nb) @ nb[i]
+        # neighbours' own locations and the constant as candidates: (k+1, K) and (k+1, k); the
+        # neighbours' rows of the first are also the places-to-neighbours distances, so it is made once
+        nb_xyz = to_xyz(ev.nb_lat[i], ev.nb_lon[i]).reshape(-1, 3)
+        cand_xyz = np.concatenate([nb_xyz, const_xyz])
+        d_c_places = pairwise_km_xyz(cand_xyz, places_xyz)
+        g_c_places = geoscore(d_c_places)
+        d_c_nb = pairwise_km_xyz(cand_xyz, nb_xyz)
+        exp_extra = g_c_places @ cell[i] + geoscore(d_c_nb) @ nb[i]
+        n_nb = len(nb_xyz)
+        exp_places = exp_cells[i] + nb[i] @ g_c_places[:n_nb]
         j = int(np.argmax(exp_places))
         jj = int(np.argmax(exp_extra))
         if prior_only:
@@ -158,8 +170,8 @@ def decide(places: Places, ev: Evidence, cell: np.ndarray, nb: np.ndarray, prior
             d_to_places, d_to_nb = d_c_places[jj], d_c_nb[jj]
         else:
             g_lat, g_lon, best = places.lat[j], places.lon[j], exp_places[j]
-            d_to_places = pairwise_km(places.lat[j : j + 1], places.lon[j : j + 1], places.lat, places.lon)[0]
-            d_to_nb = d_places_nb[j]
+            d_to_places = pairwise_km_xyz(places_xyz[j : j + 1], places_xyz)[0]
+            d_to_nb = d_c_places[:n_nb, j]
         out_lat[i], out_lon[i], out_score[i] = g_lat, g_lon, best
         for r_i, r in enumerate(CONFIDENCE_KM):
             within[i, r_i] = cell[i][d_to_places <= r].sum() + nb[i][d_to_nb <= r].sum()
