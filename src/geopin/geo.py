@@ -83,19 +83,6 @@ def pairwise_km_xyz(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         out[start : start + block] = np.arctan2(np.sqrt(cx * cx + cy * cy + cz * cz), dot)
     out *= EARTH_RADIUS_KM
     return out
-    block = max(1, _PAIRWISE_BLOCK_ELEMENTS // max(1, b.shape[0]))
-    bx, by, bz = b[:, 0], b[:, 1], b[:, 2]
-    for start in range(0, a.shape[0], block):
-        ax = a[start : start + block, 0:1]
-        ay = a[start : start + block, 1:2]
-        az = a[start : start + block, 2:3]
-        cx = ay * bz - az * by
-        cy = az * bx - ax * bz
-        cz = ax * by - ay * bx
-        dot = ax * bx + ay * by + az * bz
-        out[start : start + block] = np.arctan2(np.sqrt(cx * cx + cy * cy + cz * cz), dot)
-    out *= EARTH_RADIUS_KM
-    return out
 
 
 def spherical_mean(
