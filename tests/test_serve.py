@@ -336,3 +336,46 @@ def test_serve_without_page_says_where_the_api_is(predictor, tmp_path):
         assert "/docs" in body["detail"]
     finally:
         s.close()
+
+
+PROBE = r'''
+import io, json, socket, sys, threading, time
+import httpx, uvicorn
+from PIL import Image
+from geopin.serve import ServeConfig, create_app
+app = create_app(ServeConfig())
+sock = socket.socket(); sock.bind(("127.0.0.1", 0))
+server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True); thread.start()
+while not server.started:
+    time.sleep(0.05)
+client = httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=120)
+buf = io.BytesIO(); Image.new("RGB", (96, 64), (200, 120, 60)).save(buf, format="JPEG")
+import encodings.idna  # the client's own first-request import (host names), not the server's
+out, before = {}, set(sys.modules)
+for what, call in [("page", lambda: client.get("/")), ("health", lambda: client.get("/api/health")),
+                   ("predict", lambda: client.post("/api/predict", files={"photo": ("a.jpg", buf.getvalue(), "image/jpeg")}))]:
+    status = call().status_code
+    now = set(sys.modules)
+    out[what] = [status, sorted(now - before)]
+    before = now
+server.should_exit = True
+thread.join(10)
+print(json.dumps(out))
+'''
+
+
+def test_first_requests_import_nothing_on_the_server_thread(tmp_path):
+    """Whatever a first page, health or predict request would import is imported at start-up: an import
+    inside a request compiled a module on the server's thread and, racing a compile on another thread,
+    cut a page off in CI (CPython 3.11: 'AST constructor recursion depth mismatch'). A fresh process,
+    so nothing is imported already by other tests."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    statuses = {k: v[0] for k, v in out.items()}
+    assert statuses == {"page": 200 if (WEB_DIR / "index.html").is_file() else 404, "health": 200, "predict": 200}, out
+    assert {k: v[1] for k, v in out.items()} == {"page": [], "health": [], "predict": []}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import io
 import ipaddress
 import json
 import logging
@@ -253,6 +254,23 @@ class Service:
         p = self.predictor
         return load_image(data, p.embed_cfg.mode, p.embed_cfg.long_side, p.backbone.native_size)
 
+    async def warm_up(self) -> None:
+        """One prediction on a generated photo before the server accepts anyone, on the same threads as
+        a request: what a first prediction imports and builds (country tables, the places' score
+        matrix) is then neither paid by the first user nor compiled inside a request (_warm_up_imports)."""
+        from PIL import Image
+
+        from geopin.predict import _exif_info
+
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 48), (90, 140, 200)).save(buf, format="JPEG")
+        data = buf.getvalue()
+        t0 = time.monotonic()
+        loop = asyncio.get_running_loop()
+        image = await loop.run_in_executor(self.decode_pool, self._decode, data)
+        await loop.run_in_executor(self.model_pool, lambda: (self.predictor.predict_images([image], ["warm-up"]), _exif_info(data)))
+        log.info("model warmed up in %.1f s", time.monotonic() - t0)
+
     async def run(self, data: bytes, name: str, work: Callable) -> Any:
         """Decode the upload, then run `work(image)` on the model thread, all within the timeout."""
         if self.pending >= self.cfg.max_pending:
@@ -281,6 +299,8 @@ def create_app(cfg: ServeConfig = ServeConfig(), predictor: Predictor | None = N
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await _warm_up_imports()
+        await service.warm_up()
         yield
         service.close()
 
@@ -424,6 +444,25 @@ def create_app(cfg: ServeConfig = ServeConfig(), predictor: Predictor | None = N
 
     app.add_middleware(ApiGuard, token=cfg.token, max_body=cfg.max_upload_bytes + MULTIPART_OVERHEAD)
     return app
+
+
+async def _warm_up_imports() -> None:
+    """Import at start-up what a first request would import: anyio loads its API and its event-loop
+    backend lazily (the page's file response, the worker threads). An import inside a request may
+    compile a module on the server's thread while another thread compiles; under pytest that hit
+    CPython 3.11's parser race once in CI ("SystemError: AST constructor recursion depth mismatch")
+    and the page request was cut off. Start-up runs before the server accepts anyone.
+    """
+    import anyio
+    import anyio.to_thread
+
+    for name in dir(anyio):
+        with contextlib.suppress(ImportError, AttributeError):
+            getattr(anyio, name)
+    _explain_function()  # geopin.explain and torch's autograd parts, where installed
+    await anyio.to_thread.run_sync(lambda: None)  # loads the asyncio backend and its thread pool
+    async with await anyio.open_file(Path(__file__), "rb") as f:
+        await f.read(1)
 
 
 def _explain_function() -> Callable | None:
