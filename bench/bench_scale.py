@@ -123,17 +123,30 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float,
     return time.perf_counter() - t0, usage.ru_maxrss * 1024 / GIB, proc.returncode
 
 
-def child_load_predict(model_dir: Path, emb_dir: Path, n_query: int, out: Path) -> None:
-    """In a fresh process: load the model (time, peak memory), then predict on n_query embeddings."""
+def own_peak_gib() -> float:
+    """This process's peak resident memory since it started (VmHWM of its address space).
+
+    Not ru_maxrss: Linux carries the parent's high-water mark into a forked child's ru_maxrss across
+    exec, so a child of a bench that had generated 1 M embeddings read 5.76 GiB just after loading a
+    1.67 GiB model.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / GIB
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # not Linux
+
+
+def child_load_predict(model_dir: Path, emb_dir: Path, n_query: int, out: Path) -> None:
+    """In a fresh process: load the model (time, peak memory), then predict on n_query embeddings."""
     from geopin.embed import load_embeddings
     from geopin.model import GeoModel
 
     t0 = time.perf_counter()
     model = GeoModel.load(model_dir)
     load_s = time.perf_counter() - t0
-    load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+    load_peak = own_peak_gib()
     emb, _ = load_embeddings(emb_dir)
     rows = np.sort(np.random.default_rng(1).choice(len(emb), size=min(n_query, len(emb)), replace=False))
     q = np.asarray(emb[rows], dtype=np.float32)
@@ -147,7 +160,7 @@ def child_load_predict(model_dir: Path, emb_dir: Path, n_query: int, out: Path) 
         "predict_n": len(q),
         "predict_s": round(pred_s, 1),
         "predict_photos_per_s": round(len(q) / pred_s, 1),
-        "predict_peak_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB, 2),
+        "predict_peak_gib": round(own_peak_gib(), 2),
         "gallery_n": len(model.heads.gallery),
         "gallery_index": type(model.heads.gallery.index).__name__,
         "classes": [int(c) for c in model.heads.classifier.n_classes],
@@ -163,7 +176,12 @@ def part_train(args) -> list[dict]:
     rows = []
     for n in args.sizes:
         t0 = time.perf_counter()
-        manifest, emb_dir = synthetic_set(n, args.work, args.seed)
+        # in its own process: a forked child's ru_maxrss starts at its parent's peak, so a parent that had
+        # generated 1 M embeddings (5 GiB) would be counted in every peak measured below
+        gen = [sys.executable, __file__, "--child-generate", str(n), str(args.work), str(args.seed)]
+        if subprocess.run(gen).returncode != 0:
+            raise SystemExit(f"generating the synthetic set of {n} photos failed: {' '.join(gen)}")
+        manifest, emb_dir = synthetic_set(n, args.work, args.seed)  # reuses what the child wrote
         gen_s = time.perf_counter() - t0
         model_dir = args.work / f"n{n}" / "model"
         cmd = [sys.executable, "-m", "geopin", "train", str(manifest), "--embeddings", str(emb_dir), "--out", str(model_dir), "--json"]
@@ -386,6 +404,10 @@ def _save(path: Path, rows: list[dict], args) -> None:
 
 
 def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--child-generate":
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        synthetic_set(int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
+        return
     if len(sys.argv) == 6 and sys.argv[1] == "--child-load-predict":
         logging.basicConfig(level=logging.WARNING)
         child_load_predict(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5]))
