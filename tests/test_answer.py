@@ -126,6 +126,26 @@ def test_bundled_model_answers_are_coherent_on_real_photos(predictor, im2gps_dir
             assert re.search(r"best guess (is in|lies outside)", r["summary"]), r["summary"]
 
 
+def place_masses(cell: np.ndarray, nb: np.ndarray, nb_place: np.ndarray) -> dict[int, float]:
+    """Mass per fine place; a neighbour outside every class is a place of its own (key -j-1)."""
+    masses: dict[int, float] = {int(p): float(cell[p]) for p in np.flatnonzero(cell > 0)}
+    for j, (m, p) in enumerate(zip(nb, nb_place)):
+        key = int(p) if p >= 0 else -j - 1
+        masses[key] = masses.get(key, 0.0) + float(m)
+    return masses
+
+
+def guess_key(places: dict[int, Place], guess: tuple[float, float], nb_lat, nb_lon, nb_place, containing: int) -> int | None:
+    """Which candidate place the best guess is: a place's point, a neighbour's spot, or the fine cell holding it."""
+    for key, p in places.items():
+        if p.lat == guess[0] and p.lon == guess[1]:
+            return key
+    for j, (a, b) in enumerate(zip(nb_lat, nb_lon)):
+        if a == guess[0] and b == guess[1]:
+            return int(nb_place[j]) if nb_place[j] >= 0 else -j - 1
+    return containing if containing in places else None
+
+
 def read_every_place(model, emb: np.ndarray, top_k: int = 5, region_mass=(0.5, 0.9)) -> list[dict]:
     """The answer as it was read before the array readout: a Place for every place of the posterior."""
     from geopin import answer
@@ -138,7 +158,7 @@ def read_every_place(model, emb: np.ndarray, top_k: int = 5, region_mass=(0.5, 0
     out = []
     for i in range(len(ev)):
         places = {}
-        for key, mass in answer.place_masses(cell[i], nb[i], ev.nb_place[i]).items():
+        for key, mass in place_masses(cell[i], nb[i], ev.nb_place[i]).items():
             if key >= 0:
                 places[key] = Place(key, float(fine["lat"][key]), float(fine["lon"][key]), str(fine["token"][key]), str(fine["country"][key]), mass)
             else:
@@ -150,7 +170,7 @@ def read_every_place(model, emb: np.ndarray, top_k: int = 5, region_mass=(0.5, 0
         containing = int(hit[0]) if len(hit) else -1
         cc = str(country_of(g_lat, g_lon))
         guess = {"lat": g_lat, "lon": g_lon, "country": cc, "cell": str(fine["token"][containing]) if containing >= 0 else ""}
-        key = answer.guess_key(places, (g_lat, g_lon), ev.nb_lat[i], ev.nb_lon[i], ev.nb_place[i], containing)
+        key = guess_key(places, (g_lat, g_lon), ev.nb_lat[i], ev.nb_lon[i], ev.nb_place[i], containing)
         by_mass = sorted(places.values(), key=lambda p: -p.mass)
         out.append({
             "region": read_region(list(places.values()), cc),

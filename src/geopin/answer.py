@@ -32,31 +32,12 @@ class Place:
     mass: float
 
 
-def place_masses(cell: np.ndarray, nb: np.ndarray, nb_place: np.ndarray) -> dict[int, float]:
-    """Mass per fine place; a neighbour outside every class is a place of its own (key -j-1)."""
-    masses: dict[int, float] = {int(p): float(cell[p]) for p in np.flatnonzero(cell > 0)}
-    for j, (m, p) in enumerate(zip(nb, nb_place)):
-        key = int(p) if p >= 0 else -j - 1
-        masses[key] = masses.get(key, 0.0) + float(m)
-    return masses
-
-
-def region_masses(places: list[Place]) -> tuple[dict[str, float], dict[str, float]]:
-    """Posterior mass per country code and per continent ('' collects places at sea or unknown)."""
+def read_region(places: list[Place], guess_cc: str) -> dict:
+    """Continent, the most probable country inside it, and where the guess stands relative to both."""
     by_cc: dict[str, float] = {}
     for p in places:
         by_cc[p.country] = by_cc.get(p.country, 0.0) + p.mass
-    codes = list(by_cc)
-    by_continent: dict[str, float] = {}
-    for cc, cont in zip(codes, continent_of(codes) if codes else []):
-        key = (cont or "") if cc else ""
-        by_continent[key] = by_continent.get(key, 0.0) + by_cc[cc]
-    return by_cc, by_continent
-
-
-def read_region(places: list[Place], guess_cc: str) -> dict:
-    """Continent, the most probable country inside it, and where the guess stands relative to both."""
-    return read_region_masses(region_masses(places)[0], guess_cc)
+    return read_region_masses(by_cc, guess_cc)
 
 
 def read_region_masses(by_cc: dict[str, float], guess_cc: str) -> dict:
@@ -123,17 +104,6 @@ def summary(conf_row: np.ndarray, region: dict, guess_cc: str) -> str:
     return f"{words}; {level}: {conf_row[0]:.0%} within 25 km, {conf_row[2]:.0%} within 750 km"
 
 
-def guess_key(places: dict[int, Place], guess: tuple[float, float], nb_lat, nb_lon, nb_place, containing: int) -> int | None:
-    """Which candidate place the best guess is: a place's point, a neighbour's spot, or the fine cell holding it."""
-    for key, p in places.items():
-        if p.lat == guess[0] and p.lon == guess[1]:
-            return key
-    for j, (a, b) in enumerate(zip(nb_lat, nb_lon)):
-        if a == guess[0] and b == guess[1]:
-            return int(nb_place[j]) if nb_place[j] >= 0 else -j - 1
-    return containing if containing in places else None
-
-
 def top_places(places: dict[int, Place], guess: dict, key: int | None, k: int) -> list[dict]:
     """The guess first, then the other places by posterior mass: the first row is always the answer."""
     first = {
@@ -169,12 +139,9 @@ def confidence_regions(order: list[Place], targets: tuple[float, ...]) -> dict[s
 
 __all__ = [
     "Place",
-    "place_masses",
-    "region_masses",
     "read_region",
     "read_region_masses",
     "summary",
-    "guess_key",
     "top_places",
     "confidence_regions",
 ]

@@ -153,9 +153,9 @@ class GeoModel:
     def _readout(self, cell_row, nb_row, ev: Evidence, i: int, guess: tuple[float, float], containing: int, top_k: int, need_mass: float):
         """One photo's places by mass (enough for top_k and need_mass), mass per country, and the guess's key.
 
-        The same reading as answer.place_masses over every place, done with arrays: a fine place is a
-        candidate when the classifier gives it mass or a neighbour lies in it; a neighbour outside
-        every class is a place of its own (key -j-1).
+        A fine place is a candidate when the classifier gives it mass or a neighbour lies in it; a
+        neighbour outside every class is a place of its own (key -j-1). tests/test_answer.py holds the
+        per-place reading this must equal.
         """
         from geopin import answer
 
@@ -199,8 +199,8 @@ class GeoModel:
         return answer.Place(j, float(f["lat"][j]), float(f["lon"][j]), str(f["token"][j]), str(f["country"][j]), mass)
 
     def _guess_key(self, idx, present, own, guess, ev: Evidence, i: int, containing: int) -> int | None:
-        """Which candidate place the best guess is (answer.guess_key over arrays): a place's point, a
-        neighbour's spot, or the fine cell holding it."""
+        """Which candidate place the best guess is: a place's point, a neighbour's spot, or the fine
+        cell holding it (None when that cell has no mass)."""
         f = self._fine
         hit = idx[(f["lat"][idx] == guess[0]) & (f["lon"][idx] == guess[1])]
         if len(hit):
