@@ -148,12 +148,13 @@ def decide(places: Places, ev: Evidence, cell: np.ndarray, nb: np.ndarray, prior
     exp_cells = cell.astype(np.float32) @ score  # (B, K), score is symmetric
     places_xyz = places.xyz
     const_xyz = to_xyz([const_lat], [const_lon])
+    nb_xyz_all = to_xyz(ev.nb_lat, ev.nb_lon)  # (B, k, 3)
     for i in range(b):
         cand_lat = np.append(ev.nb_lat[i], const_lat)
         cand_lon = np.append(ev.nb_lon[i], const_lon)
         # neighbours' own locations and the constant as candidates: (k+1, K) and (k+1, k); the
         # neighbours' rows of the first are also the places-to-neighbours distances, so it is made once
-        nb_xyz = to_xyz(ev.nb_lat[i], ev.nb_lon[i]).reshape(-1, 3)
+        nb_xyz = nb_xyz_all[i]
         cand_xyz = np.concatenate([nb_xyz, const_xyz])
         d_c_places = pairwise_km_xyz(cand_xyz, places_xyz)
         g_c_places = geoscore(d_c_places)
