@@ -461,8 +461,6 @@ async def _warm_up_imports() -> None:
             getattr(anyio, name)
     _explain_function()  # geopin.explain and torch's autograd parts, where installed
     await anyio.to_thread.run_sync(lambda: None)  # loads the asyncio backend and its thread pool
-    async with await anyio.open_file(Path(__file__), "rb") as f:
-        await f.read(1)
 
 
 def _explain_function() -> Callable | None:
