@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geopin.embed import EmbedConfig, embed_manifest, load_embeddings
-from geopin.evaluate import (
+from geopin.dataset.ingest import IngestConfig, ingest
+from geopin.dataset.manifest import read_manifest
+from geopin.evaluation.crossval import (
     EvalConfig,
     evaluate_cv,
     format_calibration_table,
@@ -30,7 +31,7 @@ from geopin.evaluate import (
     report_for_json,
     write_plots,
 )
-from geopin.ingest import IngestConfig, ingest, read_manifest
+from geopin.features.embed import EmbedConfig, embed_manifest, load_embeddings
 from geopin.io import write_json, write_parquet
 from geopin.log import setup_logging
 
@@ -78,7 +79,7 @@ def main() -> None:
         # a quick check on a subset must never overwrite the benchmark's results
         args.out = ROOT / "bench" / "results" if args.limit is None else args.work / f"results_limit{args.limit}"
     setup_logging()
-    logging.getLogger("geopin.cells").setLevel(logging.WARNING)
+    logging.getLogger("geopin.dataset.cells").setLevel(logging.WARNING)
     labels = args.shared / "labels.csv"
     if not labels.exists():
         raise SystemExit(f"skipped: {labels} not found (the benchmark needs the shared Im2GPS3k photos)")

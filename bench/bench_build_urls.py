@@ -1,6 +1,6 @@
 """10,000 photo URLs on a loopback server -> a trained model with one `geopin build`, killed once and resumed.
 
-The issue's done-when, measured: the photos are synthetic (geopin.synthetic) and served by a real HTTP
+The issue's done-when, measured: the photos are synthetic (synthetic) and served by a real HTTP
 server in this process; a share of the URLs are missing (404), broken (truncated JPEG) or not images
 (HTML), and a few rows have bad coordinates. The build runs as a subprocess, is SIGKILLed once while it
 downloads, and is rerun to the end. Checked: every URL is in the manifest or the rejects exactly once,
@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geopin.synthetic import PhotoServer, SyntheticConfig, synthetic_photos
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic photos: a test helper
+from synthetic import PhotoServer, SyntheticConfig, synthetic_photos  # noqa: E402
 
 log = logging.getLogger("bench_build_urls")
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -16,8 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from geopin.cells import build_cells, default_granularities, leaf_cell_ids, locate
 from geopin.countries import country_of
+from geopin.dataset.cells import (
+    build_cells,
+    default_granularities,
+    leaf_cell_ids,
+    locate,
+)
 from geopin.io import write_json
 
 

@@ -35,7 +35,7 @@ def _manifest(args):
     import pandas as pd
 
     if args.manifest:
-        from geopin.embed import read_manifest
+        from geopin.features.embed import read_manifest
 
         return read_manifest(args.manifest).head(args.n)
     if args.folder:
@@ -52,7 +52,7 @@ def prepare_batches(backbone, df, cfg) -> tuple[dict, list]:
     """Decode and preprocess every photo up front, then batch by shape exactly as the pipeline buckets do."""
     import torch
 
-    from geopin.embed import load_image, make_views
+    from geopin.features.embed import load_image, make_views
 
     buckets: dict[tuple, list] = {}
     for path in df["path"]:
@@ -74,7 +74,7 @@ def time_forward(backbone, buckets: dict, batches: list, cfg) -> float:
     """Seconds for the network alone over the pre-stacked batches (after one warm-up batch per shape)."""
     import torch
 
-    from geopin.embed import keep_freed_memory, torch_threads
+    from geopin.runtime import keep_freed_memory, torch_threads
 
     with torch_threads(cfg.threads), keep_freed_memory(), torch.inference_mode():
         for shape in buckets:  # oneDNN builds its kernels once per input shape; the pipeline pays this too
@@ -86,7 +86,7 @@ def time_forward(backbone, buckets: dict, batches: list, cfg) -> float:
 
 
 def time_pipeline(backbone, df, cfg):
-    from geopin.embed import embed_manifest
+    from geopin.features.embed import embed_manifest
 
     with tempfile.TemporaryDirectory(prefix="geopin-bench-embed-") as tmp:
         return embed_manifest(df, Path(tmp) / "out", cfg, backbone=backbone)
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from geopin.backbones import BackboneUnavailable, create_backbone
-    from geopin.embed import EmbedConfig
+    from geopin.features.backbones import BackboneUnavailable, create_backbone
+    from geopin.features.embed import EmbedConfig
     from geopin.io import write_json
 
     cfg = EmbedConfig(

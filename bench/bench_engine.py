@@ -50,8 +50,13 @@ def _manifest(n: int, work: Path):
 def bench_embed(df, work: Path, partition_size: int) -> list[dict]:
     import numpy as np
 
-    from geopin.embed import EmbedConfig, embed_manifest, load_embeddings
-    from geopin.engine import EngineConfig, embed_manifest_engine
+    from geopin.features.embed import (
+        EmbedConfig,
+        embed_manifest,
+        embed_manifest_engine,
+        load_embeddings,
+    )
+    from geopin.scale.engine import EngineConfig
 
     rows = []
     t0 = time.perf_counter()
@@ -77,8 +82,8 @@ def bench_embed(df, work: Path, partition_size: int) -> list[dict]:
 
 
 def bench_predict(paths: list[str], work: Path, partition_size: int) -> list[dict]:
-    from geopin.engine import EngineConfig, predict_engine
-    from geopin.predict import PredictConfig, Predictor
+    from geopin.locate.predict import PredictConfig, Predictor, predict_engine
+    from geopin.scale.engine import EngineConfig
 
     rows = []
     t0 = time.perf_counter()

@@ -25,10 +25,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from geopin.embed import load_image  # noqa: E402
-from geopin.explain import CharacterizeConfig, characterize, explain_photo, gradcam, occlusion_map  # noqa: E402
+from geopin.explain.maps import (  # noqa: E402
+    CharacterizeConfig,
+    characterize,
+    explain_photo,
+    gradcam,
+    occlusion_map,
+)
+from geopin.features.embed import load_image  # noqa: E402
 from geopin.io import write_json, write_parquet  # noqa: E402
-from geopin.predict import EXAMPLE_PHOTO, PredictConfig, Predictor  # noqa: E402
+from geopin.locate.predict import EXAMPLE_PHOTO, PredictConfig, Predictor  # noqa: E402
 
 log = logging.getLogger("bench_explain")
 RESULTS = Path(__file__).resolve().parent / "results" / "explain.json"

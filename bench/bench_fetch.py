@@ -1,6 +1,6 @@
-"""Download throughput of `geopin.fetch` from a loopback HTTP server, beside the alternatives.
+"""Download throughput of `geopin.dataset.fetch` from a loopback HTTP server, beside the alternatives.
 
-    python bench/bench_fetch.py                      # geopin.fetch: cold, then a rerun (all from the ledger)
+    python bench/bench_fetch.py                      # geopin.dataset.fetch: cold, then a rerun (all from the ledger)
     python bench/bench_fetch.py --photos 2000 --workers 16
     python bench/bench_fetch.py --img2dataset-python /tmp/venv/bin/python   # + img2dataset in that venv
     python bench/bench_fetch.py --fsspec-http-python /tmp/venv/bin/python   # + fsspec HTTPFileSystem (aiohttp)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from geopin.fetch import FetchConfig, fetch_urls
+    from geopin.dataset.fetch import FetchConfig, fetch_urls
     from geopin.io import write_json
 
     server = subprocess.Popen([sys.executable, "-c", _SERVER, str(args.photos)], stdout=subprocess.PIPE,
@@ -108,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             results, _ = fetch_urls(urls, Path(tmp) / "store", cfg)
             cold = time.perf_counter() - t0
-            rows.append({"client": f"geopin.fetch (requests, {args.workers} threads)", "urls": len(urls),
+            rows.append({"client": f"geopin.dataset.fetch (requests, {args.workers} threads)", "urls": len(urls),
                          "ok": sum(r.ok for r in results.values()), "seconds": round(cold, 2),
                          "urls_per_s": round(len(urls) / cold, 1)})
             t0 = time.perf_counter()
             results2, summary2 = fetch_urls(urls, Path(tmp) / "store", cfg)
             warm = time.perf_counter() - t0
-            rows.append({"client": f"geopin.fetch rerun ({summary2.n_fetched} fetched, rest from the ledger)",
+            rows.append({"client": f"geopin.dataset.fetch rerun ({summary2.n_fetched} fetched, rest from the ledger)",
                          "urls": len(urls), "ok": sum(r.ok for r in results2.values()), "seconds": round(warm, 2),
                          "urls_per_s": round(len(urls) / warm, 1)})
             url_file = Path(tmp) / "urls.txt"

@@ -2,19 +2,19 @@
 
     python bench/bench_finetune.py [--variants lite0,lite0+tta,lite1,lite2,finetuned] [--folds 5]
                                    [--limit N]            # whole photographers, seeded, until N photos: a quick check
-                                   [--train-blocks B --epochs E --max-minutes M]   # passed to geopin.finetune
+                                   [--train-blocks B --epochs E --max-minutes M]   # passed to geopin.locate.finetune
                                    [--force]              # recompute variants already in the results
                                    (fine-tuned folds are kept per knob set in WORK/<photos>/finetune-<hash>/ and reused)
 
 Every variant is evaluated on the shared Im2GPS3k photos with the same folds by photographer (seeded), the
-same photos and the same heads (geopin.train), so the rows differ only by their embeddings:
+same photos and the same heads (geopin.locate.train), so the rows differ only by their embeddings:
 
   lite0               frozen EfficientNet-Lite0, whole photo, long side 384 (the default, native 224)
   lite0+tta           the same plus 5 crops (3/4 side, corners and centre), features averaged
   lite0+flip+crops    the same plus a mirror (not in the default list: flips mirror text)
   lite1, lite2        frozen Lite1/Lite2 at their native sizes: 384 is Lite0's native 224 scaled by 384/224,
                       so Lite1 (native 240) gets long side 416 and Lite2 (native 260) gets 448 (rounded to 32)
-  finetuned           Lite0 fine-tuned (geopin.finetune) on each fold's TRAINING photographers only; all photos
+  finetuned           Lite0 fine-tuned (geopin.locate.finetune) on each fold's TRAINING photographers only; all photos
                       embedded with that fold's backbone; the fold's held-out photographers are predicted with
                       heads trained on that fold's training photos (evaluate_cv's fold_embeddings hook)
 
@@ -53,22 +53,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geopin.embed import (
-    EmbedConfig,
-    embed_images,
-    embed_manifest,
-    ids_digest,
-    load_embeddings,
-)
-from geopin.evaluate import (
+from geopin.dataset.ingest import IngestConfig, ingest
+from geopin.dataset.manifest import read_manifest
+from geopin.evaluation.crossval import (
     EvalConfig,
     evaluate_cv,
     format_calibration_table,
     format_methods_table,
     paired_lines,
 )
+from geopin.features.embed import (
+    EmbedConfig,
+    embed_images,
+    embed_manifest,
+    ids_digest,
+    load_embeddings,
+)
 from geopin.geo import haversine_km
-from geopin.ingest import IngestConfig, ingest, read_manifest
 from geopin.io import write_json, write_parquet
 from geopin.log import setup_logging
 from geopin.metrics import BootstrapDraws, bootstrap_mean, geoscore
@@ -198,7 +199,7 @@ def prepare(args) -> tuple[Path, pd.DataFrame, Path]:
 
 def finetune_config(args):
     """FinetuneConfig from the knobs given on the command line (the module's defaults for the rest)."""
-    from geopin.finetune import FinetuneConfig
+    from geopin.locate.finetune import FinetuneConfig
 
     knobs = {k: v for k, v in (("train_blocks", args.train_blocks), ("epochs", args.epochs),
                                 ("max_minutes", args.max_minutes)) if v is not None}
@@ -246,7 +247,7 @@ class FoldFinetuner:
         self.seconds_spent = 0.0  # fine-tuning done in this run (reused folds cost nothing now)
 
     def __call__(self, scenario: str, fold: int, train_rows: np.ndarray, test_rows: np.ndarray) -> np.ndarray:
-        from geopin.finetune import finetune
+        from geopin.locate.finetune import finetune
 
         train_ids = self.man["id"].to_numpy()[train_rows].tolist()
         test_groups = set(self.man["group"].to_numpy()[test_rows])
@@ -297,8 +298,8 @@ def predict_latency(entries: dict[str, dict], paths: list[Path]) -> dict:
     The variants take turns photo by photo, so a busy machine slows them alike and the ratios to lite0 hold
     even when the milliseconds do not (the load average is recorded beside them).
     """
-    from geopin.backbones import create_backbone
-    from geopin.model import GeoModel, default_model_dir
+    from geopin.features.backbones import create_backbone
+    from geopin.locate.model import GeoModel, default_model_dir
 
     model = GeoModel.load(default_model_dir())
     loaded = {}
@@ -529,7 +530,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     setup_logging()
-    logging.getLogger("geopin.cells").setLevel(logging.WARNING)
+    logging.getLogger("geopin.dataset.cells").setLevel(logging.WARNING)
     manifest_path, man, base = prepare(args)
     setup = {"n": len(man), "photographers": int(man.group.nunique()), "ids_sha256": ids_digest(man["id"]),
              "folds": args.folds, "seed": args.seed, "limit": args.limit}

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from geopin.heads import Gallery
 from geopin.io import write_json
+from geopin.locate.heads import Gallery
 
 log = logging.getLogger("bench_gallery")
 

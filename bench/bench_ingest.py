@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.labels}: not found (set GEOPIN_SHARED_IM2GPS)", file=sys.stderr)
         return 2
 
-    from geopin.ingest import IngestConfig, ingest
+    from geopin.dataset.ingest import IngestConfig, ingest
 
     cfg = IngestConfig(group_col="author", faces=args.faces, workers=args.workers, chunk_size=args.chunk_size)
     load_before = os.getloadavg()[0]

@@ -23,9 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from geopin.heads import Gallery
 from geopin.io import write_json
-from geopin.model import GeoModel, ModelError, default_model_dir, read_model_json, verify_files
+from geopin.locate.heads import Gallery
+from geopin.locate.model import (
+    GeoModel,
+    ModelError,
+    default_model_dir,
+    read_model_json,
+    verify_files,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_model_load")
@@ -46,7 +52,7 @@ def small_model(dim: int) -> GeoModel:
     sys.path.insert(0, str(ROOT / "tests"))
     from test_train import FAST, synthetic
 
-    from geopin.train import train_model
+    from geopin.locate.train import train_model
 
     df, emb = synthetic(n_per_site=20)
     emb = np.hstack([emb, np.zeros((len(emb), dim - emb.shape[1]), np.float32)])

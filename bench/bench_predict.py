@@ -61,7 +61,7 @@ def generated_photos(folder: Path, n: int) -> list[Path]:
 
 
 def choose_photos(args, scratch: Path) -> tuple[list[Path], str]:
-    from geopin.predict import expand_paths
+    from geopin.locate.predict import expand_paths
 
     if args.photos is not None:
         found = [p for p in expand_paths([args.photos]) if p.is_file()]
@@ -101,10 +101,10 @@ def main(argv=None) -> None:
     import torch
     from PIL import Image
 
-    from geopin.embed import embed_images
+    from geopin.features.embed import embed_images
     from geopin.io import write_json
-    from geopin.model import default_model_dir
-    from geopin.predict import PredictConfig, Predictor
+    from geopin.locate.model import default_model_dir
+    from geopin.locate.predict import PredictConfig, Predictor
 
     load_before = os.getloadavg()
     t0 = time.perf_counter()

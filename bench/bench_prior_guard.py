@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geopin.embed import EmbedConfig, embed_manifest, load_embeddings
-from geopin.evaluate import EvalConfig, evaluate_cv
-from geopin.ingest import IngestConfig, ingest, read_manifest
+from geopin.dataset.ingest import IngestConfig, ingest
+from geopin.dataset.manifest import read_manifest
+from geopin.evaluation.crossval import EvalConfig, evaluate_cv
+from geopin.features.embed import EmbedConfig, embed_manifest, load_embeddings
 from geopin.io import write_json
+from geopin.locate.train import TrainConfig
 from geopin.log import setup_logging
-from geopin.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

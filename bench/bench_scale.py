@@ -45,8 +45,8 @@ log = logging.getLogger("bench_scale")
 
 def synthetic_set(n: int, work: Path, seed: int = 0, n_cities: int = 3000) -> tuple[Path, Path]:
     """Write (or reuse) a synthetic set of n photos: (manifest.parquet, embeddings folder)."""
-    from geopin.embed import EMBEDDINGS_JSON, EMBEDDINGS_NPY, ids_digest
-    from geopin.ingest import MANIFEST_COLUMNS
+    from geopin.dataset.manifest import MANIFEST_COLUMNS
+    from geopin.features.embed import EMBEDDINGS_JSON, EMBEDDINGS_NPY, ids_digest
 
     folder = work / f"n{n}"
     manifest, emb_dir = folder / "manifest.parquet", folder / "emb"
@@ -140,8 +140,8 @@ def own_peak_gib() -> float:
 
 def child_load_predict(model_dir: Path, emb_dir: Path, n_query: int, out: Path) -> None:
     """In a fresh process: load the model (time, peak memory), then predict on n_query embeddings."""
-    from geopin.embed import load_embeddings
-    from geopin.model import GeoModel
+    from geopin.features.embed import load_embeddings
+    from geopin.locate.model import GeoModel
 
     t0 = time.perf_counter()
     model = GeoModel.load(model_dir)
@@ -211,12 +211,13 @@ def part_gallery(args) -> list[dict]:
     The same by-photographer and random folds as bench_accuracy.py, the same embeddings; the paired
     GeoScore difference per photo is summarised with its standard error over photographers.
     """
-    from geopin.embed import EmbedConfig, embed_manifest, load_embeddings
-    from geopin.evaluate import EvalConfig, evaluate_cv
+    from geopin.dataset.ingest import IngestConfig, ingest
+    from geopin.dataset.manifest import read_manifest
+    from geopin.evaluation.crossval import EvalConfig, evaluate_cv
+    from geopin.features.embed import EmbedConfig, embed_manifest, load_embeddings
     from geopin.geo import haversine_km
-    from geopin.ingest import IngestConfig, ingest, read_manifest
+    from geopin.locate.train import TrainConfig
     from geopin.metrics import geoscore
-    from geopin.train import TrainConfig
 
     labels = args.shared / "labels.csv"
     if not labels.exists():
@@ -293,9 +294,10 @@ def part_download(args) -> list[dict]:
     import shutil
     import tempfile
 
-    from geopin.engine import EngineConfig
-    from geopin.ingest import IngestConfig, ingest
-    from geopin.synthetic import PhotoServer, SyntheticConfig, synthetic_photos
+    from geopin.dataset.ingest import IngestConfig, ingest
+    from geopin.scale.engine import EngineConfig
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic photos: a test helper
+    from synthetic import PhotoServer, SyntheticConfig, synthetic_photos
 
     n = args.sizes[0] if args.sizes != [10000, 100000, 1000000] else 2000
     positions, photos = synthetic_photos(SyntheticConfig(n=n, seed=args.seed))

@@ -54,7 +54,9 @@ def good_photos(n: int = 8) -> list[bytes]:
     """The landscape-like JPEGs of bench_predict.py, as bytes to upload."""
     import tempfile
 
-    from bench_predict import generated_photos  # beside this script: python puts its folder on sys.path
+    from bench_predict import (
+        generated_photos,  # beside this script: python puts its folder on sys.path
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         return [p.read_bytes() for p in generated_photos(Path(tmp), n)]
@@ -122,8 +124,9 @@ def wait_healthy(proc: subprocess.Popen, url: str, limit_s: float = 120.0) -> fl
 
 async def client(i: int, url: str, deadline: float, goods: list[bytes], bads: list, bad_fraction: float,
                  log: list, peak: dict, pid: int) -> None:
-    import httpx
     import random
+
+    import httpx
 
     rng = random.Random(i)
     async with httpx.AsyncClient(base_url=url, timeout=120) as http:

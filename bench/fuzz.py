@@ -173,7 +173,7 @@ def child(target: str, engine: str, seconds: float, work: Path, libfuzzer_args: 
 
         with atheris.instrument_imports(include=TARGETS[target][0]):
             harness = Harness(target, work, stats_path)
-            import geopin.images  # noqa: F401 - imported here so it is instrumented too
+            import geopin.dataset.images  # noqa: F401 - imported here so it is instrumented too
     else:
         harness = Harness(target, work, stats_path)
     for i, seed in enumerate(harness.seeds()):

@@ -14,11 +14,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from geopin.embed import EmbedConfig, embed_manifest
-from geopin.ingest import IngestConfig, ingest
+from geopin.dataset.ingest import IngestConfig, ingest
+from geopin.features.embed import EmbedConfig, embed_manifest
+from geopin.locate.model import GeoModel, check_output_dir, default_model_dir
+from geopin.locate.train import TrainConfig, train
 from geopin.log import setup_logging
-from geopin.model import GeoModel, check_output_dir, default_model_dir
-from geopin.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("build_default_model")

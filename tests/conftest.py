@@ -36,8 +36,9 @@ def im2gps_embedded(im2gps_dir, tmp_path_factory):
     """
     import numpy as np
 
-    from geopin.embed import EmbedConfig, embed_manifest, load_embeddings
-    from geopin.ingest import IngestConfig, ingest, read_manifest
+    from geopin.dataset.ingest import IngestConfig, ingest
+    from geopin.dataset.manifest import read_manifest
+    from geopin.features.embed import EmbedConfig, embed_manifest, load_embeddings
 
     work = tmp_path_factory.mktemp("im2gps")
     summary = ingest(im2gps_dir / "labels.csv", work / "ds", IngestConfig(group_col="author"))
@@ -50,8 +51,8 @@ def im2gps_embedded(im2gps_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def predictor():
     """The bundled model and its backbone, loaded once for every test that predicts with it."""
-    from geopin.model import default_model_dir
-    from geopin.predict import PredictConfig, Predictor
+    from geopin.locate.model import default_model_dir
+    from geopin.locate.predict import PredictConfig, Predictor
 
     if not (default_model_dir() / "model.json").exists():
         pytest.skip(f"bundled default model missing: no model.json in {default_model_dir()} (it ships inside the package)")

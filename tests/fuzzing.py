@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from geopin.exif import ExifGpsError, gps_exif_bytes, gps_ifd, read_exif_gps
-from geopin.ingest import REJECT_REASONS, IngestConfig, IngestInputError, ingest, read_manifest
+from geopin.dataset.exif import ExifGpsError, gps_exif_bytes, gps_ifd, read_exif_gps
+from geopin.dataset.ingest import REJECT_REASONS, IngestConfig, IngestInputError, ingest
+from geopin.dataset.manifest import read_manifest
 from geopin.io import read_table
 
 # ---------------------------------------------------------------------------------------------
@@ -77,7 +78,7 @@ def ingest_contract(table: Path, out: Path) -> str:
 
 
 def decode_contract(data: bytes, max_pixels: int) -> str:
-    from geopin.images import IMAGE_ERROR_REASONS, ImageError, decode_rgb
+    from geopin.dataset.images import IMAGE_ERROR_REASONS, ImageError, decode_rgb
 
     try:
         img = decode_rgb(data, max_pixels=max_pixels, name="fuzz-input")

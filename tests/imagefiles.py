@@ -105,8 +105,8 @@ def site_photo(site: int, rng: np.random.Generator) -> Image.Image:
 
 def three_photographer_dataset(root: Path) -> Path:
     """24 geotagged photos of FOUR_SITES by 3 photographers (subfolders), ingested; returns the dataset folder."""
-    from geopin.exif import gps_exif_bytes
-    from geopin.ingest import IngestConfig, ingest
+    from geopin.dataset.exif import gps_exif_bytes
+    from geopin.dataset.ingest import IngestConfig, ingest
 
     photos = root / "photos"
     rng = np.random.default_rng(1)

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from geopin.answer import Place, read_region, summary, top_places
 from geopin.countries import continent_of, country_name
+from geopin.locate.answer import Place, read_region, summary, top_places
 
 LOW = np.array([0.03, 0.05, 0.2, 0.35])
 
@@ -148,10 +148,10 @@ def guess_key(places: dict[int, Place], guess: tuple[float, float], nb_lat, nb_l
 
 def read_every_place(model, emb: np.ndarray, top_k: int = 5, region_mass=(0.5, 0.9)) -> list[dict]:
     """The answer as it was read before the array readout: a Place for every place of the posterior."""
-    from geopin import answer
-    from geopin.cells import leaf_cell_ids
     from geopin.countries import country_of
-    from geopin.posterior import CONFIDENCE_KM
+    from geopin.dataset.cells import leaf_cell_ids
+    from geopin.locate import answer
+    from geopin.locate.posterior import CONFIDENCE_KM
 
     ev, cell, nb, dec, conf = model.decide(emb)
     fine = model._fine
@@ -184,7 +184,7 @@ def read_every_place(model, emb: np.ndarray, top_k: int = 5, region_mass=(0.5, 0
 def test_the_array_readout_names_what_reading_every_place_names():
     """predict_embeddings reads the posterior with arrays (7 -> hundreds of photos/s at 10,000 places);
     its regions, top-k and confidence regions must be those of a Place for every place."""
-    from geopin.model import GeoModel, default_model_dir
+    from geopin.locate.model import GeoModel, default_model_dir
 
     model = GeoModel.load(default_model_dir())
     rng = np.random.default_rng(3)
@@ -208,8 +208,8 @@ def test_the_array_readout_names_what_reading_every_place_names():
 
 
 def test_fine_cells_found_by_bisection_are_the_scanned_ones():
-    from geopin.cells import leaf_cell_ids
-    from geopin.model import GeoModel, default_model_dir
+    from geopin.dataset.cells import leaf_cell_ids
+    from geopin.locate.model import GeoModel, default_model_dir
 
     model = GeoModel.load(default_model_dir())
     fine = model._fine

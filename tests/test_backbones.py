@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-from geopin import backbones
-from geopin.backbones import (
+from geopin.cli import app
+from geopin.features import backbones
+from geopin.features.backbones import (
     Backbone,
     BackboneUnavailable,
     backbone_status,
@@ -26,7 +27,6 @@ from geopin.backbones import (
     register_backbone,
     whole_size,
 )
-from geopin.cli import app
 
 SAMPLE_DATA = Path(matplotlib.get_data_path()) / "sample_data"
 GRACE_HOPPER = SAMPLE_DATA / "grace_hopper.jpg"
@@ -51,7 +51,7 @@ def lite0() -> Backbone:
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Single photos gain nothing from two threads, and a busy machine makes OpenMP barriers costly."""
-    from geopin.embed import torch_threads
+    from geopin.runtime import torch_threads
 
     with torch_threads(1):
         yield
@@ -99,7 +99,7 @@ def test_adding_a_backbone_is_one_function(monkeypatch):
     assert not tiny.model.training
     feats = tiny.model(tiny.preprocess(Image.new("RGB", (64, 48), (10, 200, 30)), "whole", 64)[None])
     assert feats.shape == (1, 8)
-    from geopin.embed import EmbedConfig, embed_images
+    from geopin.features.embed import EmbedConfig, embed_images
 
     vectors = embed_images([Image.new("RGB", (80, 60), (200, 20, 20))], tiny, EmbedConfig(backbone="tiny_test_cnn", long_side=64))
     assert vectors.shape == (1, 8) and np.isfinite(vectors).all()

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geopin.cells import Granularity
-from geopin.evaluate import EvalConfig, evaluate_cv
-from geopin.heads import ClassifierConfig
-from geopin.train import TrainConfig
+from geopin.dataset.cells import Granularity
+from geopin.evaluation.crossval import EvalConfig, evaluate_cv
+from geopin.locate.heads import ClassifierConfig
+from geopin.locate.train import TrainConfig
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_finetune.py"
 SITES = [(48.8584, 2.2945), (40.6892, -74.0445), (-33.8568, 151.2153), (35.6586, 139.7454)]

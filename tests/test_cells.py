@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from geopin.cells import (
+from geopin.cli import app
+from geopin.dataset.cells import (
     CellsConfig,
     Granularity,
     build_cells,
@@ -28,7 +29,6 @@ from geopin.cells import (
     run_cells,
     token_to_cell_id,
 )
-from geopin.cli import app
 from geopin.geo import haversine_km
 
 lats = st.floats(-90, 90, allow_nan=False)
@@ -281,7 +281,7 @@ def test_partition_properties_hold_for_any_thresholds(seed, n, thresholds, start
 
 def test_all_photos_at_one_point(caplog):
     lat, lon = np.full(300, 48.8566), np.full(300, 2.3522)
-    with caplog.at_level(logging.INFO, logger="geopin.cells"):
+    with caplog.at_level(logging.INFO, logger="geopin.dataset.cells"):
         part = build_cells(lat, lon, [Granularity("only", 100, 5)], max_level=18)
     table = part.table("only")
     assert len(table) == 1
@@ -428,7 +428,7 @@ def test_run_cells_writes_resumes_and_skips_bad_rows(tmp_path, points):
 def test_run_cells_input_errors(tmp_path):
     no_lat = tmp_path / "m.parquet"
     pd.DataFrame({"id": ["a"], "lon": [0.0]}).to_parquet(no_lat)
-    with pytest.raises(ValueError, match=r"lacks column\(s\) \['lat'\]"):
+    with pytest.raises(ValueError, match=r"m\.parquet: missing column\(s\) lat\b"):
         run_cells(no_lat, tmp_path / "out")
     dup = tmp_path / "d.parquet"
     pd.DataFrame({"id": ["a", "a"], "lat": [0.0, 1.0], "lon": [0.0, 1.0]}).to_parquet(dup)

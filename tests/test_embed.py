@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from geopin.backbones import Backbone, create_backbone
 from geopin.cli import app
-from geopin.embed import (
+from geopin.features.backbones import Backbone, create_backbone
+from geopin.features.embed import (
     EmbedConfig,
     EmbeddingCache,
     cache_key,
@@ -300,7 +300,7 @@ def test_load_image_is_a_plain_pillow_decode_for_8bit_photos(tmp_path):
     """The bundled model's embeddings depend on these pixels: they must not move by a single level."""
     from PIL import ImageOps
 
-    from geopin.embed import _draft_request, load_image
+    from geopin.features.embed import _draft_request, load_image
 
     big = _photo(tmp_path / "big.jpg", 1, (1600, 1200))
     rotated = tmp_path / "rotated.jpg"
@@ -325,7 +325,7 @@ def test_load_image_is_a_plain_pillow_decode_for_8bit_photos(tmp_path):
 def test_high_bit_depth_photos_embed_like_their_8bit_twins(tmp_path, lite0):
     from imagefiles import TRUE_MEAN, twin_of, write_high_bit_files
 
-    from geopin.embed import load_image
+    from geopin.features.embed import load_image
 
     files = write_high_bit_files(tmp_path / "img", size=(128, 96))
     for name, path in files.items():

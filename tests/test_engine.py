@@ -21,14 +21,18 @@ ray = pytest.importorskip("ray", reason="the engine tests need Ray: pip install 
 from ray import cloudpickle  # noqa: E402  (Ray's own copy: the one that pickles task arguments)
 
 from geopin.cli import app  # noqa: E402
-from geopin.embed import EmbedConfig, embed_manifest, load_embeddings  # noqa: E402
-from geopin.engine import (  # noqa: E402
-    EngineConfig,
+from geopin.features.embed import (  # noqa: E402
+    EmbedConfig,
+    embed_manifest,
     embed_manifest_engine,
+    load_embeddings,
+)
+from geopin.locate.predict import predict_engine  # noqa: E402
+from geopin.scale.engine import (  # noqa: E402
+    EngineConfig,
     map_partitions,
     part_path,
     partition,
-    predict_engine,
     read_parts,
 )
 
@@ -225,7 +229,7 @@ def test_a_partition_that_keeps_failing_gives_error_rows_and_is_retried_on_rerun
 def test_a_manifest_with_some_sha256_missing_gives_none_not_nan(photos):
     """pandas 3 stores a list of str and None as a str column with NaN: the missing hashes read as "nan"
     and every such photo failed as "sha256 mismatch" (found by the engine test above)."""
-    from geopin.embed import read_manifest
+    from geopin.dataset.manifest import read_manifest
 
     manifest, df = photos
     shas = read_manifest(manifest)["sha256"].tolist()

@@ -20,11 +20,11 @@ pytestmark = pytest.mark.slow
 
 ray = pytest.importorskip("ray", reason="the engine tests need Ray: pip install 'geopin[cluster]'")
 from ray import cloudpickle  # Ray's own copy: the one that pickles task arguments
+from synthetic import PhotoServer, SyntheticConfig, synthetic_photos
 
 from geopin.cli import app
-from geopin.engine import PARTS_DIR, EngineConfig, map_partitions, part_path, read_parts
-from geopin.fetch import FetchConfig
-from geopin.ingest import (
+from geopin.dataset.fetch import FetchConfig
+from geopin.dataset.ingest import (
     _PART_SCHEMA,
     REJECT_REASONS,
     IngestConfig,
@@ -34,7 +34,13 @@ from geopin.ingest import (
     _Task,
     _worker_failed_row,
 )
-from geopin.synthetic import PhotoServer, SyntheticConfig, synthetic_photos
+from geopin.scale.engine import (
+    PARTS_DIR,
+    EngineConfig,
+    map_partitions,
+    part_path,
+    read_parts,
+)
 
 # The small functions below run inside Ray workers, which cannot import this test module: ship them by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

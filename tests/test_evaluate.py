@@ -12,10 +12,10 @@ import pytest
 from imagefiles import three_photographer_dataset
 from typer.testing import CliRunner
 
-from geopin.cells import Granularity
-from geopin.evaluate import EvalConfig, evaluate_cv, format_methods_table
-from geopin.heads import ClassifierConfig
-from geopin.train import TrainConfig
+from geopin.dataset.cells import Granularity
+from geopin.evaluation.crossval import EvalConfig, evaluate_cv, format_methods_table
+from geopin.locate.heads import ClassifierConfig
+from geopin.locate.train import TrainConfig
 
 SITES = [(48.8584, 2.2945), (40.6892, -74.0445), (-33.8568, 151.2153), (35.6586, 139.7454)]
 
@@ -43,7 +43,7 @@ def toy_data(n_photographers: int, per_site: int = 6, dim: int = 16, seed: int =
 
 def test_fewer_photographers_than_folds_uses_the_folds_the_data_allows(caplog):
     emb, lat, lon, groups = toy_data(3)
-    with caplog.at_level(logging.WARNING, logger="geopin.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="geopin.evaluation.crossval"):
         report = evaluate_cv(emb, lat, lon, groups, EvalConfig(folds=5, train=small_train()))
     g = report["scenarios"]["group"]
     assert (g["folds_requested"], g["folds_used"]) == (5, 3)
@@ -58,7 +58,7 @@ def test_fewer_photographers_than_folds_uses_the_folds_the_data_allows(caplog):
 
 def test_one_photographer_skips_the_group_scenario_and_says_why(caplog):
     emb, lat, lon, groups = toy_data(1)
-    with caplog.at_level(logging.WARNING, logger="geopin.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="geopin.evaluation.crossval"):
         report = evaluate_cv(emb, lat, lon, groups, EvalConfig(folds=3, train=small_train()))
     assert set(report["scenarios"]) == {"random"}
     assert "1 photographer" in report["skipped"]["group"]
@@ -113,7 +113,7 @@ def test_report_has_intervals_over_photographers_and_paired_differences():
 
 def test_prior_guard_is_counted_per_fold(monkeypatch):
     """The guard is read from model.meta when training reports it; evaluate never requires it."""
-    import geopin.evaluate as ev
+    import geopin.evaluation.crossval as ev
 
     emb, lat, lon, groups = toy_data(3)
     cfg = EvalConfig(scenarios=("group",), folds=3, train=small_train())
@@ -155,7 +155,7 @@ def test_prior_guard_is_counted_per_fold(monkeypatch):
 @pytest.fixture(scope="module")
 def three_photographers(tmp_path_factory) -> Path:
     """A manifest and real embeddings of 24 generated photos by 3 photographers."""
-    from geopin.embed import EmbedConfig, embed_manifest
+    from geopin.features.embed import EmbedConfig, embed_manifest
 
     root = tmp_path_factory.mktemp("three")
     ds = three_photographer_dataset(root)
@@ -183,7 +183,7 @@ def test_evaluate_command_with_more_folds_than_photographers(three_photographers
 
 def test_evaluate_command_that_cannot_run_says_why_in_one_line(three_photographers, tmp_path):
     from geopin.cli import app
-    from geopin.ingest import read_manifest
+    from geopin.dataset.manifest import read_manifest
 
     ds = three_photographers
     man = read_manifest(ds / "manifest.parquet")

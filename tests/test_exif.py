@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from geopin.exif import (
+from geopin.dataset.exif import (
     ExifGpsError,
     coord_problem,
     dms_rationals,
@@ -19,7 +19,7 @@ from geopin.exif import (
     read_artist,
     read_exif_gps,
 )
-from geopin.ingest import REJECT_REASONS
+from geopin.dataset.ingest import REJECT_REASONS
 
 G = piexif.GPSIFD
 

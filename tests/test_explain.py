@@ -18,8 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from geopin.cli import app
-from geopin.embed import embed_images
-from geopin.explain import (
+from geopin.explain.maps import (
     CharacterizeConfig,
     OcclusionConfig,
     characterize,
@@ -29,10 +28,11 @@ from geopin.explain import (
     gradcam,
     occlusion_map,
 )
-from geopin.heads import classifier_logits
+from geopin.features.embed import embed_images
 from geopin.io import write_parquet
-from geopin.model import default_model_dir
-from geopin.posterior import CONFIDENCE_KM, classifier_probs
+from geopin.locate.heads import classifier_logits
+from geopin.locate.model import default_model_dir
+from geopin.locate.posterior import CONFIDENCE_KM, classifier_probs
 
 MODEL_DIR = default_model_dir()
 SIZE = (360, 240)  # not a multiple of 32: maps must come back at the photo's size, not the network's
@@ -127,7 +127,7 @@ def test_occlusion_measures_the_stated_confidence(predictor, explained):
 
 
 def test_occlusion_passes_stay_within_budget():
-    from geopin.explain import _patch_grid
+    from geopin.explain.maps import _patch_grid
 
     h, w = 256, 384  # the network input of a 3:2 photo
     free = _patch_grid(h, w, OcclusionConfig(max_passes=10_000))
@@ -309,7 +309,7 @@ def test_characterize_names_the_manifest_for_bad_positions(predictor, tmp_path):
 
 
 def test_characterize_with_embeddings_looks_at_the_most_typical_photos(predictor, tmp_path):
-    from geopin.embed import EmbedConfig, embed_manifest, load_embeddings
+    from geopin.features.embed import EmbedConfig, embed_manifest, load_embeddings
 
     manifest = _generated_manifest(tmp_path)
     embed_manifest(manifest, tmp_path / "emb", EmbedConfig(cache_dir=tmp_path / "cache"))

@@ -1,4 +1,4 @@
-"""geopin.fetch and URL tables in ingest, against real servers on loopback started here.
+"""geopin.dataset.fetch and URL tables in ingest, against real servers on loopback started here.
 
 An HTTP server (http.server in a thread) serves good, missing, slow, broken, non-image, too large and
 flaky photos and counts every hit per path; an S3-compatible server (moto in server mode) serves a
@@ -27,8 +27,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from geopin.cli import app
-from geopin.fetch import LEDGER_NAME, FetchConfig, Ledger, fetch_one, fetch_urls, is_url
-from geopin.ingest import REJECT_REASONS, IngestConfig, IngestInputError, ingest
+from geopin.dataset.fetch import (
+    LEDGER_NAME,
+    FetchConfig,
+    Ledger,
+    fetch_one,
+    fetch_urls,
+    is_url,
+)
+from geopin.dataset.ingest import REJECT_REASONS, IngestConfig, IngestInputError, ingest
 
 FAST = {"workers": 4, "retries": 2, "backoff_s": 0.05, "backoff_max_s": 0.2, "timeout_s": 0.5, "max_bytes": 200_000}
 
@@ -253,7 +260,7 @@ def test_same_bytes_under_two_urls_stored_once(http_server, tmp_path):
 
 _KILL_SCRIPT = """
 import json, sys
-from geopin.fetch import FetchConfig, fetch_urls
+from geopin.dataset.fetch import FetchConfig, fetch_urls
 urls = json.load(open(sys.argv[1]))
 fetch_urls(urls, sys.argv[2], FetchConfig(workers=2, retries=0, timeout_s=5, flush_every=1000))
 """

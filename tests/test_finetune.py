@@ -1,6 +1,6 @@
 """`geopin finetune`: fine-tuning on cached prefix activations, the finetuned:DIR backbone, the CLI.
 
-Real photos (generated with Pillow, ingested with geopin.ingest), the real EfficientNet-Lite0 weights,
+Real photos (generated with Pillow, ingested with geopin.dataset.ingest), the real EfficientNet-Lite0 weights,
 no mocks. Three places on three continents; each place's photos share a palette and a texture, so a
 fine-tuning that learns anything must pull each place's photos together.
 """
@@ -17,11 +17,16 @@ import torch
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
-from geopin.backbones import BackboneUnavailable, backbone_status, create_backbone
 from geopin.cli import app
-from geopin.embed import EmbedConfig, cache_key, embed_images
-from geopin.finetune import FinetuneConfig, finetune
-from geopin.ingest import IngestConfig, ingest, read_manifest
+from geopin.dataset.ingest import IngestConfig, ingest
+from geopin.dataset.manifest import read_manifest
+from geopin.features.backbones import (
+    BackboneUnavailable,
+    backbone_status,
+    create_backbone,
+)
+from geopin.features.embed import EmbedConfig, cache_key, embed_images
+from geopin.locate.finetune import FinetuneConfig, finetune
 
 PLACES = [  # (lat, lon, base colour, stripe direction)
     (48.85, 2.35, (200, 60, 50), "h"),  # Paris

@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from geopin.exif import ExifGpsError, read_exif_gps
-from geopin.ingest import REJECT_REASONS, read_manifest
+from geopin.dataset.exif import ExifGpsError, read_exif_gps
+from geopin.dataset.ingest import REJECT_REASONS
+from geopin.dataset.manifest import read_manifest
 from geopin.io import read_table
 
 # Pillow warns about every corrupt tag it skips; on fuzzed input that is expected, not news.

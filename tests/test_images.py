@@ -1,4 +1,4 @@
-"""geopin.images: the one decoding path (high bit depth, HEIC, alpha, orientation, bad bytes) and the folder walk."""
+"""geopin.dataset.images: the one decoding path (high bit depth, HEIC, alpha, orientation, bad bytes) and the folder walk."""
 
 from __future__ import annotations
 
@@ -11,10 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from imagefiles import TRUE_MEAN, heic_bytes, picture8, png_header_only, twin_of, write_high_bit_files
+from imagefiles import (
+    TRUE_MEAN,
+    heic_bytes,
+    picture8,
+    png_header_only,
+    twin_of,
+    write_high_bit_files,
+)
 from PIL import Image
 
-from geopin.images import (
+from geopin.dataset.images import (
     IMAGE_ERROR_REASONS,
     IMAGE_SUFFIXES,
     PILLOW_MAX_PIXELS,
@@ -111,7 +118,7 @@ def test_heic_without_a_decoder_is_unsupported_format_naming_it(tmp_path):
     path.write_bytes(heic_bytes(Image.new("RGB", (64, 48), (10, 120, 200))))
     code = (  # a process in which pillow-heif cannot be imported, as on a machine without it
         "import sys; sys.modules['pillow_heif'] = None\n"
-        "from geopin.images import ImageError, decode_rgb\n"
+        "from geopin.dataset.images import ImageError, decode_rgb\n"
         f"try:\n    decode_rgb({str(path)!r})\n"
         "except ImageError as exc:\n    print(exc.reason); print(exc)\n")
     ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -19,15 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from geopin.exif import gps_exif_bytes, gps_ifd
-from geopin.ingest import (
-    MANIFEST_COLUMNS,
-    REJECT_REASONS,
-    IngestConfig,
-    IngestInputError,
-    ingest,
-    read_manifest,
-)
+from geopin.dataset.exif import gps_exif_bytes, gps_ifd
+from geopin.dataset.ingest import REJECT_REASONS, IngestConfig, IngestInputError, ingest
+from geopin.dataset.manifest import MANIFEST_COLUMNS, read_manifest
 
 CLI = [sys.executable, "-c", "from geopin.cli import main; main()"]
 
@@ -300,7 +294,7 @@ def grace_hopper() -> Path:
 
 
 def test_face_area_fraction_real_face_and_plain_colour():
-    from geopin.faces import detect_faces, face_area_fraction
+    from geopin.dataset.faces import detect_faces, face_area_fraction
 
     with Image.open(grace_hopper()) as img:
         img.load()
@@ -512,13 +506,13 @@ def test_heic_photo_is_kept_with_its_exif_gps(tmp_path):
 
 
 def test_suffixes_and_pixel_limit_are_the_ones_of_geopin_images(tmp_path):
-    import geopin.ingest
-    import geopin.predict
-    from geopin import images
+    import geopin.dataset.ingest
+    import geopin.locate.predict
+    from geopin.dataset import images
 
-    assert geopin.ingest.IMAGE_SUFFIXES is images.IMAGE_SUFFIXES
-    assert geopin.predict.IMAGE_SUFFIXES is images.IMAGE_SUFFIXES
-    assert geopin.ingest.PILLOW_MAX_PIXELS == images.PILLOW_MAX_PIXELS
+    assert geopin.dataset.ingest.IMAGE_SUFFIXES is images.IMAGE_SUFFIXES
+    assert geopin.locate.predict.IMAGE_SUFFIXES is images.IMAGE_SUFFIXES
+    assert geopin.dataset.ingest.PILLOW_MAX_PIXELS == images.PILLOW_MAX_PIXELS
     assert "unsupported_format" in REJECT_REASONS
     assert set(images.IMAGE_ERROR_REASONS) <= set(REJECT_REASONS)
 

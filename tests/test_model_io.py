@@ -1,7 +1,7 @@
 """A model folder never breaks: checksummed files, clear errors, an atomic swap that survives kills.
 
 Models are trained on generated embeddings (see test_train.synthetic); the kill tests run real
-`geopin.train.train` and `GeoModel.save` in subprocesses and SIGKILL them at seeded random moments.
+`geopin.locate.train.train` and `GeoModel.save` in subprocesses and SIGKILL them at seeded random moments.
 The read-only and full-disk tests mount small tmpfs folders and skip where mounting is not allowed.
 """
 
@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from geopin.heads import ClassifierConfig, Gallery
-from geopin.io import write_json, write_parquet
-from geopin.model import GeoModel
-from geopin.train import TrainConfig, train, train_model
 from test_train import FAST, synthetic
+
+from geopin.io import write_json, write_parquet
+from geopin.locate.heads import ClassifierConfig, Gallery
+from geopin.locate.model import GeoModel
+from geopin.locate.train import TrainConfig, train, train_model
 
 MODEL_FILES = ["cells.parquet", "classifier.pt", "gallery.npz", "model.json", "places.npz"]
 
@@ -101,7 +101,7 @@ def test_classifier_is_rebuilt_from_its_stored_config(data, tmp_path):
     ],
 )
 def test_damaged_file_is_named_with_the_reason(saved, name, damage, reason):
-    from geopin.model import ModelError
+    from geopin.locate.model import ModelError
 
     path = saved / name
     blob = path.read_bytes()
@@ -194,7 +194,7 @@ def test_ivf_index_is_saved_and_read_back_not_rebuilt(model, data, tmp_path):
 
 
 def test_saving_over_a_folder_that_is_not_a_model_is_refused(model, tmp_path):
-    from geopin.model import ModelError
+    from geopin.locate.model import ModelError
 
     out = tmp_path / "photos"
     out.mkdir()
@@ -221,7 +221,7 @@ def test_stale_temp_folders_of_killed_runs_are_removed_on_the_next_save(model, s
 
 
 def test_without_renameat2_a_kill_between_the_two_renames_is_recovered(model, saved, monkeypatch):
-    import geopin.model as gm
+    import geopin.locate.model as gm
 
     # where the exchange is unavailable save falls back to two renames; kill lands between them:
     monkeypatch.setattr(gm, "_exchange", lambda a, b: False)
@@ -240,7 +240,7 @@ def test_without_renameat2_a_kill_between_the_two_renames_is_recovered(model, sa
 
 def write_dataset(df: pd.DataFrame, emb: np.ndarray, root: Path) -> tuple[Path, Path]:
     """A manifest and an embeddings folder as `geopin ingest` and `geopin embed` would write them."""
-    from geopin.embed import ids_digest
+    from geopin.features.embed import ids_digest
 
     ids = [f"photo{i:05d}" for i in range(len(df))]
     man = pd.DataFrame(
@@ -269,9 +269,9 @@ def write_dataset(df: pd.DataFrame, emb: np.ndarray, root: Path) -> tuple[Path, 
 TRAIN_SCRIPT = textwrap.dedent(
     """
     import sys
-    from geopin.cells import Granularity
-    from geopin.heads import ClassifierConfig
-    from geopin.train import TrainConfig, train
+    from geopin.dataset.cells import Granularity
+    from geopin.locate.heads import ClassifierConfig
+    from geopin.locate.train import TrainConfig, train
     cfg = TrainConfig(granularities=[Granularity("coarse", 120, 3), Granularity("fine", 30, 3)],
                       classifier=ClassifierConfig(epochs=15, seed=int(sys.argv[4])), k=8, inner_folds=3,
                       seed=int(sys.argv[4]))
@@ -328,8 +328,8 @@ def test_killing_train_at_random_moments_leaves_the_old_or_the_new_model(data, t
 SAVE_LOOP = textwrap.dedent(
     """
     import sys
-    import geopin.model as gm
-    from geopin.model import GeoModel
+    import geopin.locate.model as gm
+    from geopin.locate.model import GeoModel
     if sys.argv[4] == "fallback":
         gm._exchange = lambda a, b: False
     a, b = GeoModel.load(sys.argv[1]), GeoModel.load(sys.argv[2])
@@ -404,7 +404,7 @@ def remount_ro(point: Path) -> None:
 
 
 def test_read_only_output_folder_is_a_clear_error_and_keeps_the_old_model(model, tmpfs):
-    from geopin.model import ModelError
+    from geopin.locate.model import ModelError
 
     point = tmpfs("ro", "16m")
     out = model.save(point / "m")
@@ -431,7 +431,7 @@ def test_train_cli_on_a_read_only_folder_fails_before_training(data, tmp_path, t
 
 @pytest.mark.parametrize("room_kb", [0, 12, 100, 190])  # the disk fills up in a different file each time
 def test_full_disk_is_a_clear_error_and_keeps_the_old_model(model, tmpfs, room_kb):
-    from geopin.model import ModelError
+    from geopin.locate.model import ModelError
 
     point = tmpfs("full", "2m")
     out = model.save(point / "m")
@@ -448,7 +448,7 @@ def test_full_disk_is_a_clear_error_and_keeps_the_old_model(model, tmpfs, room_k
 
 
 def test_full_disk_while_writing_the_faiss_index_is_the_same_clear_error(model, data, tmp_path, tmpfs):
-    from geopin.model import ModelError
+    from geopin.locate.model import ModelError
 
     df, emb = data
     m = GeoModel(replace(model.heads, gallery=Gallery(emb, exact_max=100)), model.params, model.calibration, model.meta)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geopin.evaluate import EvalConfig, evaluate_cv
+from geopin.evaluation.crossval import EvalConfig, evaluate_cv
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from geopin.exif import gps_exif_bytes
+from geopin.dataset.exif import gps_exif_bytes
 
 SITES = [(48.8584, 2.2945), (40.6892, -74.0445), (-33.8568, 151.2153), (35.6586, 139.7454), (-22.9519, -43.2105)]
 
@@ -82,12 +82,12 @@ def test_evaluate_compares_every_method_on_the_same_folds(photo_folder, tmp_path
     assert geopin("ingest", str(photo_folder), "--out", str(ds), "--group-from", "subfolder", cwd=tmp_path).returncode == 0
     assert geopin("embed", str(ds / "manifest.parquet"), "--out", str(ds / "emb"), "--long-side", "128",
                   "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path).returncode == 0
-    from geopin.evaluate import EvalConfig, evaluate_cv, write_plots
-    from geopin.embed import load_embeddings
-    from geopin.ingest import read_manifest
-    from geopin.cells import Granularity
-    from geopin.heads import ClassifierConfig
-    from geopin.train import TrainConfig
+    from geopin.dataset.cells import Granularity
+    from geopin.dataset.manifest import read_manifest
+    from geopin.evaluation.crossval import EvalConfig, evaluate_cv, write_plots
+    from geopin.features.embed import load_embeddings
+    from geopin.locate.heads import ClassifierConfig
+    from geopin.locate.train import TrainConfig
 
     man = read_manifest(ds / "manifest.parquet")
     emb, _ = load_embeddings(ds / "emb", man)

@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geopin.geo import haversine_km, pairwise_km
-from geopin.metrics import geoscore
-from geopin.posterior import (
+from geopin.locate.posterior import (
     CONFIDENCE_KM,
     Calibration,
     Evidence,
@@ -22,6 +21,7 @@ from geopin.posterior import (
     fit_mixture,
     mixture,
 )
+from geopin.metrics import geoscore
 
 CITIES = {
     "paris": (48.8566, 2.3522),

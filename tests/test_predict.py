@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from geopin.countries import country_of
-from geopin.exif import gps_exif_bytes
+from geopin.dataset.exif import gps_exif_bytes
 from geopin.geo import haversine_km
-from geopin.model import default_model_dir
-from geopin.predict import EXAMPLE_PHOTO, EXAMPLE_TRUTH
+from geopin.locate.model import default_model_dir
+from geopin.locate.predict import EXAMPLE_PHOTO, EXAMPLE_TRUTH
 
 MODEL_DIR = default_model_dir()
 RADII = ["25", "200", "750", "2500"]
@@ -242,7 +242,7 @@ def test_high_bit_depth_photo_is_predicted_like_its_8bit_twin(predictor, tmp_pat
 def test_photo_too_big_for_ingest_is_too_big_for_predict(predictor, tmp_path):
     from imagefiles import big_png
 
-    from geopin.ingest import IngestConfig, ingest
+    from geopin.dataset.ingest import IngestConfig, ingest
 
     huge = big_png(tmp_path / "photos" / "huge.png")  # 144 MP, a few hundred kB on disk
     (r,) = list(predictor.predict_paths([huge]))

@@ -4,7 +4,7 @@
 against the prior's 1041; the guard falls back to the prior in the folds where the held-out photos
 clearly say the posterior loses (all 5 here: 1041 when measured). It cannot close the whole gap: held-out GeoScore
 on a few hundred photos is noisy, and a stricter guard costs the full set its gain (see
-geopin.train.guard_against_prior).
+geopin.locate.train.guard_against_prior).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from geopin.evaluate import EvalConfig, evaluate_cv
-from geopin.train import TrainConfig
+from geopin.evaluation.crossval import EvalConfig, evaluate_cv
+from geopin.locate.train import TrainConfig
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 

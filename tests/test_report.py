@@ -12,10 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
+from test_evaluate import small_train, three_photographers, toy_data  # noqa: F401 - a fixture, reused
 from typer.testing import CliRunner
 
-from geopin.evaluate import EvalConfig, evaluate_cv, format_methods_table, write_plots
-from test_evaluate import small_train, three_photographers, toy_data  # noqa: F401 - a fixture, reused
+from geopin.evaluation.crossval import (
+    EvalConfig,
+    evaluate_cv,
+    format_methods_table,
+    write_plots,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -35,7 +40,7 @@ def _scripts_and_links(html: str) -> list[str]:
 
 
 def test_report_is_self_contained_and_holds_table_plots_and_lines(evaluated):
-    from geopin.report import write_report
+    from geopin.evaluation.report import write_report
 
     report, out = evaluated
     path = write_report(report, out)
@@ -62,7 +67,7 @@ def test_report_is_self_contained_and_holds_table_plots_and_lines(evaluated):
 
 
 def test_report_escapes_text_and_writes_atomically(evaluated, tmp_path):
-    from geopin.report import write_report
+    from geopin.evaluation.report import write_report
 
     report, out = evaluated
     for p in out.glob("*.png"):
@@ -74,7 +79,7 @@ def test_report_escapes_text_and_writes_atomically(evaluated, tmp_path):
 
 
 def test_report_without_plots_says_so_instead_of_failing(evaluated, tmp_path):
-    from geopin.report import write_report
+    from geopin.evaluation.report import write_report
 
     report, _ = evaluated
     html = write_report(report, tmp_path).read_text()
@@ -100,7 +105,7 @@ def test_report_opens_offline_in_a_browser_and_draws_one_line_per_photo(evaluate
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    from geopin.report import write_report
+    from geopin.evaluation.report import write_report
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver:

@@ -24,8 +24,8 @@ uvicorn = pytest.importorskip("uvicorn")
 from imagefiles import png_header_only  # noqa: E402
 from test_predict import geopin, save_jpeg, scene  # noqa: E402
 
-from geopin.exif import gps_exif_bytes  # noqa: E402
-from geopin.serve import WEB_DIR, ServeConfig, create_app, is_loopback  # noqa: E402
+from geopin.dataset.exif import gps_exif_bytes  # noqa: E402
+from geopin.serve.app import WEB_DIR, ServeConfig, create_app, is_loopback  # noqa: E402
 
 TOKEN = "s3cret-token"
 LIMIT_MB = 1.0
@@ -246,17 +246,17 @@ def test_request_over_the_time_limit_is_504(predictor):
 # --------------------------------------------------------------------------------- explanations
 
 
-HAVE_EXPLAIN = __import__("importlib.util").util.find_spec("geopin.explain") is not None
+HAVE_EXPLAIN = __import__("importlib.util").util.find_spec("geopin.explain.maps") is not None
 
 
-@pytest.mark.skipif(HAVE_EXPLAIN, reason="geopin.explain is installed: the 501 answer cannot occur")
+@pytest.mark.skipif(HAVE_EXPLAIN, reason="geopin.explain.maps is installed: the 501 answer cannot occur")
 def test_explain_without_the_module_is_501(server):
     r = server.client.post("/api/explain", files={"photo": ("e.jpg", jpeg_bytes(2))})
     assert_error(r, 501, "not_implemented")
     assert server.client.get("/api/health").json()["explain"] is False
 
 
-@pytest.mark.skipif(not HAVE_EXPLAIN, reason="geopin.explain is not installed")
+@pytest.mark.skipif(not HAVE_EXPLAIN, reason="geopin.explain.maps is not installed")
 def test_explain_returns_overlays_and_rejects_bad_input(server):
     import base64
 
@@ -292,7 +292,7 @@ def test_token_is_required_when_configured(token_server, path):
 
 def test_cell_polygons_route_is_behind_the_token_too(token_server):
     if "/api/cells" not in token_server.client.get("/openapi.json").json()["paths"]:
-        pytest.skip("geopin.geojson (the /api/cells route) is not installed")
+        pytest.skip("geopin.serve.geojson (the /api/cells route) is not installed")
     assert_error(token_server.client.get("/api/cells?tokens=89c25"), 401, "unauthorized")
     r = token_server.client.get("/api/cells?tokens=89c25", headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200 and r.json()["type"] == "FeatureCollection"
@@ -315,8 +315,8 @@ def test_refuses_a_public_address_without_a_token(tmp_path):
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "GEOPIN_TOKEN"}
-    import subprocess
     import shutil
+    import subprocess
     import sys
 
     exe = shutil.which("geopin")
@@ -342,7 +342,7 @@ PROBE = r'''
 import io, json, socket, sys, threading, time
 import httpx, uvicorn
 from PIL import Image
-from geopin.serve import ServeConfig, create_app
+from geopin.serve.app import ServeConfig, create_app
 app = create_app(ServeConfig())
 sock = socket.socket(); sock.bind(("127.0.0.1", 0))
 server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

@@ -20,7 +20,7 @@ from imagefiles import three_photographer_dataset
 from PIL import Image
 from typer.testing import CliRunner
 
-from geopin.evaluate import similarity_by_distance
+from geopin.evaluation.crossval import similarity_by_distance
 from geopin.geo import to_xyz
 
 
@@ -247,7 +247,7 @@ def test_many_photos_never_build_an_n_by_n_matrix():
 @pytest.fixture(scope="module")
 def two_embeddings(tmp_path_factory) -> Path:
     """24 generated photos by 3 photographers, embedded twice (two sizes: two different embedding sets)."""
-    from geopin.embed import EmbedConfig, embed_manifest
+    from geopin.features.embed import EmbedConfig, embed_manifest
 
     root = tmp_path_factory.mktemp("simkm")
     ds = three_photographer_dataset(root)

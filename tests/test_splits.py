@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from geopin.cli import app
-from geopin.splits import (
+from geopin.dataset.splits import (
     SplitConfig,
     group_kfold,
     group_split,

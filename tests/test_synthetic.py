@@ -1,4 +1,4 @@
-"""geopin.synthetic: the photos decode, their positions are valid, and the loopback server fails as documented."""
+"""synthetic: the photos decode, their positions are valid, and the loopback server fails as documented."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import urllib.error
 import urllib.request
 
 import numpy as np
-import pytest
 from PIL import Image
+from synthetic import PhotoServer, SyntheticConfig, synthetic_photos
 
-from geopin.exif import coord_problem
-from geopin.synthetic import PhotoServer, SyntheticConfig, synthetic_photos
+from geopin.dataset.exif import coord_problem
 
 
 def test_photos_decode_and_positions_are_valid():

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geopin.cells import Granularity
+from geopin.dataset.cells import Granularity
 from geopin.geo import haversine_km
-from geopin.heads import ClassifierConfig
+from geopin.locate.heads import ClassifierConfig
+from geopin.locate.model import GeoModel
+from geopin.locate.train import TrainConfig, train_model
 from geopin.metrics import geoscore
-from geopin.model import GeoModel
-from geopin.train import TrainConfig, train_model
 
 SITES = [  # (lat, lon) of photo hot spots, each shot by several photographers
     (48.86, 2.35), (41.90, 12.50), (40.71, -74.01), (35.68, 139.65), (-33.87, 151.21),
@@ -112,7 +112,7 @@ def test_group_scenario_needs_groups():
 def test_posterior_fit_uses_a_bounded_sample_of_held_out_photos():
     from dataclasses import replace
 
-    from geopin.train import out_of_fold
+    from geopin.locate.train import out_of_fold
 
     df, emb = synthetic(n_per_site=10)
     oof = out_of_fold(emb, df.lat.to_numpy(), df.lon.to_numpy(), df.group.to_numpy(), replace(FAST, max_fit_photos=30))

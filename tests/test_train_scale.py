@@ -16,12 +16,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from geopin.cells import Granularity
-from geopin.heads import ClassifierConfig, Gallery, effective_epochs, iter_rows, take_rows, train_classifier
-from geopin.train import TrainConfig, fit_heads, out_of_fold, train_model
-
 from test_train import FAST, SITES, synthetic
+
+from geopin.locate.heads import (
+    ClassifierConfig,
+    Gallery,
+    effective_epochs,
+    iter_rows,
+    take_rows,
+    train_classifier,
+)
+from geopin.locate.train import TrainConfig, fit_heads, out_of_fold, train_model
 
 
 def clustered(n: int, dim: int, seed: int = 0, centres: int = 50) -> np.ndarray:
@@ -45,7 +50,7 @@ def test_batchwise_soft_labels_are_the_full_matrix_rows():
     import torch
 
     from geopin.geo import to_xyz
-    from geopin.heads import _soft_labels, smoothed_targets
+    from geopin.locate.heads import _soft_labels, smoothed_targets
 
     rng = np.random.default_rng(0)
     lat, lon = rng.uniform(-89, 89, 300), rng.uniform(-180, 180, 300)
@@ -59,8 +64,8 @@ def test_batchwise_soft_labels_are_the_full_matrix_rows():
 
 
 def test_batchwise_path_trains_a_classifier_as_good_as_the_dense_one(monkeypatch):
-    import geopin.heads as heads
-    from geopin.heads import classifier_logits
+    import geopin.locate.heads as heads
+    from geopin.locate.heads import classifier_logits
 
     df, emb = synthetic(n_per_site=20)
     lat, lon = df.lat.to_numpy(), df.lon.to_numpy()
@@ -113,7 +118,7 @@ def test_inner_folds_refit_on_at_most_max_fold_photos(caplog):
         granularities=FAST.granularities, classifier=ClassifierConfig(epochs=2), k=4, inner_folds=3, max_fold_photos=150,
         scale_inner_folds=0,
     )
-    with caplog.at_level("INFO", logger="geopin.train"):
+    with caplog.at_level("INFO", logger="geopin.locate.train"):
         oof = out_of_fold(emb, df.lat.to_numpy(), df.lon.to_numpy(), df.group.to_numpy(), cfg)
     assert sum("max_fold_photos" in r.getMessage() for r in caplog.records) == 3
     for places in oof.places:  # the prior counts the photos the heads were fit on
@@ -149,7 +154,7 @@ def test_clustered_gallery_keeps_at_most_k_per_cell_at_real_photo_spots(tmp_path
     assert all((a, b) in spots for a, b in zip(heads.gallery_lat.round(9), heads.gallery_lon.round(9)))
     model = train_model(emb, lat, lon, df.group.to_numpy(), TrainConfig(
         granularities=FAST.granularities, classifier=ClassifierConfig(epochs=2), k=4, inner_folds=3, gallery_per_cell=3))
-    from geopin.model import GeoModel
+    from geopin.locate.model import GeoModel
 
     again = GeoModel.load(model.save(tmp_path / "m"))
     assert len(again.heads.gallery) == len(model.heads.gallery) < len(emb)
@@ -160,9 +165,9 @@ _TRAIN_CHILD = textwrap.dedent(
     """
     import json, resource, sys
     import numpy as np
-    from geopin.cells import Granularity
-    from geopin.heads import ClassifierConfig
-    from geopin.train import TrainConfig, train
+    from geopin.dataset.cells import Granularity
+    from geopin.locate.heads import ClassifierConfig
+    from geopin.locate.train import TrainConfig, train
     folder = sys.argv[1]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cfg = TrainConfig(
@@ -177,8 +182,8 @@ _TRAIN_CHILD = textwrap.dedent(
 
 
 def _write_set(folder: Path, n: int, dim: int) -> None:
-    from geopin.embed import EMBEDDINGS_JSON, EMBEDDINGS_NPY, ids_digest
-    from geopin.ingest import MANIFEST_COLUMNS
+    from geopin.dataset.manifest import MANIFEST_COLUMNS
+    from geopin.features.embed import EMBEDDINGS_JSON, EMBEDDINGS_NPY, ids_digest
     from geopin.io import write_json, write_parquet
 
     rng = np.random.default_rng(0)

@@ -23,9 +23,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from geopin.exif import gps_exif_bytes
+from geopin.dataset.exif import gps_exif_bytes
 from geopin.geo import haversine_km
-from geopin.geojson import MAX_TOKENS, CellTokenError, cell_feature, cell_polygons, split_tokens
+from geopin.serve.geojson import (
+    MAX_TOKENS,
+    CellTokenError,
+    cell_feature,
+    cell_polygons,
+    split_tokens,
+)
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "src" / "geopin" / "web"
 TOKEN = "web-test-token"
@@ -116,9 +122,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server():
-    """`geopin.serve.create_app` with a token, served by uvicorn in a thread on loopback: base URL."""
+    """`geopin.serve.app.create_app` with a token, served by uvicorn in a thread on loopback: base URL."""
     uvicorn = pytest.importorskip("uvicorn")
-    serve = pytest.importorskip("geopin.serve")
+    serve = pytest.importorskip("geopin.serve.app")
     port = _free_port()
     app = serve.create_app(serve.ServeConfig(host="127.0.0.1", port=port, token=TOKEN))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

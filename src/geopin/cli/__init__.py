@@ -7,8 +7,8 @@ dependencies inside the command so that `geopin --help` stays fast.
 from __future__ import annotations
 
 import importlib
-import os
 import logging
+import os
 
 import typer
 

@@ -52,12 +52,12 @@ def build_cmd(
     Exits 1 when a stage leaves nothing to build on (e.g. ingest kept no photo), 2 on unusable input.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from geopin.backbones import BackboneUnavailable
-    from geopin.build import BuildConfig, BuildStopped, build
-    from geopin.cells import Granularity
-    from geopin.embed import OutputBusy
-    from geopin.engine import EngineConfig, EngineUnavailable
-    from geopin.faces import FaceDetectorUnavailable
+    from geopin.dataset.cells import Granularity
+    from geopin.dataset.faces import FaceDetectorUnavailable
+    from geopin.features.backbones import BackboneUnavailable
+    from geopin.features.embed import OutputBusy
+    from geopin.pipeline.build import BuildConfig, BuildStopped, build
+    from geopin.scale.engine import EngineConfig, EngineUnavailable
 
     with input_errors("build", ValueError, FileNotFoundError, KeyError, BackboneUnavailable, FaceDetectorUnavailable,
                       EngineUnavailable):

@@ -27,7 +27,7 @@ def cells_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Partition the Earth into cells adapted to where the photos are, at several granularities."""
-    from geopin.cells import CellsConfig, Granularity, run_cells
+    from geopin.dataset.cells import CellsConfig, Granularity, run_cells
 
     with input_errors("cells"):
         grans = tuple(Granularity.parse(g) for g in granularity) if granularity else None

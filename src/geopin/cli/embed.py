@@ -1,4 +1,4 @@
-"""`geopin embed` and `geopin backbones`: thin wrappers over geopin.embed and geopin.backbones."""
+"""`geopin embed` and `geopin backbones`: thin wrappers over geopin.features.embed and geopin.features.backbones."""
 
 from __future__ import annotations
 
@@ -33,9 +33,14 @@ def embed(
 ) -> None:
     """Compute backbone features for every photo of a manifest (cached by content; resumable)."""
     _sleeping_openmp_threads()
-    from geopin.backbones import BackboneUnavailable
-    from geopin.embed import EmbedConfig, OutputBusy, embed_manifest
-    from geopin.engine import EngineConfig, EngineUnavailable, embed_manifest_engine
+    from geopin.features.backbones import BackboneUnavailable
+    from geopin.features.embed import (
+        EmbedConfig,
+        OutputBusy,
+        embed_manifest,
+        embed_manifest_engine,
+    )
+    from geopin.scale.engine import EngineConfig, EngineUnavailable
 
     try:
         cfg = EmbedConfig(
@@ -77,7 +82,7 @@ def _sleeping_openmp_threads() -> None:
 
 def backbones(json_out: bool = typer.Option(False, "--json", help="Print a machine-readable list to stdout.")) -> None:
     """List registered backbones and whether their weights are available on this machine."""
-    from geopin.backbones import backbone_status, list_backbones
+    from geopin.features.backbones import backbone_status, list_backbones
 
     rows = [backbone_status(name) for name in list_backbones()]
     if json_out:

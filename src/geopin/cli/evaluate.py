@@ -29,9 +29,15 @@ def evaluate_cmd(
     report says so; every number comes with a 95 % interval over photographers. Also: embedding
     similarity against distance in km (do photos near each other look alike?), once on all photos.
     """
-    from geopin.evaluate import EvalConfig, evaluate_cv, evaluation_text, similarity_by_distance, write_evaluation
-    from geopin.embed import load_embeddings
-    from geopin.ingest import read_manifest
+    from geopin.dataset.ingest import read_manifest
+    from geopin.evaluation.crossval import (
+        EvalConfig,
+        evaluate_cv,
+        evaluation_text,
+        similarity_by_distance,
+        write_evaluation,
+    )
+    from geopin.features.embed import load_embeddings
 
     with input_errors("evaluate", ValueError, FileNotFoundError, KeyError):
         cfg = EvalConfig(scenarios=tuple(scenario), folds=folds, seed=seed)

@@ -23,10 +23,10 @@ def explain_cmd(
 
     Exits 2 for a photo that cannot be read, a bad target or a damaged model folder.
     """
-    from geopin.embed import load_image
-    from geopin.explain import explain_with_maps, write_explanation
-    from geopin.images import ImageError
-    from geopin.predict import PredictConfig, Predictor
+    from geopin.dataset.images import ImageError
+    from geopin.explain.maps import explain_with_maps, write_explanation
+    from geopin.features.embed import load_image
+    from geopin.locate.predict import PredictConfig, Predictor
 
     with input_errors("explain"):
         predictor = Predictor(PredictConfig(model_dir=model))
@@ -74,7 +74,7 @@ def characterize_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """For each country with enough photos: the crops that most strongly predict it, clustered, as contact sheets."""
-    from geopin.explain import CharacterizeConfig, characterize
+    from geopin.explain.maps import CharacterizeConfig, characterize
 
     with input_errors("characterize"):
         cfg = CharacterizeConfig(min_photos=min_photos, crops_per_country=crops_per_country, clusters=clusters,

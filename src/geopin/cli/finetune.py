@@ -35,8 +35,8 @@ def finetune_cmd(
     """Fine-tune the last blocks of the backbone on haversine-smoothed geocell labels (resumable from its cache)."""
     import pandas as pd
 
-    from geopin.backbones import BackboneUnavailable
-    from geopin.finetune import FinetuneConfig, finetune
+    from geopin.features.backbones import BackboneUnavailable
+    from geopin.locate.finetune import FinetuneConfig, finetune
 
     with input_errors("finetune", ValueError, FileNotFoundError, KeyError, BackboneUnavailable):
         cfg = FinetuneConfig(

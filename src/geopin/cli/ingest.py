@@ -71,10 +71,15 @@ def ingest_cmd(
     Exits 1 (after writing the rejects) when no photo was kept, 2 when the input itself is unusable.
     An interrupted run resumes from its finished parts when rerun with the same input and options.
     """
-    from geopin.engine import EngineConfig, EngineUnavailable
-    from geopin.faces import FaceDetectorUnavailable
-    from geopin.fetch import FetchConfig
-    from geopin.ingest import PILLOW_MAX_PIXELS, IngestConfig, IngestInputError, ingest
+    from geopin.dataset.faces import FaceDetectorUnavailable
+    from geopin.dataset.fetch import FetchConfig
+    from geopin.dataset.ingest import (
+        PILLOW_MAX_PIXELS,
+        IngestConfig,
+        IngestInputError,
+        ingest,
+    )
+    from geopin.scale.engine import EngineConfig, EngineUnavailable
 
     with input_errors("ingest", ValueError):
         engine_cfg = EngineConfig(engine, address=address, workers=engine_workers, partition_size=partition_size)

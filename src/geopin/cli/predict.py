@@ -50,9 +50,14 @@ def predict_cmd(
 
     Exits 2 when the arguments hold no photo at all, 1 when every photo failed.
     """
-    from geopin.engine import EngineConfig, EngineUnavailable, predict_engine
-    from geopin.images import IMAGE_SUFFIXES
-    from geopin.predict import PredictConfig, Predictor, expand_paths
+    from geopin.dataset.images import IMAGE_SUFFIXES
+    from geopin.locate.predict import (
+        PredictConfig,
+        Predictor,
+        expand_paths,
+        predict_engine,
+    )
+    from geopin.scale.engine import EngineConfig, EngineUnavailable
 
     photos = expand_paths(paths)  # before the model loads: "nothing to do" must be quick
     if not photos:
@@ -87,7 +92,13 @@ def demo_cmd(
     as_json: bool = typer.Option(False, "--json", help="JSON result on stdout."),
 ) -> None:
     """Predict the bundled example photo (a Cape Canaveral launch pad) and print the distance to the truth."""
-    from geopin.predict import EXAMPLE_PHOTO, EXAMPLE_TRUTH, PredictConfig, Predictor, distance_to_truth_km
+    from geopin.locate.predict import (
+        EXAMPLE_PHOTO,
+        EXAMPLE_TRUTH,
+        PredictConfig,
+        Predictor,
+        distance_to_truth_km,
+    )
 
     with input_errors("demo"):
         predictor = Predictor(PredictConfig())

@@ -24,8 +24,8 @@ def serve_cmd(
 
     Loopback only by default. Exits 2 for a bad setting or a missing or damaged model.
     """
-    from geopin.model import ModelError
-    from geopin.serve import ServeConfig, serve
+    from geopin.locate.model import ModelError
+    from geopin.serve.app import ServeConfig, serve
 
     cfg = ServeConfig(model_dir=model, host=host, port=port, token=token, max_upload_mb=max_upload_mb,
                       timeout_s=timeout_s)

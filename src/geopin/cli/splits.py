@@ -23,7 +23,7 @@ def split_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Assign every photo to a fold or to train/val, deterministically by seed."""
-    from geopin.splits import SplitConfig, run_split
+    from geopin.dataset.splits import SplitConfig, run_split
 
     with input_errors("split"):
         if k is not None and val_fraction is not None:

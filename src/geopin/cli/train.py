@@ -29,10 +29,10 @@ def train_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Train a model: geocell classifier, retrieval gallery and a calibrated posterior."""
-    from geopin.cells import Granularity
-    from geopin.heads import ClassifierConfig
-    from geopin.model import check_output_dir
-    from geopin.train import TrainConfig, train
+    from geopin.dataset.cells import Granularity
+    from geopin.locate.heads import ClassifierConfig
+    from geopin.locate.model import check_output_dir
+    from geopin.locate.train import TrainConfig, train
 
     with input_errors("train", ValueError, FileNotFoundError, KeyError):
         check_output_dir(out)  # a read-only or wrong --out fails now, not after the training

@@ -6,19 +6,32 @@ in their EXIF say so (`exif_gps`), and are still predicted from their pixels onl
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import pyarrow as pa
 
-from geopin.images import IMAGE_SUFFIXES, ImageError, find_photos
-from geopin.model import GeoModel
+from geopin.dataset.images import IMAGE_SUFFIXES, ImageError, find_photos
+from geopin.io import json_default, write_json, write_parquet
+from geopin.locate.model import GeoModel, default_model_dir
+from geopin.scale.engine import (
+    PARTS_DIR,
+    EngineConfig,
+    EngineReport,
+    map_partitions,
+    partition,
+    read_parts,
+)
 
 log = logging.getLogger(__name__)
 
 #: The photo shipped with geopin for the README's first command, with its true location.
-EXAMPLE_PHOTO = Path(__file__).resolve().parent / "data" / "examples" / "rocket_cape_canaveral.jpg"
+EXAMPLE_PHOTO = Path(__file__).resolve().parents[1] / "data" / "examples" / "rocket_cape_canaveral.jpg"
 EXAMPLE_TRUTH = (28.5619, -80.5772)
 
 
@@ -39,8 +52,8 @@ class Predictor:
     """A loaded model and its backbone, reused across calls (the API and the CLI keep one)."""
 
     def __init__(self, cfg: PredictConfig = PredictConfig()):
-        from geopin.backbones import create_backbone
-        from geopin.embed import EmbedConfig
+        from geopin.features.backbones import create_backbone
+        from geopin.features.embed import EmbedConfig
 
         self.cfg = cfg
         self.model = GeoModel.load(cfg.model_dir)
@@ -56,7 +69,7 @@ class Predictor:
 
     def predict_images(self, images: list, names: list[str], top_k: int | None = None) -> list[dict]:
         """`top_k` overrides the configured number per call (the API takes it per request)."""
-        from geopin.embed import embed_images
+        from geopin.features.embed import embed_images
 
         emb = embed_images(images, self.backbone, self.embed_cfg)
         results = self.model.predict_embeddings(emb, top_k=self.cfg.top_k if top_k is None else top_k)
@@ -66,7 +79,7 @@ class Predictor:
 
     def predict_paths(self, paths: Iterable[str | Path]) -> Iterator[dict]:
         """Yield one result per file, in input order; errors are results too (with an `error` key)."""
-        from geopin.embed import load_image
+        from geopin.features.embed import load_image
 
         pending: list[dict] = []  # rows in input order; good ones carry their decoded image
         n_images = 0
@@ -102,7 +115,7 @@ class Predictor:
 
 
 def _exif_info(path: Path) -> dict:
-    from geopin.exif import ExifGpsError, read_exif_gps
+    from geopin.dataset.exif import ExifGpsError, read_exif_gps
 
     try:
         gps = read_exif_gps(path)
@@ -133,3 +146,69 @@ def distance_to_truth_km(result: dict, truth: tuple[float, float]) -> float:
 
 
 __all__ = ["IMAGE_SUFFIXES", "PredictConfig", "Predictor", "predict", "expand_paths", "EXAMPLE_PHOTO", "EXAMPLE_TRUTH", "distance_to_truth_km"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# predict on the engine
+
+PREDICT_FLAT = ("path", "lat", "lon", "country", "country_name", "continent", "cell", "summary", "error")
+PREDICTIONS_PARQUET = "predictions.parquet"
+PREDICTIONS_JSON = "predictions.json"
+
+
+def predict_schema() -> pa.Schema:
+    """The flat fields of `geopin predict --json` as columns, and the whole result as its JSON in `result`."""
+    return pa.schema([("index", pa.int64()), ("path", pa.string()), ("lat", pa.float64()), ("lon", pa.float64()),
+                      ("country", pa.string()), ("country_name", pa.string()), ("continent", pa.string()),
+                      ("cell", pa.string()), ("summary", pa.string()), ("error", pa.string()), ("result", pa.string())])
+
+
+def _predict_setup(cfg, threads: int):
+    predictor = Predictor(cfg)
+    predictor.embed_cfg.threads = threads  # the worker's share of the cores, not all of them
+    return predictor
+
+
+def _predict_row(index: int, result: dict) -> dict:
+    row = {k: result.get(k) for k in PREDICT_FLAT}
+    row["index"] = index
+    row["result"] = json.dumps(result, default=json_default)
+    return row
+
+
+def _predict_partition(predictor, items: list[dict]) -> list[dict]:
+    results = list(predictor.predict_paths([it["path"] for it in items]))
+    if len(results) != len(items):
+        raise RuntimeError(f"{len(items)} photos gave {len(results)} results")
+    return [_predict_row(it["index"], r) for it, r in zip(items, results)]
+
+
+def _predict_error_row(item: dict, message: str) -> dict:
+    return _predict_row(item["index"], {"path": item["path"], "error": f"{item['path']}: {message}"})
+
+
+def predict_engine(paths: Iterable[str | Path], out_dir: Path | str, cfg=None,
+                   engine: EngineConfig | None = None) -> tuple[list[dict], EngineReport]:
+    """Predictor.predict_paths on the engine (one Predictor per worker): the same result dicts, in input order.
+
+    Writes `<out>/parts/`, then `<out>/predictions.parquet` (flat fields + `result`, the full JSON) and
+    `<out>/predictions.json` (the list `geopin predict --json` prints).
+    """
+    cfg = cfg or PredictConfig()
+    engine = engine or EngineConfig("ray")
+    out_dir = Path(out_dir)
+    photos = expand_paths(paths)
+    items = [{"index": i, "path": str(p)} for i, p in enumerate(photos)]
+    model_json = Path(cfg.model_dir or default_model_dir()) / "model.json"
+    model_digest = hashlib.sha256(model_json.read_bytes()).hexdigest() if model_json.exists() else None
+    report = map_partitions(
+        _predict_partition, partition(items, engine.partition_size), out_dir / PARTS_DIR, engine,
+        setup=functools.partial(_predict_setup, cfg, engine.cpus_per_worker),
+        fingerprint={"kind": "predict", "model": model_digest, "top_k": cfg.top_k},
+        on_error=_predict_error_row, schema=predict_schema(),
+    )
+    table = read_parts(out_dir / PARTS_DIR, report.n_partitions)
+    results = [json.loads(s) for s in table.column("result").to_pylist()]
+    write_parquet(table.to_pandas(), out_dir / PREDICTIONS_PARQUET)
+    write_json(results, out_dir / PREDICTIONS_JSON)
+    return results, report

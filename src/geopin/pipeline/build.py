@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geopin.cells import Granularity
-from geopin.embed import EmbedConfig
-from geopin.engine import EngineConfig
-from geopin.evaluate import EvalConfig
-from geopin.heads import ClassifierConfig
-from geopin.ingest import IngestConfig
-from geopin.train import TrainConfig
-from geopin.io import read_table, write_json, write_text
+from geopin.dataset.cells import Granularity
+from geopin.dataset.ingest import IngestConfig
+from geopin.evaluation.crossval import EvalConfig
+from geopin.features.embed import EmbedConfig
+from geopin.io import read_table, sha256_file, write_json, write_text
+from geopin.locate.heads import ClassifierConfig
+from geopin.locate.train import TrainConfig
+from geopin.scale.engine import EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +81,6 @@ class BuildConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.hidden < 0:
             raise ValueError(f"hidden must be 0 (linear) or positive, got {self.hidden}")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Content hash of one file (streamed, so large tables do not load into memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _folder_digest(root: Path) -> str:
@@ -150,7 +141,7 @@ class _Ledger:
 
 def build(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: BuildConfig | None = None) -> dict:
     """Run ingest, cells, split, embed, train and evaluate into out_dir; return a summary per stage."""
-    from geopin.ingest import IngestInputError, ingest
+    from geopin.dataset.ingest import IngestInputError, ingest
 
     cfg = cfg or BuildConfig()
     source, out_dir = Path(os.path.abspath(source)), Path(os.path.abspath(out_dir))
@@ -187,7 +178,7 @@ def build(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: BuildConfi
     ingest_cfg = IngestConfig(lat_col=cfg.lat_col, lon_col=cfg.lon_col, image_col=cfg.image_col,
                               group_col=group_col, image_root=cfg.image_root, group_from=cfg.group_from,
                               workers=cfg.workers, engine=cfg.engine)
-    source_digest = _folder_digest(source) if source.is_dir() else file_sha256(source)
+    source_digest = _folder_digest(source) if source.is_dir() else sha256_file(source)
     ingest_conf = {k: v for k, v in dataclasses.asdict(ingest_cfg).items() if k not in ("workers", "engine")}
     ing = stage("ingest", {"source": source_digest}, ingest_conf,
                 [manifest], lambda: ingest(source, paths["dataset"], ingest_cfg).to_dict())
@@ -195,18 +186,18 @@ def build(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: BuildConfi
     if not ing["n_kept"]:
         reasons = ", ".join(f"{r} {c}" for r, c in ing["reasons"].items() if c)
         raise BuildStopped(f"ingest kept no photos of {ing['n_input']} ({reasons}); see {ing['rejects_csv_path']}")
-    man_sha = file_sha256(manifest)
+    man_sha = sha256_file(manifest)
 
     # 2. cells (the partition on the whole data, for inspection; train builds its own on its photos)
-    from geopin.cells import CellsConfig, run_cells
+    from geopin.dataset.cells import CellsConfig, run_cells
 
     cells_cfg = CellsConfig(granularities=cfg.granularities)
     stage("cells", {"manifest": man_sha}, dataclasses.asdict(cells_cfg), [paths["cells"]],
           lambda: run_cells(manifest, paths["cells"], cells_cfg).to_dict())
 
     # 3. split: by photographer when every photo has one and there are at least two, else random
-    from geopin.ingest import read_manifest
-    from geopin.splits import SplitConfig, run_split
+    from geopin.dataset.manifest import read_manifest
+    from geopin.dataset.splits import SplitConfig, run_split
 
     man = read_manifest(manifest)
     has_groups = bool(man["group"].notna().all() and man["group"].nunique() >= 2)
@@ -224,7 +215,7 @@ def build(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: BuildConfi
     embed_conf = {k: embed_cfg.to_dict()[k] for k in ("backbone", "mode", "long_side", "tta", "device")}
     emb = stage("embed", {"manifest": man_sha}, embed_conf, [paths["emb"] / "embeddings.npy"],
                 lambda: _run_embed(manifest, paths["emb"], embed_cfg, cfg.engine))
-    emb_sha = file_sha256(paths["emb"] / "embeddings.npy")
+    emb_sha = sha256_file(paths["emb"] / "embeddings.npy")
     if emb["n_failed"] >= emb["n"]:
         raise BuildStopped(f"embed failed on every photo ({emb['n']}); see {paths['emb'] / 'embeddings.json'}")
 
@@ -253,8 +244,7 @@ def build(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: BuildConfi
 
 def _run_embed(manifest: Path, emb_dir: Path, embed_cfg: EmbedConfig, engine: EngineConfig | None) -> dict:
     """embed_manifest, or its engine twin (same embeddings.npy/.json layout) when an engine is named."""
-    from geopin.embed import embed_manifest
-    from geopin.engine import embed_manifest_engine
+    from geopin.features.embed import embed_manifest, embed_manifest_engine
 
     if engine is None or engine.name == "local":
         return embed_manifest(manifest, emb_dir, embed_cfg).to_dict()
@@ -262,13 +252,13 @@ def _run_embed(manifest: Path, emb_dir: Path, embed_cfg: EmbedConfig, engine: En
 
 
 def _train_conf(train_cfg) -> dict:
-    from geopin.train import _config_dict
+    from geopin.locate.train import _config_dict
 
     return _config_dict(train_cfg)
 
 
 def _run_train(manifest: Path, emb_dir: Path, model_dir: Path, train_cfg) -> dict:
-    from geopin.train import train
+    from geopin.locate.train import train
 
     model = train(manifest, emb_dir, model_dir, train_cfg)
     return {"model": str(model_dir), "n_train": model.meta["n_train"],
@@ -279,9 +269,14 @@ def _run_train(manifest: Path, emb_dir: Path, model_dir: Path, train_cfg) -> dic
 def _run_evaluate(manifest: Path, emb_dir: Path, eval_dir: Path, scenarios, train_cfg, cfg: BuildConfig) -> dict:
     import numpy as np
 
-    from geopin.embed import load_embeddings
-    from geopin.evaluate import evaluate_cv, evaluation_text, similarity_by_distance, write_evaluation
-    from geopin.ingest import read_manifest
+    from geopin.dataset.manifest import read_manifest
+    from geopin.evaluation.crossval import (
+        evaluate_cv,
+        evaluation_text,
+        similarity_by_distance,
+        write_evaluation,
+    )
+    from geopin.features.embed import load_embeddings
 
     man = read_manifest(manifest)
     emb, _ = load_embeddings(emb_dir, man)

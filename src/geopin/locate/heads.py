@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import mmap
 import os
 from dataclasses import dataclass
@@ -18,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from geopin.embed import torch_threads
 from geopin.geo import EARTH_RADIUS_KM, pairwise_km, to_xyz
 from geopin.log import progress
+from geopin.runtime import torch_threads
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geopin.cells import Granularity, build_cells, coarse_to_fine, default_granularities, locate
 from geopin.countries import country_of
+from geopin.dataset.cells import (
+    Granularity,
+    build_cells,
+    coarse_to_fine,
+    default_granularities,
+    locate,
+)
+from geopin.dataset.splits import group_kfold, random_kfold
 from geopin.geo import haversine_km, pairwise_km
-from geopin.heads import ClassifierConfig, Gallery, iter_rows, l2_normalize, take_rows, train_classifier
-from geopin.metrics import geoscore
-from geopin.model import GeoModel, Heads
-from geopin.posterior import (
+from geopin.locate.heads import (
+    ClassifierConfig,
+    Gallery,
+    iter_rows,
+    l2_normalize,
+    take_rows,
+    train_classifier,
+)
+from geopin.locate.model import GeoModel, Heads
+from geopin.locate.posterior import (
     CONFIDENCE_KM,
     Calibration,
     Decision,
@@ -36,7 +49,7 @@ from geopin.posterior import (
     fit_mixture,
     mixture,
 )
-from geopin.splits import group_kfold, random_kfold
+from geopin.metrics import geoscore
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +129,7 @@ def cluster_gallery(emb, lat, lon, photo_place: np.ndarray, per_cell: int, seed:
     """
     import faiss
 
-    from geopin.heads import centring_mean
+    from geopin.locate.heads import centring_mean
 
     mu = centring_mean(emb)
     order = np.argsort(photo_place, kind="stable")
@@ -327,8 +340,8 @@ def train(
     split_value: str = "train",
 ) -> GeoModel:
     """Train from files: the manifest, its embeddings (row-aligned) and optionally a split file."""
-    from geopin.embed import load_embeddings
-    from geopin.ingest import read_manifest
+    from geopin.dataset.manifest import read_manifest
+    from geopin.features.embed import load_embeddings
 
     man = read_manifest(manifest)
     emb, emb_meta = load_embeddings(embeddings_dir, man)

@@ -9,16 +9,16 @@ atomically to `<out>/.ingest-work/<fingerprint>/part-NNNNN.parquet`; the fingerp
 input and every setting that changes results, so an interrupted run resumes where it stopped. The
 final files are written once, at the end, after duplicates are removed in input order (the result
 does not depend on which worker finished first). With `IngestConfig.engine` set to "ray" the same
-per-chunk code runs as `geopin.engine` partitions on a cluster, each downloading its own URL rows
+per-chunk code runs as `geopin.scale.engine` partitions on a cluster, each downloading its own URL rows
 first; its parts are kept in `<out>/parts/` (see docs/cluster.md).
 
 Empty (zero-byte) files get their own reason, `empty_file`, because "the copy failed" and "this is
 not an image" call for different fixes. Decode failures after a readable header (cut-off bytes,
 corrupt entropy data) are all `truncated`; the detail carries Pillow's message. Photos are opened and
-decoded by `geopin.images`, exactly as embed and predict decode them (16-bit photos scaled, not
+decoded by `geopin.dataset.images`, exactly as embed and predict decode them (16-bit photos scaled, not
 clipped; HEIC through pillow-heif; the same pixel limit).
 
-A folder is walked by `geopin.images.walk_folder`: symlinked folders are followed, none is visited
+A folder is walked by `geopin.dataset.images.walk_folder`: symlinked folders are followed, none is visited
 twice, and every entry that is not a photo is listed with its reason in `ignored.csv` (a dangling
 symlink named like a photo is a `file_missing` reject instead).
 """
@@ -48,17 +48,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageFile
 
-from geopin.exif import ExifGpsError, coord_problem, gps_from_exif, read_artist
-from geopin.engine import PARTS_DIR, EngineConfig, EngineReport, _report_brief
-from geopin.fetch import FetchConfig, FetchInputError, FetchResult, is_url
-from geopin.images import (IMAGE_SUFFIXES, PILLOW_MAX_PIXELS, ImageError, decode_rgb, open_image, symlink_target,
-                           walk_folder)
+from geopin.dataset.exif import ExifGpsError, coord_problem, gps_from_exif, read_artist
+from geopin.dataset.fetch import FetchConfig, FetchInputError, FetchResult, is_url
+from geopin.dataset.images import (
+    IMAGE_SUFFIXES,
+    PILLOW_MAX_PIXELS,
+    ImageError,
+    decode_rgb,
+    open_image,
+    symlink_target,
+    walk_folder,
+)
+from geopin.dataset.manifest import MANIFEST_COLUMNS, MANIFEST_SCHEMA, write_manifest
 from geopin.io import atomic_path, read_table, write_json
 from geopin.log import progress
+from geopin.scale.engine import PARTS_DIR, EngineConfig, EngineReport, report_brief
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ("id", "path", "lat", "lon", "group", "width", "height", "sha256", "source_row")
 REJECT_COLUMNS = ("id", "path", "source_row", "reason", "detail")
 REJECT_REASONS = (
     "coords_missing",
@@ -74,13 +81,13 @@ REJECT_REASONS = (
     "unsupported_format",
     "duplicate",
     "faces",
-    "download_failed",  # a URL row: HTTP error, connection refused, no such object (geopin.fetch)
+    "download_failed",  # a URL row: HTTP error, connection refused, no such object (geopin.dataset.fetch)
     "download_timeout",
     "too_large",  # a URL row: more than the download byte cap
     "worker_failed",  # --engine: the partition's worker raised or died twice; the detail says how (a rerun retries it)
 )
 __all__ = ["IMAGE_SUFFIXES", "PILLOW_MAX_PIXELS", "REJECT_REASONS", "IngestConfig", "IngestInputError",
-           "IngestSummary", "ingest", "read_manifest"]  # the suffixes and the pixel limit: geopin.images
+           "IngestSummary", "ingest"]  # the suffixes and the pixel limit: geopin.dataset.images
 GROUP_FROM = ("none", "subfolder", "artist")
 WORK_DIR_NAME = ".ingest-work"
 MANIFEST_NAME, REJECTS_NAME, REJECTS_CSV_NAME, SUMMARY_NAME, IGNORED_NAME = (
@@ -88,11 +95,6 @@ MANIFEST_NAME, REJECTS_NAME, REJECTS_CSV_NAME, SUMMARY_NAME, IGNORED_NAME = (
 # Bump when the per-photo checks change, so parts from older code are not reused.
 _RESULT_VERSION = 2
 
-MANIFEST_SCHEMA = pa.schema([
-    ("id", pa.string()), ("path", pa.string()), ("lat", pa.float64()), ("lon", pa.float64()),
-    ("group", pa.string()), ("width", pa.int64()), ("height", pa.int64()), ("sha256", pa.string()),
-    ("source_row", pa.int64()),
-])
 REJECTS_SCHEMA = pa.schema([
     ("id", pa.string()), ("path", pa.string()), ("source_row", pa.int64()), ("reason", pa.string()),
     ("detail", pa.string()),
@@ -125,7 +127,7 @@ class IngestConfig:
     face_threshold: float = 0.035
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     chunk_size: int = 256
-    store: Path | None = None  # table of URLs: where downloads go (default <out>/photos), see geopin.fetch
+    store: Path | None = None  # table of URLs: where downloads go (default <out>/photos), see geopin.dataset.fetch
     fetch: FetchConfig = field(default_factory=FetchConfig)
     # None or "local": chunks on this machine's processes, URLs fetched first by the driver (with a ledger).
     # "ray": partitions on a cluster, each downloading its own URLs into `store` (which every worker must see).
@@ -221,7 +223,7 @@ def ingest(source: Path, out_dir: Path, cfg: IngestConfig | None = None) -> Inge
         log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated photos "
                     "will decode as grey-filled and be kept instead of rejected")
     if cfg.faces:
-        from geopin.faces import check_face_detector
+        from geopin.dataset.faces import check_face_detector
 
         check_face_detector()  # fail before any work, not once per photo
     if source.is_dir():
@@ -276,7 +278,7 @@ def ingest(source: Path, out_dir: Path, cfg: IngestConfig | None = None) -> Inge
     with atomic_path(ignored_path) as tmp:
         pd.DataFrame([dataclasses.asdict(i) for i in ignored], columns=["path", "reason", "detail"]).to_csv(
             tmp, index=False)
-    _write_table(kept, manifest_path)
+    write_manifest(kept, manifest_path)
 
     reasons = {r: 0 for r in REJECT_REASONS}
     for reason in rejects.column("reason").to_pylist():
@@ -291,7 +293,7 @@ def ingest(source: Path, out_dir: Path, cfg: IngestConfig | None = None) -> Inge
         rejects_csv_path=str(rejects_csv_path), n_resumed=n_resumed,
         n_ignored_files=ignored_reasons.get("no image suffix", 0), workers=cfg.workers, fingerprint=fingerprint,
         ignored_path=str(ignored_path), ignored_reasons=ignored_reasons,
-        engine=None if report is None else {**cfg.engine.to_dict(), **_report_brief(report)},
+        engine=None if report is None else {**cfg.engine.to_dict(), **report_brief(report)},
     )
     write_json(summary.to_dict(), out_dir / SUMMARY_NAME)
     shutil.rmtree(work, ignore_errors=True)
@@ -319,24 +321,6 @@ def _count(values: Iterable[str]) -> dict[str, int]:
 def _counts_text(counts: dict[str, int]) -> str:
     """'coords_missing 2, not_an_image 1': the non-zero counts, for messages."""
     return ", ".join(f"{k} {v}" for k, v in counts.items() if v)
-
-
-def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
-    """Load a manifest, failing with the file and the column when it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: manifest not found (run `geopin ingest` first)")
-    try:
-        df = pd.read_parquet(path)
-    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:  # Key/TypeError: garbled pandas metadata
-        raise ValueError(f"{path}: not a readable Parquet manifest: {type(exc).__name__}: {exc}") from exc
-    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: not a geopin manifest: missing column(s) {', '.join(map(repr, missing))}")
-    for col in ("lat", "lon", "width", "height", "source_row"):
-        if not pd.api.types.is_numeric_dtype(df[col]):
-            raise ValueError(f"{path}: column {col!r} should be numeric, found {df[col].dtype}")
-    return df[list(MANIFEST_COLUMNS)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,7 +373,7 @@ def _fetch_tasks(tasks: list[_Task], source: Path, store: Path, cfg: IngestConfi
     Each becomes a task on its stored local file, checked like any photo, or carries the download's
     reject reason; its id stays the URL.
     """
-    from geopin.fetch import fetch_urls
+    from geopin.dataset.fetch import fetch_urls
 
     try:
         results, _ = fetch_urls([t.path for t in tasks if _to_fetch(t)], store, cfg.fetch)
@@ -412,7 +396,7 @@ def _fetched(task: _Task, res: FetchResult, store: Path) -> _Task:
 
 def _prepare_store(tasks: list[_Task], source: Path, store: Path, cfg: IngestConfig) -> None:
     """--engine: the checks fetch_urls makes before any download, done once on the driver; the workers download."""
-    from geopin.fetch import _clean_tmp, check_schemes
+    from geopin.dataset.fetch import _clean_tmp, check_schemes
 
     try:
         cfg.fetch.validate()
@@ -534,7 +518,7 @@ def _run_engine(chunks: list[list[_Task]], parts_dir: Path, opts: _Options, fing
     """
     from functools import partial
 
-    from geopin.engine import map_partitions, part_path
+    from geopin.scale.engine import map_partitions, part_path
 
     fn = partial(_engine_chunk, opts=opts, store=None if store is None else str(store), fetch=cfg.fetch)
     report = map_partitions(fn, chunks, parts_dir, cfg.engine, fingerprint={"kind": "ingest", "ingest": fingerprint},
@@ -553,7 +537,7 @@ def _engine_chunk(tasks: list[_Task], opts: _Options, store: str | None, fetch: 
 
     No ledger: workers on many machines cannot share one append-only file; the finished partition is the record.
     """
-    from geopin.fetch import fetch_many
+    from geopin.dataset.fetch import fetch_many
 
     urls = list(dict.fromkeys(t.path.strip() for t in tasks if _to_fetch(t)))
     if not urls:
@@ -663,7 +647,7 @@ def _parse_coords(raw_lat: Any, raw_lon: Any) -> tuple[float, float]:
 
 
 def _check_photo(task: _Task, opts: _Options) -> dict:
-    """Read, decode and measure one photo (through geopin.images); raise _Reject with the first problem found."""
+    """Read, decode and measure one photo (through geopin.dataset.images); raise _Reject with the first problem found."""
     if task.problem is not None:
         raise _Reject(*task.problem)
     if not task.path:
@@ -697,7 +681,7 @@ def _check_photo(task: _Task, opts: _Options) -> dict:
         except ImageError as exc:
             raise _Reject(exc.reason, exc.detail) from None
         if opts.faces:
-            from geopin.faces import face_area_fraction
+            from geopin.dataset.faces import face_area_fraction
 
             fraction = face_area_fraction(rgb)
             if fraction > opts.face_threshold:

@@ -117,7 +117,7 @@ def split_tokens(text: str) -> list[str]:
 
 
 def _make_router():
-    """The `/api/cells` endpoint, for `geopin.serve` to include; None when FastAPI is not installed."""
+    """The `/api/cells` endpoint, for `geopin.serve.app` to include; None when FastAPI is not installed."""
     try:
         from fastapi import APIRouter, Query
         from fastapi.responses import JSONResponse

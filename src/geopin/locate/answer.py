@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geopin.countries import continent_of, country_name
-from geopin.posterior import CONFIDENCE_KM
+from geopin.locate.posterior import CONFIDENCE_KM
 
 #: Within-km confidence at which an answer stops being "low confidence" (for 750 km).
 CONFIDENT = 0.5

@@ -37,9 +37,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from geopin.backbones import Backbone, BackboneUnavailable, create_backbone
-from geopin.cells import build_cells, default_granularities
-from geopin.embed import (
+from geopin.dataset.cells import build_cells, default_granularities
+from geopin.dataset.images import ImageError
+from geopin.dataset.manifest import FOR_EMBED, read_manifest
+from geopin.dataset.splits import group_split, random_split
+from geopin.features.backbones import Backbone, BackboneUnavailable, create_backbone
+from geopin.features.embed import (
     PREPROCESS_VERSION,
     BadImage,
     _hash_file,
@@ -47,16 +50,13 @@ from geopin.embed import (
     default_cache_dir,
     ids_digest,
     load_image,
-    read_manifest,
     torch_threads,
 )
 from geopin.geo import haversine_km, to_xyz
-from geopin.heads import CellClassifier, _soft_labels
-from geopin.images import ImageError
 from geopin.io import atomic_path, write_json
+from geopin.locate.heads import CellClassifier, _soft_labels
 from geopin.log import progress
 from geopin.metrics import geoscore
-from geopin.splits import group_split, random_split
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +424,7 @@ def finetune(
     """
     t0 = time.monotonic()
     name = str(manifest) if not isinstance(manifest, pd.DataFrame) else "manifest"
-    df = _select(read_manifest(manifest), train_ids, name)
+    df = _select(read_manifest(manifest, FOR_EMBED, unique_ids=False), train_ids, name)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir}: exists and is not a folder")
@@ -506,7 +506,7 @@ def finetune(
         "seconds": round(time.monotonic() - t0, 1),
         "weights_sha256": weights_sha,
         "preprocessing": {
-            "mean_std": "the base backbone's (geopin.backbones)", "native_size": backbone.native_size,
+            "mean_std": "the base backbone's (geopin.features.backbones)", "native_size": backbone.native_size,
             "train_views": f"view 0 whole photo, others crops of area {MIN_AREA}-1 with colour jitter {JITTER}, "
                            f"resized to {cfg.crop_size}x{cfg.crop_size}; flips {'on' if cfg.flip else 'off'}",
             "aug_version": AUG_VERSION, "decode": PREPROCESS_VERSION,

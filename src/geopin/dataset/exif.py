@@ -58,12 +58,12 @@ def read_exif_gps(path_or_image: str | os.PathLike | Image.Image) -> tuple[float
     Only the header is read (no pixel decoding; no pixel limit beyond Pillow's own bomb check).
     Raises ExifGpsError for a position that is present but malformed (coords_* reasons), for an
     unreadable EXIF block (coords_not_numeric) and for a file that is no readable image (the
-    geopin.images reasons: empty_file, not_an_image, decompression_bomb, ...). Only a path that
+    geopin.dataset.images reasons: empty_file, not_an_image, decompression_bomb, ...). Only a path that
     cannot be read at all raises OSError (FileNotFoundError, PermissionError).
     """
     if isinstance(path_or_image, Image.Image):
         return gps_from_exif(_parsed_exif(path_or_image))
-    from geopin.images import ImageError, open_image
+    from geopin.dataset.images import ImageError, open_image
 
     try:
         img = open_image(path_or_image, max_pixels=_NO_PIXEL_LIMIT)

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from geopin.evaluate import (
+from geopin.evaluation.crossval import (
     SCENARIO_LABELS,
     format_calibration_table,
     format_methods_table,
@@ -30,7 +30,7 @@ from geopin.io import write_text
 log = logging.getLogger(__name__)
 
 #: The page's own folder: the report uses the same vendor files and base map code.
-WEB_DIR = Path(__file__).resolve().parent / "web"
+WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 
 
 @dataclass(frozen=True)

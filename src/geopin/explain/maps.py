@@ -34,8 +34,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from geopin.io import atomic_path, write_json, write_text
+from geopin.locate.posterior import CONFIDENCE_KM, classifier_probs, mixture
 from geopin.log import progress
-from geopin.posterior import CONFIDENCE_KM, classifier_probs, mixture
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _conv_trunk(backbone):
 
 def _input_tensor(predictor, img: Image.Image):
     """The exact tensor `geopin predict` feeds the backbone (base view) and the photo box it covers."""
-    from geopin.backbones import center_crop_box
+    from geopin.features.backbones import center_crop_box
 
     cfg, bb = predictor.embed_cfg, predictor.backbone
     x = bb.preprocess(img, cfg.mode, cfg.long_side)
@@ -298,7 +298,7 @@ def _occlusion(predictor, x, target: Target, base: float, cfg: OcclusionConfig):
     """Drop map (h, w) on the input tensor and the per-patch drops, from batched occluded forward passes."""
     import torch
 
-    from geopin.embed import torch_threads
+    from geopin.runtime import torch_threads
 
     _, h, w = x.shape
     boxes = _patch_grid(h, w, cfg)
@@ -379,10 +379,10 @@ def _to_photo(map_hw: np.ndarray, box: tuple[int, int, int, int], size: tuple[in
 
 
 def _decoded(image: Image.Image) -> Image.Image:
-    from geopin.images import ImageError, decode_rgb
+    from geopin.dataset.images import ImageError, decode_rgb
 
     if not isinstance(image, Image.Image):
-        raise ValueError(f"image: expected a PIL image, got {type(image).__name__} (decode files with geopin.embed.load_image)")
+        raise ValueError(f"image: expected a PIL image, got {type(image).__name__} (decode files with geopin.features.embed.load_image)")
     try:
         return decode_rgb(image)
     except ImageError as exc:
@@ -400,7 +400,7 @@ def _explain_parts(
     name: str = "<image>",
 ) -> dict:
     """One forward pass gives the prediction and the Grad-CAM features; occlusion adds its batched passes."""
-    from geopin.embed import torch_threads
+    from geopin.runtime import torch_threads
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -411,7 +411,7 @@ def _explain_parts(
         if feats is not None and not predictor.embed_cfg.tta:
             emb = feats.mean((2, 3)).numpy()  # what the backbone's forward returns: no second pass
         else:
-            from geopin.embed import embed_images
+            from geopin.features.embed import embed_images
 
             emb = embed_images([img], predictor.backbone, predictor.embed_cfg)
     model = predictor.model
@@ -630,7 +630,7 @@ def crop_boxes(width: int, height: int, scale: float) -> list[tuple[int, int, in
 
 
 def _country_logprob(model, emb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    from geopin.heads import classifier_logits
+    from geopin.locate.heads import classifier_logits
 
     probs = classifier_probs(model.heads.places, classifier_logits(model.heads.classifier, emb), model.params.t_clf)
     return np.log(np.maximum(probs[:, mask].sum(1), 1e-300))
@@ -684,13 +684,14 @@ def characterize(
     import pandas as pd
 
     from geopin.countries import country_name, country_of
-    from geopin.embed import load_embeddings, load_image, read_manifest
-    from geopin.embed import torch_threads
-    from geopin.predict import PredictConfig, Predictor
+    from geopin.dataset.manifest import FOR_EMBED, read_manifest
+    from geopin.features.embed import load_embeddings, load_image
+    from geopin.locate.predict import PredictConfig, Predictor
+    from geopin.runtime import torch_threads
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    df = read_manifest(manifest)
+    df = read_manifest(manifest, FOR_EMBED, unique_ids=False)
     name = str(manifest) if not hasattr(manifest, "columns") else "manifest"
     missing = [c for c in ("lat", "lon") if c not in df.columns]
     if missing:
@@ -837,7 +838,7 @@ def _cluster(emb: np.ndarray, n_clusters: int) -> np.ndarray:
     """Agglomerative clusters (cosine, average linkage) of the kept crops' embeddings."""
     from sklearn.cluster import AgglomerativeClustering
 
-    from geopin.heads import l2_normalize
+    from geopin.locate.heads import l2_normalize
 
     k = min(n_clusters, len(emb))
     if k <= 1:
@@ -894,7 +895,7 @@ def _short(text: str, n: int) -> str:
 
 
 def _crop_thumb(r: dict, tile: int, cache: dict) -> Image.Image | None:
-    from geopin.embed import load_image
+    from geopin.features.embed import load_image
 
     path = r["path"]
     try:

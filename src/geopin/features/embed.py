@@ -12,8 +12,8 @@ sleep rather than spin against the decode threads; see also `keep_freed_memory`.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -29,17 +29,30 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from PIL import Image
 
-from geopin.backbones import MODES, Backbone, create_backbone
-from geopin.images import ImageError, decode_rgb, open_image
-from geopin.io import atomic_path, read_table, write_json
+from geopin.dataset.images import ImageError, decode_rgb, open_image
+from geopin.dataset.manifest import FOR_EMBED, read_manifest
+from geopin.features.backbones import MODES, Backbone, create_backbone
+from geopin.io import atomic_path, sha256_file, write_json
 from geopin.log import progress
+from geopin.runtime import keep_freed_memory, keep_freed_memory_for_life, torch_threads
+from geopin.scale.engine import (
+    PARTS_DIR,
+    EngineConfig,
+    map_partitions,
+    partition,
+    ray_shutdown,
+    read_parts,
+    report_brief,
+    start_ray,
+)
 
 logger = logging.getLogger(__name__)
 
 # Bump when decoding or view generation changes in a way that changes vectors: it is part of the cache key.
-# v2: decoding through geopin.images (16-bit photos scaled instead of clipped to white, transparency on white);
+# v2: decoding through geopin.dataset.images (16-bit photos scaled instead of clipped to white, transparency on white);
 # ordinary 8-bit photos give the same vectors as v1.
 PREPROCESS_VERSION = "v2"
 LOCK_NAME = ".lock"
@@ -231,7 +244,7 @@ def _draft_request(width: int, height: int, mode: str, long_side: int, native_si
 def load_image(
     source: Path | str | bytes, mode: str = "whole", long_side: int = 384, native_size: int = 224
 ) -> Image.Image:
-    """Decode to an upright 8-bit RGB image through geopin.images (the decoding ingest and predict use too).
+    """Decode to an upright 8-bit RGB image through geopin.dataset.images (the decoding ingest and predict use too).
 
     Large JPEGs are decoded at reduced scale (much faster, same result size). Raises ImageError for bytes
     that are not a usable photo, OSError for a path that cannot be read.
@@ -367,49 +380,6 @@ class _Batcher:
         return done
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[int]:
-    """Run the block with `threads` torch threads (default: all cores) and restore the previous setting."""
-    import torch
-
-    previous = torch.get_num_threads()
-    n = threads or os.cpu_count() or 1
-    torch.set_num_threads(n)
-    try:
-        yield n
-    finally:
-        torch.set_num_threads(previous)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters
-_GLIBC_DEFAULTS = {_M_MMAP_MAX: 65536, _M_TRIM_THRESHOLD: 128 * 1024}
-
-
-@contextlib.contextmanager
-def keep_freed_memory() -> Iterator[bool]:
-    """While the block runs, glibc keeps freed memory for reuse instead of returning it to the kernel.
-
-    Each batch's activations (tens to hundreds of MB) are mmap'ed and unmapped again when freed, so every
-    batch page-faults its memory back in: on the 2-core reference machine a third of the CPU time went to
-    the kernel and the forward pass ran ~1.5x slower. Yields False (and does nothing) where mallopt is absent.
-    Afterwards glibc's default limits are set back and the freed memory is returned to the system.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        malloc_trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        yield False
-        return
-    ok = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
-    try:
-        yield ok
-    finally:
-        for param, value in _GLIBC_DEFAULTS.items():
-            mallopt(param, value)
-        malloc_trim(0)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Public API
 
@@ -487,26 +457,6 @@ def embed_rows(rows: Sequence[dict], backbone: Backbone, cfg: EmbedConfig, pool:
     return out
 
 
-def read_manifest(manifest: Path | str | pd.DataFrame) -> pd.DataFrame:
-    """The manifest with absolute paths; needs `id` and `path` (`sha256` is computed where missing)."""
-    if isinstance(manifest, pd.DataFrame):
-        df, base, name = manifest.reset_index(drop=True), Path.cwd(), "manifest"
-    else:
-        df, base, name = read_table(manifest), Path(manifest).resolve().parent, str(manifest)
-    missing = [c for c in ("id", "path") if c not in df.columns]
-    if missing:
-        raise ValueError(f"{name}: missing column(s) {', '.join(missing)} (has {', '.join(map(str, df.columns))})")
-    df = df.copy()
-    df["id"] = df["id"].astype(str)
-    df["path"] = [str(p if Path(p).is_absolute() else base / p) for p in df["path"].astype(str)]
-    if "sha256" not in df.columns:
-        df["sha256"] = None
-    # object dtype: pandas 3 would store str-and-None as a str column with NaN, and NaN is no "missing" hash
-    df["sha256"] = pd.Series([s.lower() if isinstance(s, str) and len(s) == 64 else None for s in df["sha256"]],
-                             index=df.index, dtype=object)
-    return df
-
-
 def ids_digest(ids: Iterable[str]) -> str:
     """sha256 of the id order, so a reader can check that row i of the embeddings is its manifest's row i."""
     return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
@@ -514,11 +464,7 @@ def ids_digest(ids: Iterable[str]) -> str:
 
 def _hash_file(path: str) -> str | BadImage:
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return sha256_file(path)
     except FileNotFoundError:
         return BadImage(f"file not found: {path}")
     except OSError as exc:
@@ -540,7 +486,7 @@ def embed_manifest(
     cfg = cfg or EmbedConfig()
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
-    df = read_manifest(manifest)
+    df = read_manifest(manifest, FOR_EMBED, unique_ids=False)
     with output_lock(out_dir):
         return _embed_locked(df, out_dir, cfg, backbone, t_start)
 
@@ -703,7 +649,7 @@ def load_embeddings(out_dir: Path | str, manifest: Path | str | pd.DataFrame | N
     if emb.shape != (meta["n"], meta["dim"]):
         raise ValueError(f"{npy}: shape {emb.shape} does not match {meta_path} (n={meta['n']}, dim={meta['dim']})")
     if manifest is not None:
-        df = read_manifest(manifest)
+        df = read_manifest(manifest, FOR_EMBED, unique_ids=False)
         if len(df) != meta["n"] or ids_digest(df["id"]) != meta["ids_sha256"]:
             raise ValueError(f"{out_dir}: embeddings were made from a different manifest (ids or their order differ)")
     return emb, meta
@@ -767,3 +713,94 @@ def _remove_stale_temp_files(folder: Path, name: str) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
             logger.debug("removed stale temporary file %s", tmp)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# embed on the engine
+
+
+def _embed_setup(cfg) -> dict:
+    """Per worker, once: the backbone, a decode pool, and glibc keeping freed memory (as embed_manifest does)."""
+    keep_freed_memory_for_life()  # the worker embeds until it exits: every partition reuses the same activation memory
+    return {"backbone": create_backbone(cfg.backbone, cfg.device), "cfg": cfg,
+            "pool": ThreadPoolExecutor(cfg.workers or 2, thread_name_prefix="geopin-decode")}
+
+
+def _embed_partition(state: dict, items: list[dict]) -> list[dict]:
+    return embed_rows(items, state["backbone"], state["cfg"], state["pool"])
+
+
+def _embed_error_row(item: dict, message: str) -> dict:
+    return {**item, "embedding": None, "error": message}
+
+
+def embed_schema(dim: int) -> pa.Schema:
+    return pa.schema([("row", pa.int64()), ("id", pa.string()), ("path", pa.string()), ("sha256", pa.string()),
+                      ("embedding", pa.list_(pa.float32(), dim)), ("error", pa.string())])
+
+
+def embed_manifest_engine(manifest, out_dir: Path | str, cfg=None, engine: EngineConfig | None = None):
+    """embed_manifest on the engine: `<out>/parts/part-NNNNN.parquet` (row, id, path, sha256, embedding, error),
+    then embeddings.npy + embeddings.json in the local path's layout (so `geopin train` reads it unchanged).
+
+    The parts are the resume: a rerun computes only missing or stale partitions. The embedding cache is neither
+    read nor written here (it lives on one machine's disk; the parts play its role on the cluster).
+    """
+    cfg = cfg or EmbedConfig()
+    engine = engine or EngineConfig("ray")
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    df = read_manifest(manifest, FOR_EMBED, unique_ids=False)
+    worker_cfg = dataclasses.replace(cfg, threads=engine.cpus_per_worker, use_cache=False)
+    items = [{"row": i, "id": str(r.id), "path": str(r.path), "sha256": r.sha256}
+             for i, r in enumerate(df[["id", "path", "sha256"]].itertuples(index=False))]
+    with output_lock(out_dir), ThreadPoolExecutor(1) as ex:
+        # the driver needs the backbone only for dim, version and key: load it while the cluster starts
+        loading = ex.submit(create_backbone, cfg.backbone, cfg.device)
+        owned = start_ray(engine) if engine.name == "ray" else False
+        try:
+            backbone = loading.result()
+            report = map_partitions(
+                _embed_partition, partition(items, engine.partition_size), out_dir / PARTS_DIR,
+                engine, setup=functools.partial(_embed_setup, worker_cfg),
+                fingerprint={"kind": "embed", "spec": cache_spec(backbone, cfg)},
+                on_error=_embed_error_row, schema=embed_schema(backbone.dim),
+            )
+        finally:
+            if owned:
+                ray_shutdown()
+        table = read_parts(out_dir / PARTS_DIR, report.n_partitions)
+        n = len(df)
+        if table.num_rows != n or table.column("row").to_pylist() != list(range(n)):
+            raise RuntimeError(f"{out_dir / PARTS_DIR}: the parts hold {table.num_rows} rows, not the manifest's {n} in order")
+        errors = table.column("error").to_pylist()
+        shas = table.column("sha256").to_pylist()
+        npy_path = out_dir / EMBEDDINGS_NPY
+        with atomic_path(npy_path) as tmp:
+            out = np.full((n, backbone.dim), np.nan, dtype=np.float32)
+            for i, vec in enumerate(table.column("embedding").to_pylist()):
+                if vec is not None:
+                    out[i] = vec
+            with open(tmp, "wb") as fh:
+                np.save(fh, out)
+    failures = [{"row": i, "id": df.at[i, "id"], "path": df.at[i, "path"], "reason": e}
+                for i, e in enumerate(errors) if e is not None]
+    n_embedded = len({s for s, e in zip(shas, errors) if e is None})
+    seconds = time.perf_counter() - t_start
+    summary = EmbedSummary(
+        out_dir=out_dir, embeddings_path=npy_path, meta_path=out_dir / EMBEDDINGS_JSON, backbone=backbone.name,
+        version=backbone.version, dim=backbone.dim, n=n, n_unique=len({s for s in shas if s}), n_cached=0,
+        n_embedded=n_embedded, n_failed=len(failures), failures=failures, seconds=seconds, embed_seconds=report.seconds,
+        photos_per_s=n_embedded / report.seconds if report.seconds > 0 else 0.0, cache_key=cache_key(backbone, cfg),
+    )
+    meta = {
+        "backbone": backbone.name, "version": backbone.version, "dim": backbone.dim, "n": n,
+        "ids_sha256": ids_digest(df["id"]), "normalised": False, "config": cfg.to_dict(), "cache_key": summary.cache_key,
+        "preprocess": PREPROCESS_VERSION, "torch_threads": engine.cpus_per_worker, "decode_threads": worker_cfg.workers or 2,
+        "n_cached": 0, "n_embedded": n_embedded, "n_failed": len(failures), "failures": failures,
+        "seconds": round(seconds, 3), "embed_seconds": round(report.seconds, 3), "forward_seconds": None,
+        "photos_per_s": round(summary.photos_per_s, 2), "engine": {**engine.to_dict(), **report_brief(report)},
+    }
+    write_json(meta, out_dir / EMBEDDINGS_JSON)
+    summary.engine_report = report  # type: ignore[attr-defined]  # for callers that count partitions
+    return summary

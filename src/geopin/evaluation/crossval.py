@@ -21,7 +21,10 @@ import numpy as np
 import pandas as pd
 
 from geopin.countries import country_of
+from geopin.dataset.splits import _group_codes, group_kfold, random_kfold
 from geopin.geo import haversine_km, pairwise_km
+from geopin.locate.posterior import CONFIDENCE_KM, classifier_probs
+from geopin.locate.train import SCENARIOS, TrainConfig, train_model
 from geopin.metrics import (
     BootstrapDraws,
     bootstrap_ece,
@@ -32,9 +35,6 @@ from geopin.metrics import (
     reliability_table,
     summarize,
 )
-from geopin.posterior import CONFIDENCE_KM, classifier_probs
-from geopin.splits import _group_codes, group_kfold, random_kfold
-from geopin.train import SCENARIOS, TrainConfig, train_model
 
 log = logging.getLogger(__name__)
 
@@ -468,7 +468,7 @@ def similarity_by_distance(
 
 def _check_embeddings(emb: np.ndarray, n: int, name: str) -> np.ndarray:
     """The matrix itself (a memory map stays mapped), checked chunk by chunk: shape, rows, finite."""
-    from geopin.heads import iter_rows
+    from geopin.locate.heads import iter_rows
 
     if getattr(emb, "ndim", None) != 2:
         emb = np.asarray(emb, dtype=np.float32)
@@ -571,7 +571,7 @@ def _pair_cosines(emb: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 81
     Each photo's vector is made once when the photos in pairs fit in `max_elements` floats (a photo
     sits in ~160 pairs of a few thousand photos); otherwise chunk by chunk, never all rows at once.
     """
-    from geopin.heads import centring_mean, l2_normalize, take_rows
+    from geopin.locate.heads import centring_mean, l2_normalize, take_rows
 
     mu = centring_mean(emb)
     out = np.empty(len(a), dtype=np.float64)
@@ -899,8 +899,8 @@ def report_for_json(report: dict) -> dict:
 
 def write_evaluation(report: dict, man: pd.DataFrame, out: Path) -> tuple[dict, list[Path], Path]:
     """Per-photo predictions, plots, report.json and report.html (`geopin evaluate` and `geopin build`)."""
+    from geopin.evaluation.report import write_report
     from geopin.io import write_json, write_parquet
-    from geopin.report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
     for sc, df in report["per_photo"].items():

@@ -13,7 +13,6 @@ pure Python and far too slow for a million photos); ancestors are then bit opera
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -25,8 +24,9 @@ import numpy as np
 import pandas as pd
 
 from geopin.countries import DEFAULT_MAX_KM, country_of
+from geopin.dataset.manifest import FOR_POINTS, read_manifest
 from geopin.geo import to_xyz, validate_lat_lon
-from geopin.io import read_table, write_json, write_parquet
+from geopin.io import sha256_file, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -463,14 +463,6 @@ class CellsSummary:
         return asdict(self)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _granularity_stats(partition: CellPartition, n_located: int) -> list[dict]:
     stats = []
     for g in partition.granularities:
@@ -495,26 +487,6 @@ def _granularity_stats(partition: CellPartition, n_located: int) -> list[dict]:
     return stats
 
 
-def read_manifest_points(manifest_path: str | Path) -> pd.DataFrame:
-    """The manifest's id/lat/lon, with a clear error when the columns are missing or ids repeat."""
-    path = Path(manifest_path)
-    manifest = read_table(path)
-    missing = [c for c in ("id", "lat", "lon") if c not in manifest.columns]
-    if missing:
-        raise ValueError(f"{path}: manifest lacks column(s) {missing} (have {list(manifest.columns)})")
-    ids = manifest["id"].astype(str)
-    dup = ids[ids.duplicated()]
-    if not dup.empty:
-        raise ValueError(f"{path}: {dup.size} duplicate id(s) in the manifest, e.g. {dup.iloc[0]!r}")
-    return pd.DataFrame(
-        {
-            "id": ids,
-            "lat": pd.to_numeric(manifest["lat"], errors="coerce").astype(np.float64),
-            "lon": pd.to_numeric(manifest["lon"], errors="coerce").astype(np.float64),
-        }
-    )
-
-
 def run_cells(
     manifest_path: str | Path, out_dir: str | Path, cfg: CellsConfig | None = None, force: bool = False
 ) -> CellsSummary:
@@ -526,7 +498,7 @@ def run_cells(
     t0 = time.perf_counter()
     cfg = cfg or CellsConfig()
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)
-    points = read_manifest_points(manifest_path)
+    points = read_manifest(manifest_path, FOR_POINTS)[list(FOR_POINTS)].astype({"lat": np.float64, "lon": np.float64})
     lat, lon = points["lat"].to_numpy(), points["lon"].to_numpy()
     ok = np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180)
     if not ok.all():
@@ -538,7 +510,7 @@ def run_cells(
     grans = _check_granularities(cfg.granularities or default_granularities(int(ok.sum())))
 
     fingerprint = {
-        "manifest_sha256": _file_sha256(manifest_path),
+        "manifest_sha256": sha256_file(manifest_path),
         "granularities": [asdict(g) for g in grans],
         "start_level": cfg.start_level,
         "max_level": cfg.max_level,

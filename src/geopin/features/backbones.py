@@ -97,7 +97,7 @@ def create_backbone(name: str = "efficientnet_lite0", device: str = "cpu") -> Ba
 
 
 def _entry(name: str) -> _Entry:
-    if name.startswith("finetuned:"):  # a folder written by `geopin finetune` (geopin.finetune)
+    if name.startswith("finetuned:"):  # a folder written by `geopin finetune` (geopin.locate.finetune)
         return _finetuned_entry(name)
     try:
         return _REGISTRY[name]
@@ -113,12 +113,12 @@ def _finetuned_entry(name: str) -> _Entry:
     name = "finetuned:" + str(Path(name.split(":", 1)[1]).expanduser().absolute())
 
     def check() -> str | None:
-        from geopin.finetune import finetuned_problem
+        from geopin.locate.finetune import finetuned_problem
 
         return finetuned_problem(name)
 
     def factory(device: str) -> Backbone:
-        from geopin.finetune import load_finetuned
+        from geopin.locate.finetune import load_finetuned
 
         return load_finetuned(name, device)
 

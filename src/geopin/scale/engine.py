@@ -7,7 +7,7 @@ atomically as `<parts>/part-NNNNN.parquet`, tagged with a digest of its input an
 so a rerun skips the partitions already finished and never reuses one made from other input; a partition
 whose worker raises (or dies) is retried, and if it fails again its rows carry the error instead of being lost.
 
-    from geopin.engine import EngineConfig, map_partitions, partition, read_parts
+    from geopin.scale.engine import EngineConfig, map_partitions, partition, read_parts
     report = map_partitions(fn, partition(items, 64), out / "parts", EngineConfig("ray"),
                             setup=make_state, fingerprint={"kind": "mine"}, on_error=error_row)
     table = read_parts(out / "parts", report.n_partitions)
@@ -19,7 +19,6 @@ The names `"local"` runs the same partitions in this process (no cluster needed,
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -27,16 +26,15 @@ import os
 import sys
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from geopin.io import atomic_path, write_json
+from geopin.runtime import limit_native_threads
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +156,7 @@ class _Worker:
         self.state = setup() if setup is not None else None
         self.has_state = setup is not None
         self._limit_torch()
-        self.limits = _limit_native_threads(threads) if own_process else None
+        self.limits = limit_native_threads(threads) if own_process else None
         self.id = f"{os.uname().nodename}:{os.getpid()}"
 
     def _limit_torch(self) -> None:
@@ -176,16 +174,6 @@ class _Worker:
         self._limit_torch()  # fn may have imported torch during the previous partition
         rows = self.fn(self.state, items) if self.has_state else self.fn(items)
         return rows, self.id
-
-
-def _limit_native_threads(threads: int) -> Any:
-    """BLAS and OpenMP pools (numpy, faiss, torch's) of a worker to its share of the cores: by default each
-    sizes itself to the whole machine, and two workers on 2 cores then run 4+ threads that wait on each other."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # a scikit-learn dependency, so normally present; without it the pools stay as they are
-        return None
-    return threadpool_limits(limits=threads)
 
 
 def map_partitions(
@@ -285,6 +273,11 @@ def _ray():
     return ray
 
 
+def ray_shutdown() -> None:
+    """Stop the Ray cluster this process started or joined (start_ray returned True)."""
+    _ray().shutdown()
+
+
 def start_ray(engine: EngineConfig) -> bool:
     """Connect to (address) or start (None: `workers` x `cpus_per_worker` CPUs) a Ray cluster; True if we started
     or joined it here (and so should shut it down), False when this process was already connected."""
@@ -374,199 +367,7 @@ def _short_error(exc: BaseException) -> str:
     return text[-1] if text else type(exc).__name__
 
 
-# ----------------------------------------------------------------------------------------------------------
-# embed on the engine
-
-
-def _embed_setup(cfg) -> dict:
-    """Per worker, once: the backbone, a decode pool, and glibc keeping freed memory (as embed_manifest does)."""
-    from geopin.backbones import create_backbone
-    from geopin.embed import keep_freed_memory
-
-    keep = keep_freed_memory()
-    keep.__enter__()  # for the worker's whole life: every partition reuses the same activation memory
-    return {"backbone": create_backbone(cfg.backbone, cfg.device), "cfg": cfg,
-            "pool": ThreadPoolExecutor(cfg.workers or 2, thread_name_prefix="geopin-decode"), "keep": keep}
-
-
-def _embed_partition(state: dict, items: list[dict]) -> list[dict]:
-    from geopin.embed import embed_rows
-
-    return embed_rows(items, state["backbone"], state["cfg"], state["pool"])
-
-
-def _embed_error_row(item: dict, message: str) -> dict:
-    return {**item, "embedding": None, "error": message}
-
-
-def embed_schema(dim: int) -> pa.Schema:
-    return pa.schema([("row", pa.int64()), ("id", pa.string()), ("path", pa.string()), ("sha256", pa.string()),
-                      ("embedding", pa.list_(pa.float32(), dim)), ("error", pa.string())])
-
-
-def embed_manifest_engine(manifest, out_dir: Path | str, cfg=None, engine: EngineConfig | None = None):
-    """embed_manifest on the engine: `<out>/parts/part-NNNNN.parquet` (row, id, path, sha256, embedding, error),
-    then embeddings.npy + embeddings.json in the local path's layout (so `geopin train` reads it unchanged).
-
-    The parts are the resume: a rerun computes only missing or stale partitions. The embedding cache is neither
-    read nor written here (it lives on one machine's disk; the parts play its role on the cluster).
-    """
-    import dataclasses
-
-    from geopin.backbones import create_backbone
-    from geopin.embed import (
-        EMBEDDINGS_JSON,
-        EMBEDDINGS_NPY,
-        PREPROCESS_VERSION,
-        EmbedConfig,
-        EmbedSummary,
-        cache_key,
-        cache_spec,
-        ids_digest,
-        output_lock,
-        read_manifest,
-    )
-
-    cfg = cfg or EmbedConfig()
-    engine = engine or EngineConfig("ray")
-    t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    df = read_manifest(manifest)
-    worker_cfg = dataclasses.replace(cfg, threads=engine.cpus_per_worker, use_cache=False)
-    items = [{"row": i, "id": str(r.id), "path": str(r.path), "sha256": r.sha256}
-             for i, r in enumerate(df[["id", "path", "sha256"]].itertuples(index=False))]
-    with output_lock(out_dir), ThreadPoolExecutor(1) as ex:
-        # the driver needs the backbone only for dim, version and key: load it while the cluster starts
-        loading = ex.submit(create_backbone, cfg.backbone, cfg.device)
-        owned = start_ray(engine) if engine.name == "ray" else False
-        try:
-            backbone = loading.result()
-            report = map_partitions(
-                _embed_partition, partition(items, engine.partition_size), out_dir / PARTS_DIR,
-                engine, setup=functools.partial(_embed_setup, worker_cfg),
-                fingerprint={"kind": "embed", "spec": cache_spec(backbone, cfg)},
-                on_error=_embed_error_row, schema=embed_schema(backbone.dim),
-            )
-        finally:
-            if owned:
-                _ray().shutdown()
-        table = read_parts(out_dir / PARTS_DIR, report.n_partitions)
-        n = len(df)
-        if table.num_rows != n or table.column("row").to_pylist() != list(range(n)):
-            raise RuntimeError(f"{out_dir / PARTS_DIR}: the parts hold {table.num_rows} rows, not the manifest's {n} in order")
-        errors = table.column("error").to_pylist()
-        shas = table.column("sha256").to_pylist()
-        npy_path = out_dir / EMBEDDINGS_NPY
-        with atomic_path(npy_path) as tmp:
-            out = np.full((n, backbone.dim), np.nan, dtype=np.float32)
-            for i, vec in enumerate(table.column("embedding").to_pylist()):
-                if vec is not None:
-                    out[i] = vec
-            with open(tmp, "wb") as fh:
-                np.save(fh, out)
-    failures = [{"row": i, "id": df.at[i, "id"], "path": df.at[i, "path"], "reason": e}
-                for i, e in enumerate(errors) if e is not None]
-    n_embedded = len({s for s, e in zip(shas, errors) if e is None})
-    seconds = time.perf_counter() - t_start
-    summary = EmbedSummary(
-        out_dir=out_dir, embeddings_path=npy_path, meta_path=out_dir / EMBEDDINGS_JSON, backbone=backbone.name,
-        version=backbone.version, dim=backbone.dim, n=n, n_unique=len({s for s in shas if s}), n_cached=0,
-        n_embedded=n_embedded, n_failed=len(failures), failures=failures, seconds=seconds, embed_seconds=report.seconds,
-        photos_per_s=n_embedded / report.seconds if report.seconds > 0 else 0.0, cache_key=cache_key(backbone, cfg),
-    )
-    meta = {
-        "backbone": backbone.name, "version": backbone.version, "dim": backbone.dim, "n": n,
-        "ids_sha256": ids_digest(df["id"]), "normalised": False, "config": cfg.to_dict(), "cache_key": summary.cache_key,
-        "preprocess": PREPROCESS_VERSION, "torch_threads": engine.cpus_per_worker, "decode_threads": worker_cfg.workers or 2,
-        "n_cached": 0, "n_embedded": n_embedded, "n_failed": len(failures), "failures": failures,
-        "seconds": round(seconds, 3), "embed_seconds": round(report.seconds, 3), "forward_seconds": None,
-        "photos_per_s": round(summary.photos_per_s, 2), "engine": {**engine.to_dict(), **_report_brief(report)},
-    }
-    write_json(meta, out_dir / EMBEDDINGS_JSON)
-    summary.engine_report = report  # type: ignore[attr-defined]  # for callers that count partitions
-    return summary
-
-
-def _report_brief(report: EngineReport) -> dict:
+def report_brief(report: EngineReport) -> dict:
     return {"n_partitions": report.n_partitions, "computed": len(report.computed), "skipped": len(report.skipped),
             "retried": len(report.retried), "failed": len(report.failed), "workers": len(report.workers),
             "start_seconds": round(report.start_seconds, 2)}  # workers ready (and the cluster, when started here)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# predict on the engine
-
-PREDICT_FLAT = ("path", "lat", "lon", "country", "country_name", "continent", "cell", "summary", "error")
-PREDICTIONS_PARQUET = "predictions.parquet"
-PREDICTIONS_JSON = "predictions.json"
-
-
-def predict_schema() -> pa.Schema:
-    """The flat fields of `geopin predict --json` as columns, and the whole result as its JSON in `result`."""
-    return pa.schema([("index", pa.int64()), ("path", pa.string()), ("lat", pa.float64()), ("lon", pa.float64()),
-                      ("country", pa.string()), ("country_name", pa.string()), ("continent", pa.string()),
-                      ("cell", pa.string()), ("summary", pa.string()), ("error", pa.string()), ("result", pa.string())])
-
-
-def _predict_setup(cfg, threads: int):
-    from geopin.predict import Predictor
-
-    predictor = Predictor(cfg)
-    predictor.embed_cfg.threads = threads  # the worker's share of the cores, not all of them
-    return predictor
-
-
-def _predict_row(index: int, result: dict) -> dict:
-    from geopin.io import json_default
-
-    row = {k: result.get(k) for k in PREDICT_FLAT}
-    row["index"] = index
-    row["result"] = json.dumps(result, default=json_default)
-    return row
-
-
-def _predict_partition(predictor, items: list[dict]) -> list[dict]:
-    results = list(predictor.predict_paths([it["path"] for it in items]))
-    if len(results) != len(items):
-        raise RuntimeError(f"{len(items)} photos gave {len(results)} results")
-    return [_predict_row(it["index"], r) for it, r in zip(items, results)]
-
-
-def _predict_error_row(item: dict, message: str) -> dict:
-    return _predict_row(item["index"], {"path": item["path"], "error": f"{item['path']}: {message}"})
-
-
-def predict_engine(paths: Iterable[str | Path], out_dir: Path | str, cfg=None,
-                   engine: EngineConfig | None = None) -> tuple[list[dict], EngineReport]:
-    """Predictor.predict_paths on the engine (one Predictor per worker): the same result dicts, in input order.
-
-    Writes `<out>/parts/`, then `<out>/predictions.parquet` (flat fields + `result`, the full JSON) and
-    `<out>/predictions.json` (the list `geopin predict --json` prints).
-    """
-    from geopin.io import write_parquet
-    from geopin.predict import PredictConfig, expand_paths
-
-    cfg = cfg or PredictConfig()
-    engine = engine or EngineConfig("ray")
-    out_dir = Path(out_dir)
-    photos = expand_paths(paths)
-    items = [{"index": i, "path": str(p)} for i, p in enumerate(photos)]
-    model_json = Path(cfg.model_dir or _default_model_dir()) / "model.json"
-    model_digest = hashlib.sha256(model_json.read_bytes()).hexdigest() if model_json.exists() else None
-    report = map_partitions(
-        _predict_partition, partition(items, engine.partition_size), out_dir / PARTS_DIR, engine,
-        setup=functools.partial(_predict_setup, cfg, engine.cpus_per_worker),
-        fingerprint={"kind": "predict", "model": model_digest, "top_k": cfg.top_k},
-        on_error=_predict_error_row, schema=predict_schema(),
-    )
-    table = read_parts(out_dir / PARTS_DIR, report.n_partitions)
-    results = [json.loads(s) for s in table.column("result").to_pylist()]
-    write_parquet(table.to_pandas(), out_dir / PREDICTIONS_PARQUET)
-    write_json(results, out_dir / PREDICTIONS_JSON)
-    return results, report
-
-
-def _default_model_dir() -> Path:
-    from geopin.model import default_model_dir
-
-    return default_model_dir()

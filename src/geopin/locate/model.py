@@ -18,7 +18,6 @@ import ctypes
 import errno
 import functools
 import glob
-import hashlib
 import io
 import json
 import logging
@@ -36,9 +35,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from geopin.heads import CellClassifier, Gallery, classifier_logits, read_index, write_index
-from geopin.io import write_json, write_parquet
-from geopin.posterior import (
+from geopin.io import sha256_file, write_json, write_parquet
+from geopin.locate.heads import (
+    CellClassifier,
+    Gallery,
+    classifier_logits,
+    read_index,
+    write_index,
+)
+from geopin.locate.posterior import (
     CONFIDENCE_KM,
     Calibration,
     Decision,
@@ -63,7 +68,7 @@ class ModelError(ValueError):
 
 def default_model_dir() -> Path:
     """The model bundled inside the package, trained on the Im2GPS3k photos."""
-    return Path(__file__).resolve().parent / "data" / "default_model"
+    return Path(__file__).resolve().parents[1] / "data" / "default_model"
 
 
 @dataclass
@@ -114,8 +119,8 @@ class GeoModel:
         """
         if len(emb) > _PREDICT_CHUNK:  # the posterior over every place is (photos x places) floats: bounded
             return [r for s in range(0, len(emb), _PREDICT_CHUNK) for r in self.predict_embeddings(emb[s : s + _PREDICT_CHUNK], top_k, region_mass)]
-        from geopin import answer
         from geopin.countries import continent_of, country_name, country_of
+        from geopin.locate import answer
 
         ev, cell, nb, dec, conf = self.decide(emb)
         guess_cc = country_of(dec.lat, dec.lon)
@@ -157,7 +162,7 @@ class GeoModel:
         neighbour outside every class is a place of its own (key -j-1). tests/test_answer.py holds the
         per-place reading this must equal.
         """
-        from geopin import answer
+        from geopin.locate import answer
 
         fine = self._fine
         mass = cell_row.astype(np.float64)  # a copy
@@ -193,7 +198,7 @@ class GeoModel:
         return places, by_cc, key
 
     def _place(self, j: int, mass: float):
-        from geopin import answer
+        from geopin.locate import answer
 
         f = self._fine
         return answer.Place(j, float(f["lat"][j]), float(f["lon"][j]), str(f["token"][j]), str(f["country"][j]), mass)
@@ -221,7 +226,7 @@ class GeoModel:
     @functools.cached_property
     def _fine(self) -> dict[str, np.ndarray]:
         """The finest cells as arrays, for per-photo lookups without pandas."""
-        from geopin.cells import cell_ranges
+        from geopin.dataset.cells import cell_ranges
 
         f = self.fine_cells
         lo, hi = cell_ranges(f.cell_id.to_numpy(dtype=np.uint64))
@@ -253,7 +258,7 @@ class GeoModel:
 
     def _fine_cells_of(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tokens and indices of the finest class cells holding points ('' and -1 where none does)."""
-        from geopin.cells import leaf_cell_ids
+        from geopin.dataset.cells import leaf_cell_ids
 
         fine = self._fine
         leaf = leaf_cell_ids(np.asarray(lat, dtype=float), np.asarray(lon, dtype=float))
@@ -463,7 +468,7 @@ def verify_files(model_dir: Path, doc: dict) -> None:
             hint = "truncated?" if size < info["size"] else "longer than written"
             raise ModelError(f"{path}: size {size} bytes, expected {info['size']} ({hint})")
     for name, info in files.items():
-        digest = _sha256(model_dir / name)
+        digest = sha256_file(model_dir / name)
         if digest != info["sha256"]:
             raise ModelError(
                 f"{model_dir / name}: sha256 {digest[:16]}... does not match model.json ({info['sha256'][:16]}...): "
@@ -589,19 +594,11 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), os.fspath(b))
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _file_digest(path: Path) -> dict:
     """Size and sha256 of a file just written, flushed to disk first so the swap never exposes an empty file."""
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
-    return {"size": path.stat().st_size, "sha256": _sha256(path)}
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _fsync_dir(path: Path) -> None:

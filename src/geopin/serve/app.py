@@ -34,20 +34,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from geopin.images import ImageError
+from geopin.dataset.images import ImageError
 from geopin.io import json_default
-from geopin.predict import PredictConfig, Predictor
+from geopin.locate.predict import PredictConfig, Predictor
 
 log = logging.getLogger(__name__)
 
 #: Where the web page lives (written by the web helper); served at / when index.html is present.
-WEB_DIR = Path(__file__).resolve().parent / "web"
+WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 #: The environment variable `geopin serve` reads the token from when --token is not given.
 TOKEN_ENV = "GEOPIN_TOKEN"
 #: Room for the multipart envelope and the small form fields around the photo itself.
 MULTIPART_OVERHEAD = 64 * 1024
 
-#: HTTP status for each geopin.images reason: bytes that are no image are the wrong media type, a
+#: HTTP status for each geopin.dataset.images reason: bytes that are no image are the wrong media type, a
 #: decompression bomb is too large, a broken or empty photo cannot be processed.
 _IMAGE_STATUS = {
     "not_an_image": 415,
@@ -249,7 +249,7 @@ class Service:
                                         f"(the server may be busy; retry later or raise --timeout-s)")
 
     def _decode(self, data: bytes):
-        from geopin.embed import load_image
+        from geopin.features.embed import load_image
 
         p = self.predictor
         return load_image(data, p.embed_cfg.mode, p.embed_cfg.long_side, p.backbone.native_size)
@@ -260,7 +260,7 @@ class Service:
         matrix) is then neither paid by the first user nor compiled inside a request (_warm_up_imports)."""
         from PIL import Image
 
-        from geopin.predict import _exif_info
+        from geopin.locate.predict import _exif_info
 
         buf = io.BytesIO()
         Image.new("RGB", (64, 48), (90, 140, 200)).save(buf, format="JPEG")
@@ -381,7 +381,7 @@ def create_app(cfg: ServeConfig = ServeConfig(), predictor: Predictor | None = N
         k_query: int | None = Query(None, alias="k", ge=1, le=cfg.max_k),
     ) -> JSONResponse:
         """One element of `geopin predict --json`: best guess, top-k places, within-km confidences, exif_gps."""
-        from geopin.predict import _exif_info, _ordered
+        from geopin.locate.predict import _exif_info, _ordered
 
         data, name = await read_upload(photo)
         k = pick_k(k_form, k_query)
@@ -407,7 +407,7 @@ def create_app(cfg: ServeConfig = ServeConfig(), predictor: Predictor | None = N
         """What in the photo points to the target (Grad-CAM and occlusion overlays as base64 PNG)."""
         fn = _explain_function()
         if fn is None:
-            raise ApiError(501, "not_implemented", "explanations are not installed in this geopin (no geopin.explain)")
+            raise ApiError(501, "not_implemented", "explanations are not installed in this geopin (no geopin.explain.maps)")
         data, name = await read_upload(photo)
 
         def work(image) -> dict:
@@ -423,9 +423,9 @@ def create_app(cfg: ServeConfig = ServeConfig(), predictor: Predictor | None = N
         return JSONResponse(json.loads(json.dumps(out, default=json_default)))  # numpy values from the explainer
 
     try:
-        from geopin.geojson import router as geojson_router
+        from geopin.serve.geojson import router as geojson_router
     except ImportError as exc:
-        log.info("no cell polygons endpoint (geopin.geojson: %s)", exc)
+        log.info("no cell polygons endpoint (geopin.serve.geojson: %s)", exc)
     else:
         app.include_router(geojson_router)  # under /api: the ApiGuard token check covers it
 
@@ -459,14 +459,14 @@ async def _warm_up_imports() -> None:
     for name in dir(anyio):
         with contextlib.suppress(ImportError, AttributeError):
             getattr(anyio, name)
-    _explain_function()  # geopin.explain and torch's autograd parts, where installed
+    _explain_function()  # geopin.explain.maps and torch's autograd parts, where installed
     await anyio.to_thread.run_sync(lambda: None)  # loads the asyncio backend and its thread pool
 
 
 def _explain_function() -> Callable | None:
-    """geopin.explain.explain_photo when that module is installed, else None (the API answers 501)."""
+    """geopin.explain.maps.explain_photo when that module is installed, else None (the API answers 501)."""
     try:
-        from geopin.explain import explain_photo
+        from geopin.explain.maps import explain_photo
     except ImportError:
         return None
     return explain_photo

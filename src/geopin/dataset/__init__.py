@@ -1,0 +1,1 @@
+"""Building a dataset: ingest, fetch, images, EXIF, faces, cells, splits."""

@@ -1,0 +1,1 @@
+"""Measuring by distance: cross-validation, tables, report."""

@@ -1,0 +1,1 @@
+"""What gave the place away: saliency maps and characteristic crops."""

@@ -1,0 +1,1 @@
+"""Turning photos into embeddings: backbones and the embed stage."""

@@ -1,0 +1,1 @@
+"""From embeddings to places: heads, posterior, model, answer, predict, train, finetune."""

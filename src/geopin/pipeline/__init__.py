@@ -1,0 +1,1 @@
+"""Whole workflows that chain the stages: build."""

@@ -1,0 +1,1 @@
+"""Running a stage's per-item work over partitions, locally or on Ray."""
