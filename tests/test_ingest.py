@@ -532,3 +532,26 @@ def test_cli_nothing_kept_exits_1_with_the_reasons(tmp_path):
     as_json = subprocess.run([*CLI, "ingest", str(root), "--out", str(tmp_path / "out2"), "--workers", "1",
                               "--json"], capture_output=True, text=True, timeout=120)
     assert as_json.returncode == 1 and json.loads(as_json.stdout)["n_kept"] == 0
+
+
+def test_a_corrupt_exif_block_has_one_reason_in_ingest_and_in_the_exif_reader(tmp_path):
+    """ingest's folder walk and read_exif_gps read EXIF through one reader, so they name it alike."""
+    import io
+    import struct
+    import zlib
+
+    from geopin.dataset.exif import ExifGpsError, read_exif_gps
+
+    buf = io.BytesIO()
+    Image.new("RGB", (200, 150), (90, 120, 60)).save(buf, "PNG")
+    png = buf.getvalue()
+    body = b"XX\x00*\x00\x00\x00\x08\x00\x00"  # an eXIf chunk without a TIFF header: Pillow's parser fails
+    chunk = struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    (tmp_path / "photos").mkdir()
+    bad = tmp_path / "photos" / "corrupt_exif.png"
+    bad.write_bytes(png[:33] + chunk + png[33:])  # after the signature and IHDR
+    with pytest.raises(ExifGpsError) as info:
+        read_exif_gps(bad)
+    assert info.value.reason == "coords_not_numeric"
+    ingest(tmp_path / "photos", tmp_path / "out", IngestConfig(workers=1))
+    assert rejects_by_id(tmp_path / "out") == {"corrupt_exif.png": "coords_not_numeric"}

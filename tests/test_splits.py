@@ -176,3 +176,20 @@ def test_cli_split(manifest, tmp_path):
     assert result.exit_code == 0 and "split sizes" in result.stdout
     both = runner.invoke(app, ["split", str(manifest), "--out", str(out), "--k", "3", "--val-fraction", "0.2"])
     assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_read_split_is_the_one_reader_of_split_files(tmp_path):
+    from geopin.dataset.splits import read_split
+
+    man = tmp_path / "m.csv"
+    pd.DataFrame({"id": [f"p{i}" for i in range(10)], "group": [f"g{i % 5}" for i in range(10)]}).to_csv(man, index=False)
+    run_split(man, tmp_path / "split.parquet", SplitConfig(k=None, val_fraction=0.4))
+    train, val = read_split(tmp_path / "split.parquet"), read_split(tmp_path / "split.parquet", "val")
+    assert sorted(train + val) == sorted(f"p{i}" for i in range(10)) and train and val
+    with pytest.raises(ValueError, match=r"split\.parquet: no row has split 'test' \(it has 'train', 'val'\)"):
+        read_split(tmp_path / "split.parquet", "test")
+    run_split(man, tmp_path / "folds.parquet", SplitConfig(k=2))
+    with pytest.raises(ValueError, match=r"folds\.parquet: not a split file: missing column\(s\) split"):
+        read_split(tmp_path / "folds.parquet")
+    with pytest.raises(FileNotFoundError, match="nothere.parquet"):
+        read_split(tmp_path / "nothere.parquet")

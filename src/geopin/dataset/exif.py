@@ -62,7 +62,7 @@ def read_exif_gps(path_or_image: str | os.PathLike | Image.Image) -> tuple[float
     cannot be read at all raises OSError (FileNotFoundError, PermissionError).
     """
     if isinstance(path_or_image, Image.Image):
-        return gps_from_exif(_parsed_exif(path_or_image))
+        return gps_from_exif(parsed_exif(path_or_image))
     from geopin.dataset.images import ImageError, open_image
 
     try:
@@ -70,15 +70,19 @@ def read_exif_gps(path_or_image: str | os.PathLike | Image.Image) -> tuple[float
     except ImageError as exc:
         raise ExifGpsError(exc.reason, exc.detail) from None
     with img:
-        return gps_from_exif(_parsed_exif(img))
+        return gps_from_exif(parsed_exif(img))
 
 
 #: read_exif_gps decodes no pixels, so it needs no limit of its own (Pillow's bomb check still applies).
 _NO_PIXEL_LIMIT = 2**62
 
 
-def _parsed_exif(img: Image.Image) -> Image.Exif:
-    """img.getexif(), with any parser failure on a corrupt block turned into an ExifGpsError."""
+def parsed_exif(img: Image.Image) -> Image.Exif:
+    """img.getexif(), with any parser failure on a corrupt block turned into an ExifGpsError.
+
+    The one EXIF reader: ingest, predict and anything reading a position go through it, so a corrupt
+    block is `coords_not_numeric` everywhere (docs/reliability.md).
+    """
     try:
         return img.getexif()
     except Exception as exc:  # noqa: BLE001 - Pillow's EXIF parser raises SyntaxError, struct.error, ... on garbage

@@ -46,9 +46,9 @@ from urllib.request import url2pathname
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageFile
+from PIL import ImageFile
 
-from geopin.dataset.exif import ExifGpsError, coord_problem, gps_from_exif, read_artist
+from geopin.dataset.exif import ExifGpsError, coord_problem, gps_from_exif, parsed_exif, read_artist
 from geopin.dataset.fetch import FetchConfig, FetchInputError, FetchResult, is_url
 from geopin.dataset.images import (
     IMAGE_SUFFIXES,
@@ -662,9 +662,9 @@ def _check_photo(task: _Task, opts: _Options) -> dict:
 
     out: dict[str, Any] = {}
     with img:
-        exif = _safe_exif(img)
         if opts.from_exif:
             try:
+                exif = parsed_exif(img)
                 position = gps_from_exif(exif)
             except ExifGpsError as exc:
                 raise _Reject(exc.reason, exc.detail) from None
@@ -708,14 +708,6 @@ def _read_file(path: Path) -> bytes:
         if exc.errno == errno.ELOOP:
             raise _Reject("file_missing", f"symlink loop -> {symlink_target(path)}") from None
         raise _Reject("file_missing", f"cannot read: {exc.strerror or exc}") from None
-
-
-def _safe_exif(img: Image.Image) -> Image.Exif:
-    try:
-        return img.getexif()
-    except Exception as exc:  # noqa: BLE001 - a broken EXIF block should not hide a good image
-        log.debug("unreadable EXIF: %s", exc)
-        return Image.Exif()
 
 
 # ---------------------------------------------------------------------------------------------

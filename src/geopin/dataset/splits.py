@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from geopin.dataset.manifest import read_manifest
 from geopin.io import read_table, write_parquet
 
 log = logging.getLogger(__name__)
@@ -144,9 +145,7 @@ def run_split(manifest_path: str | Path, out_path: str | Path, cfg: SplitConfig 
     """Write a Parquet of (id, fold) or (id, split) for the manifest's photos."""
     cfg = cfg or SplitConfig()
     manifest_path = Path(manifest_path)
-    manifest = read_table(manifest_path)
-    if "id" not in manifest.columns:
-        raise ValueError(f"{manifest_path}: manifest lacks an 'id' column")
+    manifest = read_manifest(manifest_path, ("id",))
     if cfg.by == "group" and "group" not in manifest.columns:
         raise ValueError(f"{manifest_path}: no 'group' column to split by; use --by random or add photographers")
     n = len(manifest)
@@ -171,3 +170,24 @@ def run_split(manifest_path: str | Path, out_path: str | Path, cfg: SplitConfig 
     n_groups = int(np.unique(_group_codes(groups)).size) if groups is not None else n
     log.info("%s: %d photos, %d groups, %s sizes %s", out_path, n, n_groups, column, sizes)
     return SplitSummary(str(out_path), cfg.by, cfg.seed, n, n_groups, column, sizes)
+
+
+def read_split(path: str | Path, value: str = SPLIT_TRAIN) -> list[str]:
+    """The ids whose `split` is `value` in a split file written by `geopin split --val-fraction`.
+
+    The one reader of the split format: a missing file, a fold file (no `split` column) or a value no row
+    has is an error naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (a split: run `geopin split` first)")
+    sp = read_table(path)
+    missing = [c for c in ("id", "split") if c not in sp.columns]
+    if missing:
+        raise ValueError(f"{path}: not a split file: missing column(s) {', '.join(missing)} "
+                         f"(write one with `geopin split --val-fraction`)")
+    ids = sp.loc[sp["split"].astype(str) == value, "id"].astype(str).tolist()
+    if not ids:
+        values = sorted(sp["split"].astype(str).unique())
+        raise ValueError(f"{path}: no row has split {value!r} (it has {', '.join(map(repr, values))})")
+    return ids
