@@ -22,14 +22,13 @@ import pandas as pd
 
 from geopin.dataset.ingest import IngestConfig, ingest
 from geopin.dataset.manifest import read_manifest
-from geopin.evaluation.crossval import (
-    EvalConfig,
-    evaluate_cv,
+from geopin.evaluation.crossval import EvalConfig, evaluate_cv
+from geopin.evaluation.plots import write_plots
+from geopin.evaluation.tables import (
     format_calibration_table,
     format_methods_table,
     paired_lines,
     report_for_json,
-    write_plots,
 )
 from geopin.features.embed import EmbedConfig, embed_manifest, load_embeddings
 from geopin.io import write_json, write_parquet

@@ -25,13 +25,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from geopin.explain.maps import (  # noqa: E402
-    CharacterizeConfig,
-    characterize,
-    explain_photo,
-    gradcam,
-    occlusion_map,
-)
+from geopin.explain.characterize import CharacterizeConfig, characterize  # noqa: E402
+from geopin.explain.maps import explain_photo, gradcam, occlusion_map  # noqa: E402
 from geopin.features.embed import load_image  # noqa: E402
 from geopin.io import write_json, write_parquet  # noqa: E402
 from geopin.locate.predict import EXAMPLE_PHOTO, PredictConfig, Predictor  # noqa: E402

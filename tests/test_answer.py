@@ -11,9 +11,17 @@ import pytest
 from PIL import Image
 
 from geopin.countries import continent_of, country_name
-from geopin.locate.answer import Place, read_region, summary, top_places
+from geopin.locate.answer import Place, read_region_masses, summary, top_places
 
 LOW = np.array([0.03, 0.05, 0.2, 0.35])
+
+
+def read_region(places: list[Place], guess_cc: str) -> dict:
+    """The region read off a list of places: their masses summed per country, then read_region_masses."""
+    by_cc: dict[str, float] = {}
+    for p in places:
+        by_cc[p.country] = by_cc.get(p.country, 0.0) + p.mass
+    return read_region_masses(by_cc, guess_cc)
 
 
 def places(*rows) -> list[Place]:

@@ -13,7 +13,8 @@ from imagefiles import three_photographer_dataset
 from typer.testing import CliRunner
 
 from geopin.dataset.cells import Granularity
-from geopin.evaluation.crossval import EvalConfig, evaluate_cv, format_methods_table
+from geopin.evaluation.crossval import EvalConfig, evaluate_cv
+from geopin.evaluation.tables import format_methods_table
 from geopin.locate.heads import ClassifierConfig
 from geopin.locate.train import TrainConfig
 

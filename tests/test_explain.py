@@ -18,16 +18,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from geopin.cli import app
-from geopin.explain.maps import (
-    CharacterizeConfig,
-    OcclusionConfig,
-    characterize,
-    crop_boxes,
-    explain_photo,
-    explain_with_maps,
-    gradcam,
-    occlusion_map,
-)
+from geopin.explain.characterize import CharacterizeConfig, characterize, crop_boxes
+from geopin.explain.maps import explain_photo, explain_with_maps, gradcam, occlusion_map
+from geopin.explain.occlusion import OcclusionConfig
+from geopin.explain.target import fine_places
 from geopin.features.embed import embed_images
 from geopin.io import write_parquet
 from geopin.locate.heads import classifier_logits
@@ -82,7 +76,7 @@ def test_gradcam_scores_exactly_what_the_classifier_says(predictor):
     emb = embed_images([img], predictor.backbone, predictor.embed_cfg)
     model = predictor.model
     probs = classifier_probs(model.heads.places, classifier_logits(model.heads.classifier, emb), model.params.t_clf)[0]
-    fine = model._fine
+    fine = fine_places(model)
     for target in ("US", "FR"):
         got = explain_photo(predictor, img, target, occlusion=False)["gradcam"]["log_prob"]
         assert got == pytest.approx(np.log(probs[fine["country"] == target].sum()), abs=1e-4)
@@ -127,7 +121,7 @@ def test_occlusion_measures_the_stated_confidence(predictor, explained):
 
 
 def test_occlusion_passes_stay_within_budget():
-    from geopin.explain.maps import _patch_grid
+    from geopin.explain.occlusion import _patch_grid
 
     h, w = 256, 384  # the network input of a 3:2 photo
     free = _patch_grid(h, w, OcclusionConfig(max_passes=10_000))
@@ -160,7 +154,7 @@ def test_country_and_cell_targets(predictor):
     img = patch_photo("left")
     res = explain_photo(predictor, img, "jp", occlusion=False)
     assert res["target"]["kind"] == "country" and res["target"]["value"] == "JP"
-    token = str(predictor.model._fine["token"][0])
+    token = str(fine_places(predictor.model)["token"][0])
     res = explain_photo(predictor, img, token.upper(), occlusion=False)
     assert res["target"]["kind"] == "cell" and res["target"]["value"] == token
     assert res["target"]["n_places"] == 1
@@ -322,7 +316,7 @@ def test_characterize_with_embeddings_looks_at_the_most_typical_photos(predictor
     assert {c["country"] for c in summary["countries"]} == {"JP", "US", "FR"}
     for cc in ("JP", "US"):
         rows = np.flatnonzero(df["id"].str.startswith(cc).to_numpy())
-        p = probs[rows][:, model._fine["country"] == cc].sum(1)
+        p = probs[rows][:, fine_places(model)["country"] == cc].sum(1)
         best = set(df["id"].iloc[rows[np.argsort(-p)[:2]]])
         used = {c["id"] for c in json.loads((tmp_path / "char" / f"{cc}.json").read_text())["crops"]}
         assert used <= best, (cc, used, best)

@@ -84,7 +84,8 @@ def test_evaluate_compares_every_method_on_the_same_folds(photo_folder, tmp_path
                   "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path).returncode == 0
     from geopin.dataset.cells import Granularity
     from geopin.dataset.manifest import read_manifest
-    from geopin.evaluation.crossval import EvalConfig, evaluate_cv, write_plots
+    from geopin.evaluation.crossval import EvalConfig, evaluate_cv
+    from geopin.evaluation.plots import write_plots
     from geopin.features.embed import load_embeddings
     from geopin.locate.heads import ClassifierConfig
     from geopin.locate.train import TrainConfig

@@ -19,6 +19,7 @@ from geopin.locate.posterior import (
     classifier_probs,
     decide,
     fit_mixture,
+    mass_within,
     mixture,
 )
 from geopin.metrics import geoscore
@@ -159,3 +160,24 @@ def test_best_constant_is_the_brute_force_optimum():
     j = int(np.argmax(scores))
     assert c == (lat[j], lon[j])
     assert 40 < c[0] < 56 and -5 < c[1] < 15  # in Europe, where most photos are
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(-89.0, 89.0), st.floats(-180.0, 180.0), st.integers(0, 10_000))
+def test_mass_within_grows_with_the_radius_and_equals_decide_at_the_guess(lat, lon, seed):
+    rng = np.random.default_rng(seed)
+    places = make_places()
+    ev = make_evidence(places, rng.normal(0, 2, (2, 6)), rng.uniform(-60, 60, (2, 3)), rng.uniform(-180, 180, (2, 3)),
+                       rng.uniform(0, 1, (2, 3)))
+    cell, nb = mixture(places, ev, MixParams(w_prior=0.3, w_clf=0.4, w_knn=0.3, t_clf=1.5, t_knn=0.1))
+    radii = (1.0, 25.0, 750.0, 2500.0, 20_100.0)
+    m = mass_within(places, ev, cell, nb, lat, lon, radii)
+    assert m.shape == (2, len(radii))
+    assert (np.diff(m, axis=1) >= -1e-12).all()  # a larger circle holds at least as much
+    np.testing.assert_allclose(m[:, -1], cell.sum(1) + nb.sum(1))  # half the Earth's circumference: everything
+    dec = decide(places, ev, cell, nb)
+    for i in range(2):  # at the guess, the same mass decide states
+        one = Evidence([lg[i:i + 1] for lg in ev.logits], ev.nb_sim[i:i + 1], ev.nb_lat[i:i + 1], ev.nb_lon[i:i + 1],
+                       ev.nb_place[i:i + 1])
+        np.testing.assert_allclose(mass_within(places, one, cell[i:i + 1], nb[i:i + 1], dec.lat[i], dec.lon[i])[0],
+                                   np.clip(dec.raw_within[i], 0, 1), atol=1e-6)

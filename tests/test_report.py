@@ -15,12 +15,9 @@ import pytest
 from test_evaluate import small_train, three_photographers, toy_data  # noqa: F401 - a fixture, reused
 from typer.testing import CliRunner
 
-from geopin.evaluation.crossval import (
-    EvalConfig,
-    evaluate_cv,
-    format_methods_table,
-    write_plots,
-)
+from geopin.evaluation.crossval import EvalConfig, evaluate_cv
+from geopin.evaluation.plots import write_plots
+from geopin.evaluation.tables import format_methods_table
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -20,7 +20,7 @@ from imagefiles import three_photographer_dataset
 from PIL import Image
 from typer.testing import CliRunner
 
-from geopin.evaluation.crossval import similarity_by_distance
+from geopin.evaluation.similarity import similarity_by_distance
 from geopin.geo import to_xyz
 
 

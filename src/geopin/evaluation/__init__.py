@@ -1,1 +1,1 @@
-"""Measuring by distance: cross-validation, tables, report."""
+"""Measuring by distance: cross-validation (crossval), embedding similarity (similarity), tables, plots, report."""

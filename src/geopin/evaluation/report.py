@@ -1,5 +1,6 @@
-"""The evaluation as one HTML file that opens offline: true vs predicted positions joined by lines on
-the page's base map, the error CDF and reliability diagrams, and the table of methods with intervals.
+"""Every file of an evaluation (`write_evaluation`), and report.html: one HTML file that opens offline,
+with true vs predicted positions joined by lines on the page's base map, the error CDF and reliability
+diagrams, and the table of methods with intervals.
 
 Self-contained on purpose (Leaflet, the borders and the PNGs are inlined): a report is mailed, archived
 and opened from disk years later, when no server and no CDN can be counted on.
@@ -18,14 +19,16 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from geopin.evaluation.crossval import (
-    SCENARIO_LABELS,
+from geopin.evaluation.crossval import SCENARIO_LABELS
+from geopin.evaluation.plots import write_plots
+from geopin.evaluation.tables import (
     format_calibration_table,
     format_methods_table,
     paired_lines,
+    report_for_json,
 )
 from geopin.geo import haversine_km
-from geopin.io import write_text
+from geopin.io import write_json, write_parquet, write_text
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +43,30 @@ class ReportConfig:
     title: str = "geopin evaluation"
 
 
+def write_evaluation(report: dict, man: pd.DataFrame, out: Path) -> tuple[dict, list[Path], Path]:
+    """Per-photo predictions, plots, report.json and report.html (`geopin evaluate` and `geopin build`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for sc, df in report["per_photo"].items():
+        df = df.copy()
+        df.insert(0, "id", man["id"].to_numpy()[df.row.to_numpy()])
+        write_parquet(df, out / f"predictions_{sc}.parquet")
+    plots = write_plots(report, out)
+    doc = report_for_json(report)
+    doc["plots"] = [str(p) for p in plots]
+    write_json(doc, out / "report.json")
+    html = write_report(report, out, ids=man["id"].astype(str).tolist())  # the same, to look at offline
+    return doc, plots, html
+
+
 def write_report(report: dict, out_dir: Path, ids: Sequence[str] | None = None,
-                 cfg: ReportConfig = ReportConfig()) -> Path:
+                 cfg: ReportConfig | None = None) -> Path:
     """Write `out_dir/report.html` from an `evaluate_cv` report and the PNGs `write_plots` put in out_dir.
 
     `ids` names each photo by its row in the evaluated data (the manifest's id), for the lines' tooltips.
     A missing PNG is said in the report, not fatal: the numbers matter more than the figures.
+    `cfg` None: ReportConfig's defaults.
     """
+    cfg = ReportConfig() if cfg is None else cfg
     out_dir = Path(out_dir)
     sections, lines = [], {}
     for sc in report["scenarios"]:
@@ -217,4 +237,4 @@ everything is inside this file. Country borders: Natural Earth (public domain) v
 </html>
 """
 
-__all__ = ["write_report", "ReportConfig", "WEB_DIR"]
+__all__ = ["write_evaluation", "write_report", "ReportConfig", "WEB_DIR"]

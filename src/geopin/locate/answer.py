@@ -32,16 +32,9 @@ class Place:
     mass: float
 
 
-def read_region(places: list[Place], guess_cc: str) -> dict:
-    """Continent, the most probable country inside it, and where the guess stands relative to both."""
-    by_cc: dict[str, float] = {}
-    for p in places:
-        by_cc[p.country] = by_cc.get(p.country, 0.0) + p.mass
-    return read_region_masses(by_cc, guess_cc)
-
-
 def read_region_masses(by_cc: dict[str, float], guess_cc: str) -> dict:
-    """read_region from the posterior mass per country code ('' for places at sea or unknown)."""
+    """Continent, the most probable country inside it, and where the guess stands relative to both,
+    from the posterior mass per country code ('' for places at sea or unknown)."""
     codes = list(by_cc)
     cont_of = dict(zip(codes, continent_of(codes) if codes else []))
     by_continent: dict[str, float] = {}
@@ -139,7 +132,6 @@ def confidence_regions(order: list[Place], targets: tuple[float, ...]) -> dict[s
 
 __all__ = [
     "Place",
-    "read_region",
     "read_region_masses",
     "summary",
     "top_places",

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from geopin.geo import pairwise_km, pairwise_km_xyz, to_xyz
+from geopin.geo import haversine_km, pairwise_km, pairwise_km_xyz, to_xyz
 from geopin.metrics import geoscore
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,17 @@ def decide(places: Places, ev: Evidence, cell: np.ndarray, nb: np.ndarray, prior
         for r_i, r in enumerate(CONFIDENCE_KM):
             within[i, r_i] = cell[i][d_to_places <= r].sum() + nb[i][d_to_nb <= r].sum()
     return Decision(out_lat, out_lon, out_score, np.clip(within, 0.0, 1.0))
+
+
+def mass_within(places: Places, ev: Evidence, cell: np.ndarray, nb: np.ndarray, lat: float, lon: float,
+                radii=CONFIDENCE_KM) -> np.ndarray:
+    """Raw (uncalibrated) posterior mass within each radius (km) of one point, (B, R): places plus neighbours.
+
+    What `decide` measures around its own guess, for any point (an explanation's target, a user's pin).
+    """
+    d_places = pairwise_km(np.array([lat]), np.array([lon]), places.lat, places.lon)[0]
+    d_nb = haversine_km(lat, lon, ev.nb_lat, ev.nb_lon)
+    return np.stack([cell[:, d_places <= r].sum(1) + (nb * (d_nb <= r)).sum(1) for r in radii], axis=1)
 
 
 # ---------------------------------------------------------------- fitting on held-out photos
@@ -346,6 +357,7 @@ __all__ = [
     "neighbour_probs",
     "mixture",
     "decide",
+    "mass_within",
     "fit_mixture",
     "best_constant",
 ]

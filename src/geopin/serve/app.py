@@ -289,10 +289,14 @@ class Service:
             self.pending -= 1
 
 
-def create_app(cfg: ServeConfig = ServeConfig(), predictor: Predictor | None = None):
-    """The FastAPI app, with the model loaded now (or `predictor` shared, e.g. between test servers)."""
+def create_app(cfg: ServeConfig | None = None, predictor: Predictor | None = None):
+    """The FastAPI app, with the model loaded now (or `predictor` shared, e.g. between test servers).
+
+    `cfg` None: ServeConfig's defaults (loopback, the bundled model).
+    """
     import geopin
 
+    cfg = ServeConfig() if cfg is None else cfg
     if predictor is None:
         predictor = Predictor(PredictConfig(model_dir=cfg.model_dir, top_k=cfg.top_k))
     service = Service(cfg, predictor)
@@ -311,14 +315,25 @@ def create_app(cfg: ServeConfig = ServeConfig(), predictor: Predictor | None = N
         lifespan=lifespan,
     )
     app.state.service = service
+    _add_error_handlers(app)
+    _add_api_routes(app, service)
+    _add_cells_route(app)
+    _add_web_page(app, cfg.web_dir or WEB_DIR)
+    app.add_middleware(ApiGuard, token=cfg.token, max_body=cfg.max_upload_bytes + MULTIPART_OVERHEAD)
+    return app
 
-    def error_response(status: int, error: str, detail: str, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+def _error_response(status: int, error: str, detail: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as JSON {"error": reason_code, "detail": message}: ours, FastAPI's and Starlette's, and crashes."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         log.info("%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.error, exc.detail)
-        return error_response(exc.status, exc.error, exc.detail, exc.headers)
+        return _error_response(exc.status, exc.error, exc.detail, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -329,19 +344,32 @@ def create_app(cfg: ServeConfig = ServeConfig(), predictor: Predictor | None = N
         detail = "; ".join(parts) or "invalid request"
         if any(tuple(e.get("loc", ()))[-1:] == ("photo",) for e in exc.errors()):
             detail += " (send the photo as multipart/form-data in the field 'photo')"
-        return error_response(422, "invalid_request", detail)
+        return _error_response(422, "invalid_request", detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                  413: "upload_too_large"}
-        return error_response(exc.status_code, codes.get(exc.status_code, f"http_{exc.status_code}"), str(exc.detail),
-                              getattr(exc, "headers", None))
+        return _error_response(exc.status_code, codes.get(exc.status_code, f"http_{exc.status_code}"), str(exc.detail),
+                               getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-        return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+        return _error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def _unexpected(what: str, exc: Exception) -> ApiError:
+    """A failure of the model code itself: logged with its traceback, answered 500; the server goes on."""
+    log.exception("%s failed", what)
+    return ApiError(500, "internal_error", f"{what} failed: {type(exc).__name__}: {exc}")
+
+
+def _add_api_routes(app: FastAPI, service: Service) -> None:
+    """GET /api/health, POST /api/predict and POST /api/explain."""
+    import geopin
+
+    cfg = service.cfg
 
     async def read_upload(photo: UploadFile) -> tuple[bytes, str]:
         name = os.path.basename(photo.filename or "") or "upload"
@@ -349,14 +377,6 @@ def create_app(cfg: ServeConfig = ServeConfig(), predictor: Predictor | None = N
         if len(data) > cfg.max_upload_bytes:
             raise ApiError(413, "upload_too_large", f"{name}: over the limit of {cfg.max_upload_mb:g} MB")
         return data, name
-
-    def pick_k(k_form: int | None, k_query: int | None) -> int:
-        k = k_form if k_form is not None else k_query
-        return cfg.top_k if k is None else k
-
-    def unexpected(what: str, exc: Exception) -> ApiError:
-        log.exception("%s failed", what)
-        return ApiError(500, "internal_error", f"{what} failed: {type(exc).__name__}: {exc}")
 
     @app.get("/api/health")
     async def health() -> dict:
@@ -384,13 +404,14 @@ def create_app(cfg: ServeConfig = ServeConfig(), predictor: Predictor | None = N
         from geopin.locate.predict import _exif_info, _ordered
 
         data, name = await read_upload(photo)
-        k = pick_k(k_form, k_query)
+        k = k_form if k_form is not None else k_query
+        k = cfg.top_k if k is None else k
 
         def work(image) -> dict:
             try:
                 res = service.predictor.predict_images([image], [name], top_k=k)[0]
             except Exception as exc:  # noqa: BLE001 - one request fails with 500, the server goes on
-                raise unexpected("prediction", exc) from None
+                raise _unexpected("prediction", exc) from None
             row: dict = {"path": name}
             row.update(_exif_info(data))  # EXIF reading accepts bytes: no temp file needed
             row.update(res)
@@ -416,20 +437,27 @@ def create_app(cfg: ServeConfig = ServeConfig(), predictor: Predictor | None = N
             except ValueError as exc:  # a target that names no country or cell
                 raise ApiError(422, "invalid_target", str(exc)) from None
             except Exception as exc:  # noqa: BLE001 - one request fails with 500, the server goes on
-                raise unexpected("explanation", exc) from None
+                raise _unexpected("explanation", exc) from None
             return {"path": name, **out}
 
         out = await service.run(data, name, work)
         return JSONResponse(json.loads(json.dumps(out, default=json_default)))  # numpy values from the explainer
 
+
+def _add_cells_route(app: FastAPI) -> None:
+    """GET /api/cells (cell polygons for the page's map), under /api: the ApiGuard token check covers it."""
     try:
         from geopin.serve.geojson import router as geojson_router
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name != "geopin.serve.geojson":
+            raise  # an import failing inside our own module is a bug, not a missing feature
         log.info("no cell polygons endpoint (geopin.serve.geojson: %s)", exc)
     else:
-        app.include_router(geojson_router)  # under /api: the ApiGuard token check covers it
+        app.include_router(geojson_router)
 
-    web_dir = cfg.web_dir or WEB_DIR
+
+def _add_web_page(app: FastAPI, web_dir: Path) -> None:
+    """The map page at / when it is installed; else a JSON 404 that says where the API is."""
     if (web_dir / "index.html").is_file():
         from fastapi.staticfiles import StaticFiles
 
@@ -439,11 +467,8 @@ def create_app(cfg: ServeConfig = ServeConfig(), predictor: Predictor | None = N
     else:
         @app.get("/", include_in_schema=False)
         async def no_page() -> JSONResponse:
-            return error_response(404, "not_found", f"the web page is not installed ({web_dir / 'index.html'} "
-                                                    f"missing); the API is at /api and described at /docs")
-
-    app.add_middleware(ApiGuard, token=cfg.token, max_body=cfg.max_upload_bytes + MULTIPART_OVERHEAD)
-    return app
+            return _error_response(404, "not_found", f"the web page is not installed ({web_dir / 'index.html'} "
+                                                     f"missing); the API is at /api and described at /docs")
 
 
 async def _warm_up_imports() -> None:
@@ -464,10 +489,15 @@ async def _warm_up_imports() -> None:
 
 
 def _explain_function() -> Callable | None:
-    """geopin.explain.maps.explain_photo when that module is installed, else None (the API answers 501)."""
+    """geopin.explain.maps.explain_photo when that module is installed, else None (the API answers 501).
+
+    Only the module's own absence means "not installed": an import failing inside it is a bug, and is raised.
+    """
     try:
         from geopin.explain.maps import explain_photo
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("geopin.explain", "geopin.explain.maps"):
+            raise
         return None
     return explain_photo
 

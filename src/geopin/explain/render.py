@@ -1,0 +1,90 @@
+"""Drawing the maps: a perceptual colour ramp, the map blended over the photo (crops outlined and
+numbered), the map alone as an RGBA layer, and PNGs written whole or as base64 for JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from geopin.io import atomic_path
+
+# a perceptual dark-to-bright ramp (inferno's anchors): high evidence reads as bright and warm
+_RAMP = np.array([(0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21), (250, 193, 39), (252, 255, 164)], dtype=np.float64)
+
+
+def colorize(map01: np.ndarray) -> np.ndarray:
+    """(H, W) in [0, 1] to (H, W, 3) uint8 on the ramp."""
+    v = np.clip(np.asarray(map01, dtype=np.float64), 0, 1) * (len(_RAMP) - 1)
+    lo = np.floor(v).astype(int)
+    hi = np.minimum(lo + 1, len(_RAMP) - 1)
+    f = (v - lo)[..., None]
+    return np.round(_RAMP[lo] * (1 - f) + _RAMP[hi] * f).astype(np.uint8)
+
+
+def occlusion_display(drop_map: np.ndarray) -> np.ndarray:
+    """The positive part of a drop map scaled to [0, 1] (what hiding makes the target less likely)."""
+    pos = np.clip(drop_map, 0, None)
+    top = pos.max()
+    return pos / top if top > 0 else pos
+
+
+def heat_layer(map01: np.ndarray, max_side: int = 384) -> Image.Image:
+    """RGBA layer: ramp colour, opacity growing with the evidence (transparent where there is none)."""
+    rgb = colorize(map01)
+    alpha = np.round(np.clip(map01, 0, 1) ** 0.8 * 200).astype(np.uint8)
+    layer = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+    layer.thumbnail((max_side, max_side), Image.BILINEAR)
+    return layer
+
+
+def overlay(img: Image.Image, map01: np.ndarray, boxes: Sequence[Sequence[int]] = (), max_side: int = 768) -> Image.Image:
+    """The photo with the heat layer blended on, and numbered outlines around `boxes` (photo coordinates)."""
+    photo = img.convert("RGB")
+    rgb = colorize(map01).astype(np.float64)
+    a = (np.clip(map01, 0, 1) ** 0.8 * 0.7)[..., None]
+    base = np.asarray(photo, dtype=np.float64) * 0.85  # dimmed slightly so the colours read
+    out = Image.fromarray(np.round(base * (1 - a) + rgb * a).astype(np.uint8), "RGB")
+    scale = min(1.0, max_side / max(out.size))
+    if scale < 1:
+        out = out.resize((max(1, round(out.width * scale)), max(1, round(out.height * scale))), Image.BILINEAR)
+    draw = ImageDraw.Draw(out)
+    width = max(2, round(max(out.size) / 200))
+    label_font = default_font(max(12, round(max(out.size) / 28)))
+    for rank, b in enumerate(boxes, 1):
+        x0, y0, x1, y1 = (round(v * scale) for v in b)
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(0, 0, 0), width=width + 2)
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(0, 255, 255), width=width)
+        draw.text((x0 + width + 2, y0 + width), str(rank), fill=(0, 255, 255), font=label_font, stroke_width=2, stroke_fill=(0, 0, 0))
+    return out
+
+
+def default_font(size: int):
+    """Pillow's default font at `size` px (one bitmap size on Pillow < 10.1)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one bitmap size only
+        return ImageFont.load_default()
+
+
+def png_b64(img: Image.Image) -> str:
+    """The image as PNG, base64 text for JSON."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def save_png(img: Image.Image, path: str | Path) -> Path:
+    """Write a PNG atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return path
+
+
+__all__ = ["colorize", "occlusion_display", "heat_layer", "overlay", "default_font", "png_b64", "save_png"]
