@@ -9,6 +9,13 @@ from pathlib import Path
 import typer
 
 from geopin.cli._common import input_errors
+from geopin.dataset.cells import Granularity
+from geopin.dataset.faces import FaceDetectorUnavailable
+from geopin.dataset.fetch import FetchConfig
+from geopin.features.backbones import BackboneUnavailable
+from geopin.features.embed import OutputBusy
+from geopin.pipeline.build import BuildConfig, BuildStopped, build
+from geopin.scale.engine import EngineConfig, EngineUnavailable
 
 
 def build_cmd(
@@ -18,52 +25,52 @@ def build_cmd(
                                                       "model/, eval/ and build.json."),
     group_col: str | None = typer.Option(None, help="Table: group (photographer) column; default 'author' "
                                                        "when the table has it, else none."),
-    group_from: str = typer.Option("none", help="Folder: group from 'subfolder', 'artist' (EXIF) or 'none'."),
-    lat_col: str = typer.Option("lat", help="Table: latitude column."),
-    lon_col: str = typer.Option("lon", help="Table: longitude column."),
-    image_col: str = typer.Option("image", help="Table: image path column."),
+    group_from: str = typer.Option(BuildConfig.group_from,
+                                   help="Folder: group from 'subfolder', 'artist' (EXIF) or 'none'."),
+    lat_col: str = typer.Option(BuildConfig.lat_col, help="Table: latitude column."),
+    lon_col: str = typer.Option(BuildConfig.lon_col, help="Table: longitude column."),
+    image_col: str = typer.Option(BuildConfig.image_col, help="Table: image path column."),
     image_root: Path | None = typer.Option(None, help="Table: folder that relative image paths start from."),
     granularity: list[str] | None = typer.Option(None, help="NAME:MAX:MIN, repeatable, coarse to fine; "
                                                                "default scales with the data."),
-    folds: int = typer.Option(5, help="Folds for the split and the evaluation (fewer when the data allows fewer)."),
-    evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Cross-validated evaluation at the end."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Registered backbone."),
-    long_side: int = typer.Option(384, help="Long side in pixels of the photos fed to the backbone."),
+    folds: int = typer.Option(BuildConfig.folds,
+                              help="Folds for the split and the evaluation (fewer when the data allows fewer)."),
+    evaluate: bool = typer.Option(BuildConfig.evaluate, "--evaluate/--no-evaluate",
+                                  help="Cross-validated evaluation at the end."),
+    backbone: str = typer.Option(BuildConfig.backbone, "--backbone", "-b", help="Registered backbone."),
+    long_side: int = typer.Option(BuildConfig.long_side, help="Long side in pixels of the photos fed to the backbone."),
     cache_dir: Path | None = typer.Option(None, help="Embedding cache root (default: $GEOPIN_CACHE/embeddings)."),
-    epochs: int = typer.Option(40, help="Classifier epochs."),
-    hidden: int = typer.Option(512, help="Classifier hidden width (0 = linear heads)."),
-    k: int = typer.Option(32, help="Neighbours retrieved per photo."),
-    inner_folds: int = typer.Option(5, help="Folds for the out-of-fold posterior fit."),
+    epochs: int = typer.Option(BuildConfig.epochs, help="Classifier epochs."),
+    hidden: int = typer.Option(BuildConfig.hidden, help="Classifier hidden width (0 = linear heads)."),
+    k: int = typer.Option(BuildConfig.k, help="Neighbours retrieved per photo."),
+    inner_folds: int = typer.Option(BuildConfig.inner_folds, help="Folds for the out-of-fold posterior fit."),
     workers: int = typer.Option(0, help="Ingest worker processes (0 = one per core)."),
-    seed: int = typer.Option(0),
+    timeout: float = typer.Option(FetchConfig.timeout_s, "--timeout", help="URL rows: the longest silence of a "
+                                  "download and each URL's retry budget: a dead or stalled URL is rejected as "
+                                  "download_timeout after about this many seconds."),
+    seed: int = typer.Option(BuildConfig.seed, help="Seed of the split, the training and the evaluation."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
-    engine: str = typer.Option("local", "--engine", help="Where ingest and embed run: local (this machine) or ray "
-                               "(partitions on a Ray cluster; the photos, downloads included, must be at the same "
+    engine: str = typer.Option(EngineConfig.name, "--engine", help="Where ingest and embed run: local (this machine) "
+                               "or ray (partitions on a Ray cluster; the photos, downloads included, must be at the same "
                                "path on every worker; see docs/cluster.md). The results, and so what a rerun skips, "
                                "do not depend on it."),
     address: str | None = typer.Option(None, "--address", help="Ray cluster to join: 'auto', HOST:PORT of the head, "
                                        "or ray://HOST:10001; default: start a local cluster of --engine-workers CPUs."),
-    engine_workers: int = typer.Option(2, "--engine-workers", help="Ray workers (1 CPU each; embed: one backbone each)."),
-    partition_size: int = typer.Option(64, "--partition-size", help="Photos per partition: the unit of retry, resume "
-                                       "and output file."),
+    engine_workers: int = typer.Option(EngineConfig.workers, "--engine-workers",
+                                       help="Ray workers (1 CPU each; embed: one backbone each)."),
+    partition_size: int = typer.Option(EngineConfig.partition_size, "--partition-size",
+                                       help="Photos per partition: the unit of retry, resume and output file."),
 ) -> None:
     """Ingest, cells, split, embed, train and evaluate; a rerun skips the stages whose inputs did not change.
 
     Exits 1 when a stage leaves nothing to build on (e.g. ingest kept no photo), 2 on unusable input.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from geopin.dataset.cells import Granularity
-    from geopin.dataset.faces import FaceDetectorUnavailable
-    from geopin.features.backbones import BackboneUnavailable
-    from geopin.features.embed import OutputBusy
-    from geopin.pipeline.build import BuildConfig, BuildStopped, build
-    from geopin.scale.engine import EngineConfig, EngineUnavailable
-
     with input_errors("build", ValueError, FileNotFoundError, KeyError, BackboneUnavailable, FaceDetectorUnavailable,
                       EngineUnavailable):
         cfg = BuildConfig(
             lat_col=lat_col, lon_col=lon_col, image_col=image_col, group_col=group_col, group_from=group_from,
-            image_root=image_root, workers=workers or (os.cpu_count() or 1),
+            image_root=image_root, workers=workers or None, fetch=FetchConfig(timeout_s=timeout),
             granularities=tuple(Granularity.parse(g) for g in granularity) if granularity else None,
             folds=folds, seed=seed, evaluate=evaluate, backbone=backbone, long_side=long_side,
             cache_dir=cache_dir, k=k, inner_folds=inner_folds, epochs=epochs, hidden=hidden,
@@ -85,7 +92,3 @@ def build_cmd(
         typer.echo(result["evaluation_text"])
         typer.echo(f"\nreport: {result['evaluation']['report']}; open {result['evaluation']['html']} in a browser")
     typer.echo(f"model: {result['model']}  (use: geopin predict PHOTO --model {result['model']})")
-
-
-def register(app: typer.Typer) -> None:
-    app.command(name="build")(build_cmd)

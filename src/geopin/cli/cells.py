@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from geopin.cli._common import input_errors
+from geopin.dataset.cells import CellsConfig, Granularity, run_cells
 
 
 def cells_cmd(
@@ -21,14 +22,12 @@ def cells_cmd(
         help="NAME:MAX:MIN, repeatable (split cells above MAX photos, drop below MIN). "
              "Default: coarse/middle/fine scaled to the number of photos.",
     ),
-    start_level: int = typer.Option(1, help="S2 level to start splitting from (0 = the 6 cube faces)."),
-    max_level: int = typer.Option(20, help="Finest S2 level; a cell there is kept even above MAX."),
+    start_level: int = typer.Option(CellsConfig.start_level, help="S2 level to start splitting from (0 = the 6 cube faces)."),
+    max_level: int = typer.Option(CellsConfig.max_level, help="Finest S2 level; a cell there is kept even above MAX."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the outputs match the manifest and options."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Partition the Earth into cells adapted to where the photos are, at several granularities."""
-    from geopin.dataset.cells import CellsConfig, Granularity, run_cells
-
     with input_errors("cells"):
         grans = tuple(Granularity.parse(g) for g in granularity) if granularity else None
         cfg = CellsConfig(granularities=grans, start_level=start_level, max_level=max_level)
@@ -54,7 +53,3 @@ def cells_cmd(
     lines.append(f"photos: {summary.n_photos}" + (f" ({skipped} without valid lat/lon skipped)" if skipped else ""))
     lines.append(f"output: {summary.out_dir}" + (" (up to date, reused)" if summary.reused else ""))
     typer.echo("\n".join(lines))
-
-
-def register(app: typer.Typer) -> None:
-    app.command(name="cells")(cells_cmd)

@@ -11,54 +11,57 @@ from typing import Optional
 
 import typer
 
+from geopin.cli._common import input_errors
+from geopin.features.backbones import (
+    BackboneUnavailable,
+    backbone_status,
+    list_backbones,
+)
+from geopin.features.embed import (
+    EmbedConfig,
+    OutputBusy,
+    embed_manifest,
+    embed_manifest_engine,
+)
+from geopin.scale.engine import EngineConfig, EngineUnavailable
+
 
 def embed(
     manifest: Path = typer.Argument(..., help="Manifest (Parquet or CSV) with id, path and sha256 columns, as written by `geopin ingest`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for embeddings.npy and embeddings.json."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Registered backbone (see `geopin backbones`)."),
-    mode: str = typer.Option("whole", "--mode", help="whole: the full photo at its own aspect ratio; center_crop: the network's native square."),
-    long_side: int = typer.Option(384, "--long-side", help="Long side in pixels of whole-mode inputs."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Photos per forward pass (within one input shape)."),
-    tta: str = typer.Option("", "--tta", help="Test-time augmentation, comma-separated: flip,crops (features are averaged)."),
+    backbone: str = typer.Option(EmbedConfig.backbone, "--backbone", "-b", help="Registered backbone (see `geopin backbones`)."),
+    mode: str = typer.Option(EmbedConfig.mode, "--mode", help="whole: the full photo at its own aspect ratio; center_crop: the network's native square."),
+    long_side: int = typer.Option(EmbedConfig.long_side, "--long-side", help="Long side in pixels of whole-mode inputs."),
+    batch_size: int = typer.Option(EmbedConfig.batch_size, "--batch-size", help="Photos per forward pass (within one input shape)."),
+    tta: str = typer.Option(",".join(EmbedConfig.tta), "--tta", help="Test-time augmentation, comma-separated: flip,crops (features are averaged)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Embedding cache root (default: $GEOPIN_CACHE/embeddings, else ~/.cache/geopin/embeddings)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the cache."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads for the forward pass (default: all cores)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode threads (default: min(4, cores))."),
-    shard_size: int = typer.Option(256, "--shard-size", help="Photos per cache shard (the most an interruption can lose)."),
+    shard_size: int = typer.Option(EmbedConfig.shard_size, "--shard-size", help="Photos per cache shard (the most an interruption can lose)."),
     json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary to stdout."),
-    engine: str = typer.Option("local", "--engine", help="local: this process (cached by content). ray: partitions on a Ray cluster, one backbone per worker, written to <out>/parts/part-NNNNN.parquet (a rerun skips finished parts), then the same embeddings.npy/.json. Needs `pip install 'geopin\\[cluster]'`; see docs/cluster.md."),
+    engine: str = typer.Option(EngineConfig.name, "--engine", help="local: this process (cached by content). ray: partitions on a Ray cluster, one backbone per worker, written to <out>/parts/part-NNNNN.parquet (a rerun skips finished parts), then the same embeddings.npy/.json. Needs `pip install 'geopin\\[cluster]'`; see docs/cluster.md."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: 'auto' (started on this node with `ray start`), HOST:PORT of the head, or ray://HOST:10001; default: start a local cluster of --engine-workers CPUs."),
-    engine_workers: int = typer.Option(2, "--engine-workers", help="Ray workers, each holding one backbone and using 1 CPU (torch threads) per photo batch."),
-    partition_size: int = typer.Option(64, "--partition-size", help="Photos per partition: the unit of retry, resume and output file."),
+    engine_workers: int = typer.Option(EngineConfig.workers, "--engine-workers", help="Ray workers, each holding one backbone and using 1 CPU (torch threads) per photo batch."),
+    partition_size: int = typer.Option(EngineConfig.partition_size, "--partition-size", help="Photos per partition: the unit of retry, resume and output file."),
 ) -> None:
     """Compute backbone features for every photo of a manifest (cached by content; resumable)."""
     _sleeping_openmp_threads()
-    from geopin.features.backbones import BackboneUnavailable
-    from geopin.features.embed import (
-        EmbedConfig,
-        OutputBusy,
-        embed_manifest,
-        embed_manifest_engine,
-    )
-    from geopin.scale.engine import EngineConfig, EngineUnavailable
-
-    try:
+    with input_errors("embed", ValueError, FileNotFoundError, BackboneUnavailable, EngineUnavailable):
         cfg = EmbedConfig(
             backbone=backbone, mode=mode, long_side=long_side, batch_size=batch_size,
             tta=tuple(t.strip() for t in tta.split(",") if t.strip()), cache_dir=cache_dir,
             threads=threads, workers=workers, shard_size=shard_size, use_cache=not no_cache,
         )
         engine_cfg = EngineConfig(engine, address=address, workers=engine_workers, partition_size=partition_size)
-        if engine_cfg.name == "local":
-            summary = embed_manifest(manifest, out, cfg)
-        else:
-            summary = embed_manifest_engine(manifest, out, cfg, engine_cfg)
-    except (ValueError, FileNotFoundError, BackboneUnavailable, EngineUnavailable) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except OutputBusy as exc:  # another run writes --out: nothing was touched
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        try:
+            if engine_cfg.name == "local":
+                summary = embed_manifest(manifest, out, cfg)
+            else:
+                summary = embed_manifest_engine(manifest, out, cfg, engine_cfg)
+        except OutputBusy as exc:  # another run writes --out: nothing was touched
+            typer.echo(f"geopin embed: {exc}", err=True)
+            raise typer.Exit(1) from None
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
     else:
@@ -82,8 +85,6 @@ def _sleeping_openmp_threads() -> None:
 
 def backbones(json_out: bool = typer.Option(False, "--json", help="Print a machine-readable list to stdout.")) -> None:
     """List registered backbones and whether their weights are available on this machine."""
-    from geopin.features.backbones import backbone_status, list_backbones
-
     rows = [backbone_status(name) for name in list_backbones()]
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
@@ -92,8 +93,3 @@ def backbones(json_out: bool = typer.Option(False, "--json", help="Print a machi
     for r in rows:
         state = "available" if r["available"] else f"unavailable: {r['reason']}"
         typer.echo(f"{r['name']:<{width}}  {r['description']}\n{'':<{width}}  {state}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command(name="embed")(embed)
-    app.command(name="backbones")(backbones)

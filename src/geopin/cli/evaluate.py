@@ -8,15 +8,21 @@ from pathlib import Path
 import typer
 
 from geopin.cli._common import input_errors
+from geopin.dataset.manifest import read_manifest
+from geopin.evaluation.crossval import EvalConfig, evaluate_cv
+from geopin.evaluation.report import write_evaluation
+from geopin.evaluation.similarity import similarity_by_distance
+from geopin.evaluation.tables import evaluation_text
+from geopin.features.embed import load_embeddings
 
 
 def evaluate_cmd(
     manifest: Path = typer.Argument(..., help="Manifest Parquet from `geopin ingest`."),
     embeddings: Path = typer.Option(..., "--embeddings", "-e", help="Folder written by `geopin embed` for this manifest."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for report.json, per-photo predictions and PNG plots."),
-    folds: int = typer.Option(5, help="Outer folds per scenario."),
-    scenario: list[str] = typer.Option(["group", "random"], help="'group' (new photographers) and/or 'random' (archive completion)."),
-    seed: int = typer.Option(0),
+    folds: int = typer.Option(EvalConfig.folds, help="Outer folds per scenario."),
+    scenario: list[str] = typer.Option(list(EvalConfig.scenarios), help="'group' (new photographers) and/or 'random' (archive completion)."),
+    seed: int = typer.Option(EvalConfig.seed, help="Seed of the folds and the bootstrap."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
     compare_embeddings: Path | None = typer.Option(
         None, "--compare-embeddings",
@@ -29,16 +35,6 @@ def evaluate_cmd(
     report says so; every number comes with a 95 % interval over photographers. Also: embedding
     similarity against distance in km (do photos near each other look alike?), once on all photos.
     """
-    from geopin.dataset.ingest import read_manifest
-    from geopin.evaluation.crossval import (
-        EvalConfig,
-        evaluate_cv,
-        evaluation_text,
-        similarity_by_distance,
-        write_evaluation,
-    )
-    from geopin.features.embed import load_embeddings
-
     with input_errors("evaluate", ValueError, FileNotFoundError, KeyError):
         cfg = EvalConfig(scenarios=tuple(scenario), folds=folds, seed=seed)
         man = read_manifest(manifest)
@@ -69,7 +65,3 @@ def evaluate_cmd(
 def _embedding_label(folder: Path | None, meta: dict) -> str:
     """How the report names an embedding set: its folder and backbone."""
     return "" if folder is None else f"{folder.name} ({meta.get('backbone', 'unknown backbone')})"
-
-
-def register(app: typer.Typer) -> None:
-    app.command(name="evaluate")(evaluate_cmd)

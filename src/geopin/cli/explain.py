@@ -9,6 +9,11 @@ from typing import Optional
 import typer
 
 from geopin.cli._common import input_errors
+from geopin.dataset.images import ImageError
+from geopin.explain.characterize import CharacterizeConfig, characterize
+from geopin.explain.maps import explain_with_maps, write_explanation
+from geopin.features.embed import load_image
+from geopin.locate.predict import PredictConfig, Predictor
 
 
 def explain_cmd(
@@ -23,11 +28,6 @@ def explain_cmd(
 
     Exits 2 for a photo that cannot be read, a bad target or a damaged model folder.
     """
-    from geopin.dataset.images import ImageError
-    from geopin.explain.maps import explain_with_maps, write_explanation
-    from geopin.features.embed import load_image
-    from geopin.locate.predict import PredictConfig, Predictor
-
     with input_errors("explain"):
         predictor = Predictor(PredictConfig(model_dir=model))
         cfg = predictor.embed_cfg
@@ -66,16 +66,14 @@ def characterize_cmd(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder; default: the bundled model."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for <CC>.png contact sheets and index.html."),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="`geopin embed` output: picks each country's most typical photos when there are more than --max-photos."),
-    min_photos: int = typer.Option(10, "--min-photos", help="Countries with fewer photos are skipped."),
-    crops_per_country: int = typer.Option(12, "--crops-per-country", help="Top crops kept per country."),
-    clusters: int = typer.Option(4, "--clusters", help="Kinds of evidence (rows) per contact sheet."),
-    max_photos: int = typer.Option(40, "--max-photos", help="Photos looked at per country (bounds the work)."),
-    max_countries: Optional[int] = typer.Option(None, "--max-countries", help="Only the countries with the most photos."),
+    min_photos: int = typer.Option(CharacterizeConfig.min_photos, "--min-photos", help="Countries with fewer photos are skipped."),
+    crops_per_country: int = typer.Option(CharacterizeConfig.crops_per_country, "--crops-per-country", help="Top crops kept per country."),
+    clusters: int = typer.Option(CharacterizeConfig.clusters, "--clusters", help="Kinds of evidence (rows) per contact sheet."),
+    max_photos: int = typer.Option(CharacterizeConfig.max_photos, "--max-photos", help="Photos looked at per country (bounds the work)."),
+    max_countries: Optional[int] = typer.Option(CharacterizeConfig.max_countries, "--max-countries", help="Only the countries with the most photos."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """For each country with enough photos: the crops that most strongly predict it, clustered, as contact sheets."""
-    from geopin.explain.maps import CharacterizeConfig, characterize
-
     with input_errors("characterize"):
         cfg = CharacterizeConfig(min_photos=min_photos, crops_per_country=crops_per_country, clusters=clusters,
                                  max_photos=max_photos, max_countries=max_countries)
@@ -91,8 +89,3 @@ def characterize_cmd(
     if not summary["countries"]:
         typer.echo("geopin characterize: no country had enough readable photos", err=True)
         raise typer.Exit(1)
-
-
-def register(app: typer.Typer) -> None:
-    app.command(name="explain")(explain_cmd)
-    app.command(name="characterize")(characterize_cmd)

@@ -9,6 +9,17 @@ from typing import Optional
 import typer
 
 from geopin.cli._common import input_errors
+from geopin.dataset.images import IMAGE_SUFFIXES
+from geopin.locate.predict import (
+    EXAMPLE_PHOTO,
+    EXAMPLE_TRUTH,
+    PredictConfig,
+    Predictor,
+    distance_to_truth_km,
+    expand_paths,
+    predict_engine,
+)
+from geopin.scale.engine import EngineConfig, EngineUnavailable
 
 
 def _table(results: list[dict]) -> str:
@@ -38,27 +49,18 @@ def _table(results: list[dict]) -> str:
 def predict_cmd(
     paths: list[Path] = typer.Argument(..., help="Photos or folders (searched recursively)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder; default: the bundled model."),
-    top_k: int = typer.Option(5, "--top-k", "-k", help="How many candidate places to list."),
+    top_k: int = typer.Option(PredictConfig.top_k, "--top-k", "-k", help="How many candidate places to list."),
     as_json: bool = typer.Option(False, "--json", help="JSON array of results on stdout."),
-    engine: str = typer.Option("local", "--engine", help="local: this process. ray: partitions on a Ray cluster, one model per worker; writes <out>/parts/part-NNNNN.parquet (a rerun skips finished parts), <out>/predictions.parquet and <out>/predictions.json. Needs `pip install 'geopin\\[cluster]'`; see docs/cluster.md."),
+    engine: str = typer.Option(EngineConfig.name, "--engine", help="local: this process. ray: partitions on a Ray cluster, one model per worker; writes <out>/parts/part-NNNNN.parquet (a rerun skips finished parts), <out>/predictions.parquet and <out>/predictions.json. Needs `pip install 'geopin\\[cluster]'`; see docs/cluster.md."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder of the engine's parts and predictions (required with --engine ray)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: 'auto' (started on this node with `ray start`), HOST:PORT of the head, or ray://HOST:10001; default: start a local cluster of --engine-workers CPUs."),
-    engine_workers: int = typer.Option(2, "--engine-workers", help="Ray workers, each holding one model and using 1 CPU."),
-    partition_size: int = typer.Option(64, "--partition-size", help="Photos per partition: the unit of retry, resume and output file."),
+    engine_workers: int = typer.Option(EngineConfig.workers, "--engine-workers", help="Ray workers, each holding one model and using 1 CPU."),
+    partition_size: int = typer.Option(EngineConfig.partition_size, "--partition-size", help="Photos per partition: the unit of retry, resume and output file."),
 ) -> None:
     """Predict where each photo was taken: best guess, top-k places, within-km confidences.
 
     Exits 2 when the arguments hold no photo at all, 1 when every photo failed.
     """
-    from geopin.dataset.images import IMAGE_SUFFIXES
-    from geopin.locate.predict import (
-        PredictConfig,
-        Predictor,
-        expand_paths,
-        predict_engine,
-    )
-    from geopin.scale.engine import EngineConfig, EngineUnavailable
-
     photos = expand_paths(paths)  # before the model loads: "nothing to do" must be quick
     if not photos:
         typer.echo(f"geopin predict: no photos in {', '.join(map(str, paths))} "
@@ -92,14 +94,6 @@ def demo_cmd(
     as_json: bool = typer.Option(False, "--json", help="JSON result on stdout."),
 ) -> None:
     """Predict the bundled example photo (a Cape Canaveral launch pad) and print the distance to the truth."""
-    from geopin.locate.predict import (
-        EXAMPLE_PHOTO,
-        EXAMPLE_TRUTH,
-        PredictConfig,
-        Predictor,
-        distance_to_truth_km,
-    )
-
     with input_errors("demo"):
         predictor = Predictor(PredictConfig())
     r = next(predictor.predict_paths([EXAMPLE_PHOTO]))
@@ -114,8 +108,3 @@ def demo_cmd(
     typer.echo(_table([r]))
     typer.echo(f"  truth        {EXAMPLE_TRUTH[0]:9.4f} {EXAMPLE_TRUTH[1]:10.4f}  US  (Space Launch Complex 40, Cape Canaveral)")
     typer.echo(f"  distance from best guess to truth: {r['error_km']:.0f} km")
-
-
-def register(app: typer.Typer) -> None:
-    app.command(name="predict")(predict_cmd)
-    app.command(name="demo")(demo_cmd)

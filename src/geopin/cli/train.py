@@ -9,6 +9,10 @@ from typing import Optional
 import typer
 
 from geopin.cli._common import input_errors
+from geopin.dataset.cells import Granularity
+from geopin.locate.heads import ClassifierConfig
+from geopin.locate.model import check_output_dir
+from geopin.locate.train import TrainConfig, train
 
 
 def train_cmd(
@@ -16,24 +20,19 @@ def train_cmd(
     embeddings: Path = typer.Option(..., "--embeddings", "-e", help="Folder written by `geopin embed` for this manifest."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write (replaced atomically)."),
     scenario: str = typer.Option(
-        "group", help="How held-out photos for fitting the posterior are chosen: 'group' (new photographers) or 'random' (archive completion)."
+        TrainConfig.scenario, help="How held-out photos for fitting the posterior are chosen: 'group' (new photographers) or 'random' (archive completion)."
     ),
     granularity: Optional[list[str]] = typer.Option(None, help="NAME:MAX:MIN, repeatable, coarse to fine; default scales with the data."),
-    k: int = typer.Option(32, help="Neighbours retrieved per photo."),
-    inner_folds: int = typer.Option(5, help="Folds for the out-of-fold posterior fit."),
-    epochs: int = typer.Option(40, help="Classifier epochs."),
-    hidden: int = typer.Option(512, help="Classifier hidden width (0 = linear heads)."),
+    k: int = typer.Option(TrainConfig.k, help="Neighbours retrieved per photo."),
+    inner_folds: int = typer.Option(TrainConfig.inner_folds, help="Folds for the out-of-fold posterior fit."),
+    epochs: int = typer.Option(ClassifierConfig.epochs, help="Classifier epochs."),
+    hidden: int = typer.Option(ClassifierConfig.hidden, help="Classifier hidden width (0 = linear heads)."),
     split: Optional[Path] = typer.Option(None, help="Split Parquet (id, split) from `geopin split`; train on rows whose split is --split-value."),
     split_value: str = typer.Option("train", help="Which split value to train on."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(TrainConfig.seed, help="Seed of the classifier and the inner folds."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Train a model: geocell classifier, retrieval gallery and a calibrated posterior."""
-    from geopin.dataset.cells import Granularity
-    from geopin.locate.heads import ClassifierConfig
-    from geopin.locate.model import check_output_dir
-    from geopin.locate.train import TrainConfig, train
-
     with input_errors("train", ValueError, FileNotFoundError, KeyError):
         check_output_dir(out)  # a read-only or wrong --out fails now, not after the training
         grans = [Granularity.parse(g) for g in granularity] if granularity else None
@@ -64,7 +63,3 @@ def train_cmd(
             f"posterior weights: prior {p.w_prior:.2f}, classifier {p.w_clf:.2f} (T={p.t_clf}), "
             f"neighbours {p.w_knn:.2f} (T={p.t_knn})"
         )
-
-
-def register(app: typer.Typer) -> None:
-    app.command(name="train")(train_cmd)

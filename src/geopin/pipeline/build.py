@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from geopin.dataset.cells import Granularity
+from geopin.dataset.fetch import FetchConfig
 from geopin.dataset.ingest import IngestConfig
 from geopin.evaluation.crossval import EvalConfig
 from geopin.features.embed import EmbedConfig
@@ -51,8 +52,9 @@ class BuildConfig:
     image_col: str = IngestConfig.image_col
     group_col: str | None = None  # None: "author" when the table has it, else no group
     group_from: str = IngestConfig.group_from  # folder input: "none" | "subfolder" | "artist"
-    image_root: Path | None = None
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    image_root: Path | None = IngestConfig.image_root
+    workers: int | None = None  # ingest processes; None: IngestConfig's default (one per core)
+    fetch: FetchConfig = field(default_factory=FetchConfig)  # URL rows: timeouts, retries, size cap
     # cells and train
     granularities: tuple[Granularity, ...] | None = None  # None: scaled to the number of photos
     # split and evaluate
@@ -63,7 +65,7 @@ class BuildConfig:
     backbone: str = EmbedConfig.backbone
     long_side: int = EmbedConfig.long_side
     batch_size: int = EmbedConfig.batch_size
-    cache_dir: Path | None = None
+    cache_dir: Path | None = EmbedConfig.cache_dir
     shard_size: int = EmbedConfig.shard_size
     # train
     k: int = TrainConfig.k
@@ -76,9 +78,12 @@ class BuildConfig:
     def __post_init__(self) -> None:
         if self.folds < 2:
             raise ValueError(f"folds must be at least 2, got {self.folds}")
-        for name in ("k", "inner_folds", "epochs", "long_side", "batch_size", "shard_size", "workers"):
+        for name in ("k", "inner_folds", "epochs", "long_side", "batch_size", "shard_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be positive, got {self.workers}")
+        self.fetch.validate()
         if self.hidden < 0:
             raise ValueError(f"hidden must be 0 (linear) or positive, got {self.hidden}")
 
@@ -177,7 +182,8 @@ def build(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: BuildConfi
     group_col = resolve_group_col(source, cfg)
     ingest_cfg = IngestConfig(lat_col=cfg.lat_col, lon_col=cfg.lon_col, image_col=cfg.image_col,
                               group_col=group_col, image_root=cfg.image_root, group_from=cfg.group_from,
-                              workers=cfg.workers, engine=cfg.engine)
+                              fetch=cfg.fetch, engine=cfg.engine,
+                              **({} if cfg.workers is None else {"workers": cfg.workers}))
     source_digest = _folder_digest(source) if source.is_dir() else sha256_file(source)
     ingest_conf = {k: v for k, v in dataclasses.asdict(ingest_cfg).items() if k not in ("workers", "engine")}
     ing = stage("ingest", {"source": source_digest}, ingest_conf,
@@ -270,12 +276,10 @@ def _run_evaluate(manifest: Path, emb_dir: Path, eval_dir: Path, scenarios, trai
     import numpy as np
 
     from geopin.dataset.manifest import read_manifest
-    from geopin.evaluation.crossval import (
-        evaluate_cv,
-        evaluation_text,
-        similarity_by_distance,
-        write_evaluation,
-    )
+    from geopin.evaluation.crossval import evaluate_cv
+    from geopin.evaluation.report import write_evaluation
+    from geopin.evaluation.similarity import similarity_by_distance
+    from geopin.evaluation.tables import evaluation_text
     from geopin.features.embed import load_embeddings
 
     man = read_manifest(manifest)
