@@ -230,9 +230,10 @@ def fit_mixture(
     places_list: list[Places],
     ev_list: list[Evidence],
     truth_list: list[tuple[np.ndarray, np.ndarray]],
-    cfg: FitConfig = FitConfig(),
+    cfg: FitConfig | None = None,
 ) -> tuple[MixParams, dict]:
     """Fit weights and temperatures on out-of-fold evidence (one entry per inner fold)."""
+    cfg = cfg or FitConfig()
     masks = [truth_masks(p, e, t[0], t[1]) for p, e, t in zip(places_list, ev_list, truth_list)]
     # prior component does not depend on temperatures
     prior_v = np.concatenate([(mc * p.prior[None, None, :]).sum(-1) for p, (mc, _) in zip(places_list, masks)], axis=1)
