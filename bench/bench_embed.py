@@ -106,15 +106,17 @@ def _forward_row(buckets: dict, batches: list, times: list[float], threads: int)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from geopin.features.backbones import DEFAULT_BACKBONE, DEFAULT_LONG_SIDE
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--manifest", type=Path, help="manifest with id, path (default: shared Im2GPS3k labels)")
     source.add_argument("--folder", type=Path, help="folder of photos")
     parser.add_argument("--n", type=int, default=512, help="number of photos")
-    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--compare", default="efficientnet_lite2", help="second backbone for forward throughput ('' to skip)")
     parser.add_argument("--mode", default="whole")
-    parser.add_argument("--long-side", type=int, default=384)
+    parser.add_argument("--long-side", type=int, default=DEFAULT_LONG_SIDE)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)

@@ -55,13 +55,13 @@ import pandas as pd
 
 from geopin.dataset.ingest import IngestConfig, ingest
 from geopin.dataset.manifest import read_manifest
-from geopin.evaluation.crossval import (
-    EvalConfig,
-    evaluate_cv,
+from geopin.evaluation.crossval import EvalConfig, evaluate_cv
+from geopin.evaluation.tables import (
     format_calibration_table,
     format_methods_table,
     paired_lines,
 )
+from geopin.features.backbones import DEFAULT_LONG_SIDE
 from geopin.features.embed import (
     EmbedConfig,
     embed_images,
@@ -77,7 +77,7 @@ from geopin.metrics import BootstrapDraws, bootstrap_mean, geoscore
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_finetune")
 
-BASE_LONG_SIDE, BASE_NATIVE = 384, 224  # Lite0's default whole-mode long side for its native 224
+BASE_LONG_SIDE, BASE_NATIVE = DEFAULT_LONG_SIDE, 224  # Lite0's default whole-mode long side for its native 224
 KM = (25, 200, 750, 2500)
 DEFAULT_VARIANTS = "lite0,lite0+tta,lite1,lite2,finetuned"
 REFERENCE = "lite0"  # the current default, which every other row is paired against

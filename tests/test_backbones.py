@@ -18,15 +18,16 @@ from geopin.cli import app
 from geopin.features import backbones
 from geopin.features.backbones import (
     Backbone,
+    BackboneConfig,
     BackboneUnavailable,
     backbone_status,
     create_backbone,
     list_backbones,
     load_efficientnet_lite,
-    reference_features,
     register_backbone,
     whole_size,
 )
+from geopin.features.backbones import registry as backbone_registry
 
 SAMPLE_DATA = Path(matplotlib.get_data_path()) / "sample_data"
 GRACE_HOPPER = SAMPLE_DATA / "grace_hopper.jpg"
@@ -57,6 +58,11 @@ def _one_torch_thread():
         yield
 
 
+def reference_features(net, x):
+    """Pooled features from the unmodified port, the reference the fused model is tested against."""
+    return net._avg_pooling(net.extract_features(x)).flatten(1)
+
+
 def _top5(backbone: Backbone, img: Image.Image, mode: str, long_side: int = 384) -> list[int]:
     x = backbone.preprocess(img, mode, long_side)
     with torch.inference_mode():
@@ -81,17 +87,16 @@ def test_unknown_backbone_error_lists_known_names():
 
 
 def test_adding_a_backbone_is_one_function(monkeypatch):
-    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))
-
-    def preprocess(img: Image.Image, mode: str = "whole", long_side: int = 384) -> torch.Tensor:
-        arr = np.asarray(img.convert("RGB").resize((long_side, long_side)), dtype=np.float32) / 255
-        return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+    monkeypatch.setattr(backbone_registry, "_REGISTRY", dict(backbone_registry._REGISTRY))
+    # its preprocessing is data: pixels scaled to 0..1, the whole photo at the long side asked for
+    config = BackboneConfig(name="tiny_test_cnn", family="test", version="random-v0", mean=(0, 0, 0), std=(255, 255, 255),
+                            native_size=64)
 
     @register_backbone("tiny_test_cnn", description="one conv")
     def _tiny(device: str) -> Backbone:
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-        return Backbone("tiny_test_cnn", "random-v0", 8, model.to(device), preprocess)
+        return Backbone(config, 8, model.to(device))
 
     assert "tiny_test_cnn" in list_backbones()
     assert backbone_status("tiny_test_cnn")["available"]
@@ -282,3 +287,95 @@ def test_backbones_cli_lists_availability(tmp_path, monkeypatch):
     text = runner.invoke(app, ["backbones"])
     assert text.exit_code == 0 and "efficientnet_lite0" in text.stdout
     assert runner.invoke(app, ["backbones", "--help"]).exit_code == 0
+
+
+# ---------------------------------------------------------------------------------- preprocessing is data
+
+
+def test_each_entry_returns_its_preprocessing_as_a_config(lite0):
+    from geopin.features.backbones import (
+        DEFAULT_BACKBONE,
+        DEFAULT_LONG_SIDE,
+        preprocess_image,
+    )
+
+    config = lite0.config
+    assert (config.name, config.family, config.version) == (DEFAULT_BACKBONE, "efficientnet_lite", lite0.version)
+    assert (config.mode, config.long_side, config.native_size) == ("whole", DEFAULT_LONG_SIDE, 224)
+    assert BackboneConfig.from_dict(config.to_dict(), "test") == config
+    img = Image.open(GRACE_HOPPER)
+    for mode, long_side in (("whole", 128), ("center_crop", 384)):
+        assert torch.equal(lite0.preprocess(img, mode, long_side), preprocess_image(img, config.for_input(mode, long_side)))
+
+
+def test_letterbox_config_pads_the_whole_photo_onto_a_mean_coloured_native_square():
+    from geopin.features.backbones import preprocess_image
+
+    config = BackboneConfig(name="square", family="test", version="1", mean=(100, 110, 120), std=(50, 50, 50),
+                            native_size=64, whole_fit="letterbox", crop_padding=0)
+    x = preprocess_image(Image.new("RGB", (200, 100), (200, 210, 220)), config)
+    assert tuple(x.shape) == (3, 64, 64)
+    assert torch.allclose(x[:, 0, 0], torch.zeros(3)) and torch.allclose(x[:, -1, -1], torch.zeros(3))  # padding = mean
+    assert torch.allclose(x[:, 32, 32], torch.full((3,), 2.0))  # the photo itself, (200 - 100) / 50
+    crop = preprocess_image(Image.new("RGB", (200, 100)), config.for_input("center_crop"))
+    assert tuple(crop.shape) == (3, 64, 64)
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("mode", "stretch", "unknown mode"), ("std", [1, 0, 1], "std must be positive"), ("mean", [1, 2], "mean must be 3"),
+    ("native_size", 0, "native_size must be an integer"), ("interpolation", "lanczos9", "unknown interpolation"),
+])
+def test_a_bad_stored_config_names_the_source_and_the_field(lite0, field, value, reason):
+    stored = {**lite0.config.to_dict(), field: value}
+    with pytest.raises(ValueError, match=f"embeddings.json: backbone_config: {reason}"):
+        BackboneConfig.from_dict(stored, "embeddings.json: backbone_config")
+    with pytest.raises(ValueError, match="unknown field.*colour"):
+        BackboneConfig.from_dict({**lite0.config.to_dict(), "colour": 1}, "x")
+
+
+def test_config_check_names_the_field_and_only_warns_about_the_version(lite0, caplog):
+    import dataclasses
+
+    from geopin.features.backbones import BackboneMismatch, check_backbone_config
+
+    config = lite0.config
+    check_backbone_config(config, config, "model.json: backbone_config")
+    with pytest.raises(BackboneMismatch, match=r"model\.json: backbone_config: long_side is 384, but .* long_side 128"):
+        check_backbone_config(config, config.for_input(long_side=128), "model.json: backbone_config")
+    with caplog.at_level("WARNING"):
+        check_backbone_config(dataclasses.replace(config, version="older"), config, "model.json: backbone_config")
+    assert any("older" in r.message and lite0.version in r.message for r in caplog.records)
+
+
+def test_trunk_stages_give_the_feature_map_whose_mean_is_the_features(lite0):
+    from geopin.features.backbones import trunk_stages
+
+    stem, blocks, head = trunk_stages(lite0.model)
+    x = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        fmap = head(blocks(stem(x.contiguous(memory_format=torch.channels_last))))
+        assert fmap.shape == (1, 1280, 3, 4)
+        assert torch.allclose(fmap.mean((2, 3)), lite0.model(x), atol=1e-5)
+    with pytest.raises(ValueError, match="Sequential is not a fused EfficientNet-Lite"):
+        trunk_stages(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)))
+
+
+def test_finetuned_names_are_recorded_relative_to_a_folder_beside_or_above_them(tmp_path):
+    from geopin.features.backbones import absolute_name, relative_name
+
+    root = tmp_path / "project"
+    ft = f"finetuned:{root / 'ft'}"
+    assert relative_name(ft, root / "model") == "finetuned:../ft"
+    assert relative_name(f"finetuned:{root / 'model' / 'ft'}", root / "model") == "finetuned:ft"
+    assert relative_name(ft, tmp_path / "elsewhere" / "deep" / "model") == ft  # not beside: stays absolute
+    assert relative_name("efficientnet_lite0", root) == "efficientnet_lite0"
+    for folder in (root / "model", tmp_path / "elsewhere" / "deep" / "model"):
+        assert absolute_name(relative_name(ft, folder), folder) == ft
+    assert absolute_name("finetuned:../ft", tmp_path / "moved" / "model") == f"finetuned:{tmp_path / 'moved' / 'ft'}"
+
+
+def test_unknown_names_mention_the_prefix_entries():
+    with pytest.raises(ValueError, match=r"finetuned:\.\.\. \(EfficientNet-Lite fine-tuned"):
+        create_backbone("resnet9000")
+    with pytest.raises(ValueError, match="expected finetuned:DIR"):
+        backbone_status("finetuned:")

@@ -413,3 +413,44 @@ def test_lock_of_a_killed_run_does_not_block_the_next(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["n"] == 3
     assert not list(out.glob(".*.tmp"))  # the killed run's temporary output is gone
+
+
+# ------------------------------------------------------------------------- the backbone config in embeddings.json
+
+
+def test_embeddings_json_records_the_backbone_config_and_the_reader_checks_it(tmp_path, lite0):
+    from geopin.features.embed import embeddings_backbone_config
+
+    df = _manifest(tmp_path / "img", 3)
+    embed_manifest(df, tmp_path / "out", _cfg(tmp_path, mode="center_crop"), backbone=lite0)
+    path = tmp_path / "out" / "embeddings.json"
+    meta = json.loads(path.read_text())
+    expected = lite0.config.for_input("center_crop", 128)
+    assert meta["backbone_config"] == expected.to_dict()
+    assert meta["backbone_config"]["mean"] == [127.0, 127.0, 127.0] and meta["backbone_config"]["native_size"] == 224
+    _, loaded = load_embeddings(tmp_path / "out", df)
+    assert embeddings_backbone_config(loaded) == expected
+    meta["backbone_config"]["std"] = [0.0, 128.0, 128.0]
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"embeddings\.json: backbone_config: std must be positive"):
+        load_embeddings(tmp_path / "out")
+
+
+def test_the_writer_leaves_nothing_when_the_run_fails(tmp_path, lite0):
+    from geopin.features.embed import write_embeddings
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        with write_embeddings(out, ["a", "b"], lite0.config, 4, EmbedConfig()) as o:
+            o.vectors[0] = 1.0
+            raise RuntimeError("disk on fire")
+    with pytest.raises(RuntimeError, match="finish"):
+        with write_embeddings(out, ["a", "b"], lite0.config, 4, EmbedConfig()):
+            pass
+    assert list(out.iterdir()) == []
+
+
+def test_embedding_with_another_backbone_than_the_config_names_is_refused(lite0):
+    with pytest.raises(ValueError, match="backbone 'efficientnet_lite0' given, but the config names 'efficientnet_lite1'"):
+        embed_images([Image.new("RGB", (64, 48))], lite0, EmbedConfig(backbone="efficientnet_lite1"))

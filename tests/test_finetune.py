@@ -8,6 +8,7 @@ fine-tuning that learns anything must pull each place's photos together.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from geopin.cli import app
+from geopin.dataset.cells import Granularity
 from geopin.dataset.ingest import IngestConfig, ingest
 from geopin.dataset.manifest import read_manifest
 from geopin.features.backbones import (
@@ -25,8 +27,11 @@ from geopin.features.backbones import (
     backbone_status,
     create_backbone,
 )
-from geopin.features.embed import EmbedConfig, cache_key, embed_images
+from geopin.features.embed import EmbedConfig, cache_key, embed_images, embed_manifest
 from geopin.locate.finetune import FinetuneConfig, finetune
+from geopin.locate.heads import ClassifierConfig
+from geopin.locate.predict import PredictConfig, Predictor
+from geopin.locate.train import TrainConfig, train
 
 PLACES = [  # (lat, lon, base colour, stripe direction)
     (48.85, 2.35, (200, 60, 50), "h"),  # Paris
@@ -196,3 +201,35 @@ def test_a_relative_folder_is_recorded_absolute_so_models_load_it_from_anywhere(
     assert backbone.name == f"finetuned:{folder}"
     monkeypatch.chdir("/")
     assert create_backbone(backbone.name).version == backbone.version
+
+
+def test_a_model_on_a_finetuned_backbone_still_predicts_after_its_folders_move(tuned, dataset, tmp_path):
+    """embeddings.json and model.json name the fine-tuned folder beside them relative to themselves."""
+    root = tmp_path / "project"
+    shutil.copytree(tuned[0], root / "ft")
+    name = f"finetuned:{root / 'ft'}"
+    embed_manifest(dataset["manifest"], root / "emb",
+                   EmbedConfig(backbone=name, long_side=128, cache_dir=tmp_path / "cache", threads=1, workers=1))
+    emb_doc = json.loads((root / "emb" / "embeddings.json").read_text())
+    assert emb_doc["backbone"] == emb_doc["config"]["backbone"] == emb_doc["backbone_config"]["name"] == "finetuned:../ft"
+    cfg = TrainConfig(granularities=[Granularity("coarse", 60, 3), Granularity("fine", 14, 3)],
+                      classifier=ClassifierConfig(epochs=5), k=4, inner_folds=2)
+    train(dataset["manifest"], root / "emb", root / "model", cfg)
+    doc = json.loads((root / "model" / "model.json").read_text())
+    assert doc["backbone_config"]["name"] == "finetuned:../ft"
+    assert doc["backbone_config"]["version"] == emb_doc["version"] == create_backbone(name).version
+    photos = list(dataset["man"]["path"][:4])
+    before = list(Predictor(PredictConfig(model_dir=root / "model")).predict_paths(photos))
+
+    moved = tmp_path / "elsewhere" / "copy"
+    moved.mkdir(parents=True)
+    for folder in ("ft", "model"):
+        shutil.move(root / folder, moved / folder)
+    assert not (root / "ft").exists()  # the old absolute path would not load
+    predictor = Predictor(PredictConfig(model_dir=moved / "model"))
+    assert predictor.backbone.name == f"finetuned:{moved / 'ft'}" and predictor.embed_cfg.long_side == 128
+    after = list(predictor.predict_paths(photos))
+    assert all("error" not in r for r in after)
+    for a, b in zip(before, after):
+        assert (a["lat"], a["lon"]) == pytest.approx((b["lat"], b["lon"]), abs=1e-6)
+        assert a["within_km"] == pytest.approx(b["within_km"], abs=1e-6)

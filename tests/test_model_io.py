@@ -65,7 +65,8 @@ def test_model_json_holds_checksums_and_classifier_config(saved):
     import hashlib
 
     doc = doc_of(saved)
-    assert doc["format_version"] == 3
+    assert doc["format_version"] == 4  # 4: the backbone config (None here: trained on bare embeddings)
+    assert doc["backbone_config"] is None
     files = doc["files"]
     assert sorted(files) == sorted(n for n in MODEL_FILES if n != "model.json")
     for name, info in files.items():
@@ -462,3 +463,28 @@ def test_full_disk_while_writing_the_faiss_index_is_the_same_clear_error(model, 
         m.save(point / "m")
     assert "gallery.faiss" in str(err.value.__cause__.filename)  # FAISS's own error, turned into the usual one
     assert sorted(p.name for p in point.iterdir()) == ["filler"]
+
+
+# ------------------------------------------------------------------ the backbone config travels with the model
+
+
+def test_train_keeps_the_backbone_config_of_its_embeddings(data, tmp_path):
+    from geopin.features.backbones import BackboneConfig
+
+    df, emb = data
+    manifest, emb_dir = write_dataset(df, emb, tmp_path)
+    config = BackboneConfig(name="efficientnet_lite0", family="efficientnet_lite", version="weights-v9", mean=(127, 127, 127),
+                            std=(128, 128, 128), native_size=224, long_side=256)
+    meta = json.loads((emb_dir / "embeddings.json").read_text())
+    write_json({**meta, "backbone_config": config.to_dict()}, emb_dir / "embeddings.json")
+    model = train(manifest, emb_dir, tmp_path / "model", fast_cfg(0))
+    assert model.backbone_config == config
+    doc = doc_of(tmp_path / "model")
+    assert doc["format_version"] == 4 and doc["backbone_config"] == config.to_dict()
+    assert "backbone_config" not in doc["meta"]["embedding"]  # one copy, the one predict reads
+    again = GeoModel.load(tmp_path / "model")
+    assert again.backbone_config == config and again.format_version == 4
+    # embeddings from before the config was recorded: the model has none (predict then says what it assumes)
+    write_json(meta, emb_dir / "embeddings.json")
+    assert train(manifest, emb_dir, tmp_path / "old", fast_cfg(0)).backbone_config is None
+    assert doc_of(tmp_path / "old")["backbone_config"] is None

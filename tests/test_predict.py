@@ -280,3 +280,82 @@ def test_cli_no_photos_at_all_exits_2_with_a_message(tmp_path):
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert "no photos" in r.stderr and args[0] in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------- the backbone config, stored and checked
+
+
+def _model_copy(tmp_path: Path, edit) -> Path:
+    """The bundled model copied, its model.json edited by edit(doc) (model.json is not among the checksummed files)."""
+    folder = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, folder)
+    doc = json.loads((folder / "model.json").read_text())
+    edit(doc)
+    (folder / "model.json").write_text(json.dumps(doc))
+    return folder
+
+
+def test_bundled_model_records_the_preprocessing_predict_uses(predictor):
+    stored = predictor.model.backbone_config
+    assert stored is not None and stored.name == "efficientnet_lite0"
+    assert (stored.mode, stored.long_side, stored.native_size) == ("whole", 384, 224)
+    assert stored.mean == (127.0, 127.0, 127.0) and stored.std == (128.0, 128.0, 128.0)
+    assert (predictor.embed_cfg.backbone, predictor.embed_cfg.mode, predictor.embed_cfg.long_side) == ("efficientnet_lite0", "whole", 384)
+    assert predictor.backbone.config.for_input(stored.mode, stored.long_side) == stored
+
+
+@pytest.mark.parametrize("field, value", [("mean", [0.0, 0.0, 0.0]), ("native_size", 260), ("interpolation", "bilinear"),
+                                          ("family", "clip")])
+def test_a_stored_config_the_backbone_disagrees_with_is_an_error_naming_file_and_field(tmp_path, field, value):
+    from geopin.features.backbones import BackboneMismatch
+    from geopin.locate.predict import PredictConfig, Predictor
+
+    folder = _model_copy(tmp_path, lambda doc: doc["backbone_config"].update({field: value}))
+    with pytest.raises(BackboneMismatch) as err:
+        Predictor(PredictConfig(model_dir=folder))
+    message = str(err.value)
+    assert str(folder / "model.json") in message and f"backbone_config: {field} is" in message, message
+
+
+def test_a_malformed_stored_config_is_a_model_error_naming_the_field(tmp_path):
+    from geopin.locate.model import GeoModel, ModelError
+
+    folder = _model_copy(tmp_path, lambda doc: doc["backbone_config"].update(mode="stretch"))
+    with pytest.raises(ModelError, match=r"model\.json: backbone_config: unknown mode 'stretch'"):
+        GeoModel.load(folder)
+    folder2 = _model_copy(tmp_path / "b", lambda doc: doc["backbone_config"].pop("std"))
+    with pytest.raises(ModelError, match=r"model\.json: backbone_config: missing field\(s\) std"):
+        GeoModel.load(folder2)
+
+
+def test_a_format_3_model_without_a_config_predicts_as_lite0_and_says_so(predictor, photo, tmp_path, caplog):
+    from geopin.locate.predict import PredictConfig, Predictor
+
+    def to_format_3(doc):
+        doc["format_version"] = 3
+        del doc["backbone_config"]
+        doc["meta"].pop("backbone")
+        doc["meta"].pop("embedding")
+
+    folder = _model_copy(tmp_path, to_format_3)
+    with caplog.at_level("WARNING", logger="geopin.locate.predict"):
+        old = Predictor(PredictConfig(model_dir=folder))
+    assert old.model.backbone_config is None and old.backbone.name == "efficientnet_lite0"
+    assert any("model format 3" in r.message and "assuming efficientnet_lite0" in r.message for r in caplog.records)
+    (a,) = list(old.predict_paths([photo]))
+    (b,) = list(predictor.predict_paths([photo]))
+    assert (a["lat"], a["lon"]) == pytest.approx((b["lat"], b["lon"]), abs=1e-6)
+
+
+def test_a_format_4_model_that_names_no_backbone_cannot_predict_photos(tmp_path):
+    from geopin.locate.model import ModelError
+    from geopin.locate.predict import PredictConfig, Predictor
+
+    def no_backbone(doc):
+        doc["backbone_config"] = None
+        doc["meta"].pop("backbone")
+        doc["meta"].pop("embedding")
+
+    folder = _model_copy(tmp_path, no_backbone)
+    with pytest.raises(ModelError, match=r"model\.json: no backbone_config and no backbone named"):
+        Predictor(PredictConfig(model_dir=folder))

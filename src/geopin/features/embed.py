@@ -34,7 +34,16 @@ from PIL import Image
 
 from geopin.dataset.images import ImageError, decode_rgb, open_image
 from geopin.dataset.manifest import FOR_EMBED, read_manifest
-from geopin.features.backbones import MODES, Backbone, create_backbone
+from geopin.features.backbones import (
+    DEFAULT_BACKBONE,
+    DEFAULT_LONG_SIDE,
+    MODES,
+    Backbone,
+    BackboneConfig,
+    absolute_name,
+    create_backbone,
+    relative_name,
+)
 from geopin.io import atomic_path, sha256_file, write_json
 from geopin.log import progress
 from geopin.runtime import keep_freed_memory, keep_freed_memory_for_life, torch_threads
@@ -71,9 +80,9 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class EmbedConfig:
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     mode: str = "whole"  # "whole": own aspect ratio, long side = long_side; "center_crop": native-size square
-    long_side: int = 384
+    long_side: int = DEFAULT_LONG_SIDE
     batch_size: int = 32
     tta: tuple[str, ...] = ()  # "flip", "crops": features averaged over the extra views
     cache_dir: Path | None = None  # None: default_cache_dir()
@@ -129,7 +138,7 @@ class EmbedSummary:
     failures: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     embed_seconds: float = 0.0  # decode + forward of the photos not in the cache
-    forward_seconds: float = 0.0
+    forward_seconds: float | None = 0.0  # None on the engine (measured in each worker, not summed)
     photos_per_s: float = 0.0  # newly embedded photos per second of embed_seconds
     cache_key: str = ""
     cache_dir: str | None = None
@@ -145,7 +154,7 @@ class EmbedSummary:
 # Cache
 
 
-def cache_key(backbone: Backbone, cfg: EmbedConfig) -> str:
+def cache_key(backbone: Backbone | BackboneConfig, cfg: EmbedConfig) -> str:
     """Folder name for vectors that are interchangeable: same weights, same preprocessing, same views."""
     spec = cache_spec(backbone, cfg)
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
@@ -154,7 +163,7 @@ def cache_key(backbone: Backbone, cfg: EmbedConfig) -> str:
     return f"{safe}-{cfg.mode}-{digest}"
 
 
-def cache_spec(backbone: Backbone, cfg: EmbedConfig) -> dict[str, Any]:
+def cache_spec(backbone: Backbone | BackboneConfig, cfg: EmbedConfig) -> dict[str, Any]:
     return {
         "backbone": backbone.name,
         "version": backbone.version,
@@ -242,7 +251,7 @@ def _draft_request(width: int, height: int, mode: str, long_side: int, native_si
 
 
 def load_image(
-    source: Path | str | bytes, mode: str = "whole", long_side: int = 384, native_size: int = 224
+    source: Path | str | bytes, mode: str = "whole", long_side: int = DEFAULT_LONG_SIDE, native_size: int = 224
 ) -> Image.Image:
     """Decode to an upright 8-bit RGB image through geopin.dataset.images (the decoding ingest and predict use too).
 
@@ -389,6 +398,7 @@ def embed_images(images: Sequence[Image.Image | Path | str], backbone: Backbone,
     import torch
 
     cfg = cfg or EmbedConfig(backbone=backbone.name)
+    check_embed_backbone(backbone, cfg)
     out = np.full((len(images), backbone.dim), np.nan, dtype=np.float32)
     batcher = _Batcher(backbone.model, cfg.batch_size)
     with torch_threads(cfg.threads), torch.inference_mode():
@@ -493,35 +503,15 @@ def embed_manifest(
 
 def _embed_locked(df: pd.DataFrame, out_dir: Path, cfg: EmbedConfig, backbone: Backbone | None,
                   t_start: float) -> EmbedSummary:
-    import torch
-    from numpy.lib.format import open_memmap
-
-    n = len(df)
     if backbone is None:
         backbone = create_backbone(cfg.backbone, cfg.device)
-    elif backbone.name != cfg.backbone:
-        raise ValueError(f"backbone {backbone.name!r} given, but the config names {cfg.backbone!r}")
+    check_embed_backbone(backbone, cfg)
     key = cache_key(backbone, cfg)
-    workers = cfg.workers or max(1, min(4, os.cpu_count() or 1))
+    workers = decode_workers(cfg)
     paths = df["path"].tolist()
-    shas: list[str | None] = df["sha256"].tolist()
     failures: dict[int, str] = {}
-
     with ThreadPoolExecutor(workers, thread_name_prefix="geopin-decode") as pool:
-        missing = [i for i, s in enumerate(shas) if s is None]
-        if missing:
-            logger.info("hashing %d photos without a sha256 in the manifest", len(missing))
-            for i, result in zip(missing, pool.map(_hash_file, [paths[i] for i in missing])):
-                if isinstance(result, BadImage):
-                    failures[i] = str(result)
-                else:
-                    shas[i] = result
-
-        rows_of: dict[str, list[int]] = {}
-        for i, s in enumerate(shas):
-            if s is not None:
-                rows_of.setdefault(s, []).append(i)
-
+        rows_of = _rows_by_sha(df["sha256"].tolist(), paths, pool, failures)
         cache = None
         if cfg.use_cache:
             cache = EmbeddingCache(cfg.resolved_cache_dir() / key, backbone.dim, cfg.shard_size, cache_spec(backbone, cfg))
@@ -529,122 +519,202 @@ def _embed_locked(df: pd.DataFrame, out_dir: Path, cfg: EmbedConfig, backbone: B
         todo = [(s, Path(paths[rows[0]])) for s, rows in rows_of.items() if s not in found]
         logger.info(
             "%d photos (%d distinct): %d in the cache, %d to embed with %s (%s mode, %d decode threads)",
-            n, len(rows_of), len(found), len(todo), backbone.name, cfg.mode, workers,
+            len(df), len(rows_of), len(found), len(todo), backbone.name, cfg.mode, workers,
         )
-
-        _remove_stale_temp_files(out_dir, EMBEDDINGS_NPY)
-        npy_path = out_dir / EMBEDDINGS_NPY
-        n_embedded = 0
-        with atomic_path(npy_path) as tmp:
-            # Memory-mapped so that millions of rows need not fit in RAM; renamed into place only when complete.
-            out = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, backbone.dim)) if n else np.zeros((0, backbone.dim), np.float32)
-            out[:] = np.nan
+        with write_embeddings(out_dir, df["id"], embedded_config(backbone, cfg), backbone.dim, cfg) as out:
             for s, vec in found.items():
-                out[rows_of[s]] = vec
+                out.vectors[rows_of[s]] = vec
             del found
-
-            t_embed = time.perf_counter()
-            batcher = _Batcher(backbone.model, cfg.batch_size)
-
-            def finish(done: list[tuple[str, np.ndarray]]) -> None:
-                nonlocal n_embedded
-                for s, vec in done:
-                    out[rows_of[s]] = vec
-                    if cache is not None:
-                        cache.add(s, vec)
-                    n_embedded += 1
-                    bar.update(1)
-                    if n_embedded % cfg.shard_size == 0:
-                        elapsed = time.perf_counter() - t_embed
-                        logger.info("embedded %d/%d photos (%.1f photos/s)", n_embedded, len(todo), n_embedded / elapsed)
-
-            with torch_threads(cfg.threads) as n_threads, keep_freed_memory(), torch.inference_mode():
-                bar = progress(total=len(todo), desc=f"embed {backbone.name}", unit="photo")
-                try:
-                    for s, result in embed_stream([(s, p, s) for s, p in todo], backbone, cfg, pool, batcher):
-                        if isinstance(result, BadImage):
-                            for i in rows_of[s]:
-                                failures[i] = str(result)
-                            bar.update(1)
-                            continue
-                        finish([(s, result)])
-                finally:
-                    bar.close()
-                    if cache is not None:
-                        cache.flush()
-            embed_seconds = time.perf_counter() - t_embed
-            if n:
-                out.flush()
-            else:
-                with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a path
-                    np.save(fh, out)
-            del out
-
-    photos_per_s = n_embedded / embed_seconds if n_embedded and embed_seconds > 0 else 0.0
-    failure_list = [
-        {"row": i, "id": df.at[i, "id"], "path": paths[i], "reason": failures[i]} for i in sorted(failures)
-    ]
-    for f in failure_list[:20]:
-        logger.warning("row %d (%s): %s", f["row"], f["id"], f["reason"])
-    if len(failure_list) > 20:
-        logger.warning("... and %d more failed photos (listed in %s)", len(failure_list) - 20, out_dir / EMBEDDINGS_JSON)
-    summary = EmbedSummary(
-        out_dir=out_dir,
-        embeddings_path=npy_path,
-        meta_path=out_dir / EMBEDDINGS_JSON,
-        backbone=backbone.name,
-        version=backbone.version,
-        dim=backbone.dim,
-        n=n,
-        n_unique=len(rows_of),
-        n_cached=len(rows_of) - len(todo),
-        n_embedded=n_embedded,
-        n_failed=len(failure_list),
-        failures=failure_list,
-        seconds=time.perf_counter() - t_start,
-        embed_seconds=embed_seconds,
-        forward_seconds=batcher.forward_seconds,
-        photos_per_s=photos_per_s,
-        cache_key=key,
-        cache_dir=str(cfg.resolved_cache_dir() / key) if cache is not None else None,
-    )
-    meta = {
-        "backbone": backbone.name,
-        "version": backbone.version,
-        "dim": backbone.dim,
-        "n": n,
-        "ids_sha256": ids_digest(df["id"]),
-        "normalised": False,
-        "config": cfg.to_dict(),
-        "cache_key": key,
-        "preprocess": PREPROCESS_VERSION,
-        "torch_threads": n_threads,
-        "decode_threads": workers,
-        "n_cached": summary.n_cached,
-        "n_embedded": n_embedded,
-        "n_failed": summary.n_failed,
-        "failures": failure_list,
-        "seconds": round(summary.seconds, 3),
-        "embed_seconds": round(embed_seconds, 3),
-        "forward_seconds": round(batcher.forward_seconds, 3),
-        "photos_per_s": round(photos_per_s, 2),
-    }
-    write_json(meta, out_dir / EMBEDDINGS_JSON)
+            run = _embed_missing(todo, rows_of, out.vectors, failures, backbone, cfg, pool, cache)
+            failure_list = _failure_rows(df, failures, out_dir / EMBEDDINGS_JSON)
+            summary = EmbedSummary(
+                out_dir=out_dir, embeddings_path=out_dir / EMBEDDINGS_NPY, meta_path=out_dir / EMBEDDINGS_JSON,
+                backbone=backbone.name, version=backbone.version, dim=backbone.dim, n=len(df), n_unique=len(rows_of),
+                n_cached=len(rows_of) - len(todo), n_embedded=run["n_embedded"], n_failed=len(failure_list),
+                failures=failure_list, seconds=time.perf_counter() - t_start, embed_seconds=run["embed_seconds"],
+                forward_seconds=run["forward_seconds"], photos_per_s=run["photos_per_s"], cache_key=key,
+                cache_dir=str(cfg.resolved_cache_dir() / key) if cache is not None else None,
+            )
+            out.finish(summary, torch_threads=run["torch_threads"], decode_threads=workers)
     logger.info(
         "embedded %d new photos in %.1f s (%.1f photos/s; forward %.1f s), %d from cache, %d failed -> %s",
-        n_embedded, embed_seconds, photos_per_s, batcher.forward_seconds, summary.n_cached, summary.n_failed, npy_path,
+        summary.n_embedded, summary.embed_seconds, summary.photos_per_s, summary.forward_seconds, summary.n_cached,
+        summary.n_failed, summary.embeddings_path,
     )
     return summary
 
 
+def _rows_by_sha(shas: list[str | None], paths: list[str], pool: ThreadPoolExecutor, failures: dict[int, str]) -> dict[str, list[int]]:
+    """Manifest rows per distinct photo; photos without a sha256 are hashed first (unreadable ones go to failures)."""
+    missing = [i for i, s in enumerate(shas) if s is None]
+    if missing:
+        logger.info("hashing %d photos without a sha256 in the manifest", len(missing))
+        for i, result in zip(missing, pool.map(_hash_file, [paths[i] for i in missing])):
+            if isinstance(result, BadImage):
+                failures[i] = str(result)
+            else:
+                shas[i] = result
+    rows_of: dict[str, list[int]] = {}
+    for i, s in enumerate(shas):
+        if s is not None:
+            rows_of.setdefault(s, []).append(i)
+    return rows_of
+
+
+def _embed_missing(todo: list[tuple[str, Path]], rows_of: dict[str, list[int]], out: np.ndarray, failures: dict[int, str],
+                   backbone: Backbone, cfg: EmbedConfig, pool: ThreadPoolExecutor, cache: EmbeddingCache | None) -> dict:
+    """Embed the photos not in the cache into their rows of `out` (and the cache); the run's figures."""
+    import torch
+
+    t_embed = time.perf_counter()
+    batcher = _Batcher(backbone.model, cfg.batch_size)
+    n_embedded = 0
+    with torch_threads(cfg.threads) as n_threads, keep_freed_memory(), torch.inference_mode():
+        bar = progress(total=len(todo), desc=f"embed {backbone.name}", unit="photo")
+        try:
+            for s, result in embed_stream([(s, p, s) for s, p in todo], backbone, cfg, pool, batcher):
+                bar.update(1)
+                if isinstance(result, BadImage):
+                    for i in rows_of[s]:
+                        failures[i] = str(result)
+                    continue
+                out[rows_of[s]] = result
+                if cache is not None:
+                    cache.add(s, result)
+                n_embedded += 1
+                if n_embedded % cfg.shard_size == 0:
+                    elapsed = time.perf_counter() - t_embed
+                    logger.info("embedded %d/%d photos (%.1f photos/s)", n_embedded, len(todo), n_embedded / elapsed)
+        finally:
+            bar.close()
+            if cache is not None:
+                cache.flush()
+    embed_seconds = time.perf_counter() - t_embed
+    return {
+        "n_embedded": n_embedded, "embed_seconds": embed_seconds, "forward_seconds": batcher.forward_seconds,
+        "photos_per_s": n_embedded / embed_seconds if n_embedded and embed_seconds > 0 else 0.0, "torch_threads": n_threads,
+    }
+
+
+def _failure_rows(df: pd.DataFrame, failures: dict[int, str], listed_in: Path) -> list[dict]:
+    """One row per failed photo, in manifest order; the first 20 logged."""
+    rows = [{"row": i, "id": df.at[i, "id"], "path": df.at[i, "path"], "reason": failures[i]} for i in sorted(failures)]
+    for f in rows[:20]:
+        logger.warning("row %d (%s): %s", f["row"], f["id"], f["reason"])
+    if len(rows) > 20:
+        logger.warning("... and %d more failed photos (listed in %s)", len(rows) - 20, listed_in)
+    return rows
+
+
+def decode_workers(cfg: EmbedConfig) -> int:
+    """Decode threads of a run: cfg.workers, else min(4, cores)."""
+    return cfg.workers or max(1, min(4, os.cpu_count() or 1))
+
+
+def embedded_config(backbone: Backbone, cfg: EmbedConfig) -> BackboneConfig:
+    """The backbone's config as this embed config feeds it (its mode and long side)."""
+    return backbone.config.for_input(cfg.mode, cfg.long_side)
+
+
+def check_embed_backbone(backbone: Backbone, cfg: EmbedConfig) -> None:
+    """The backbone given is the one the embed config names (a finetuned:DIR relative to the working folder too)."""
+    if absolute_name(cfg.backbone, Path.cwd()) != backbone.name:
+        raise ValueError(f"backbone {backbone.name!r} given, but the config names {cfg.backbone!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The embeddings folder: one writer, one reader
+
+
+@dataclass
+class _EmbeddingsOut:
+    """What write_embeddings yields: the rows to fill, and `finish` to call with the run's summary."""
+
+    vectors: np.ndarray
+    run: dict | None = None
+
+    def finish(self, summary: EmbedSummary, *, torch_threads: int | None, decode_threads: int,
+               engine: dict | None = None) -> None:
+        self.run = {
+            "torch_threads": torch_threads,
+            "decode_threads": decode_threads,
+            "n_cached": summary.n_cached,
+            "n_embedded": summary.n_embedded,
+            "n_failed": summary.n_failed,
+            "failures": summary.failures,
+            "seconds": round(summary.seconds, 3),
+            "embed_seconds": round(summary.embed_seconds, 3),
+            "forward_seconds": None if summary.forward_seconds is None else round(summary.forward_seconds, 3),
+            "photos_per_s": round(summary.photos_per_s, 2),
+            **({"engine": engine} if engine is not None else {}),
+        }
+
+
+@contextlib.contextmanager
+def write_embeddings(out_dir: Path, ids: Iterable[str], config: BackboneConfig, dim: int,
+                     cfg: EmbedConfig) -> Iterator[_EmbeddingsOut]:
+    """The one writer of an embed output folder; call it holding output_lock(out_dir).
+
+    Yields a NaN-filled (n, dim) float32 array to fill (memory-mapped: millions of rows need not fit in RAM),
+    and `finish(summary, ...)` to call before the block ends. Then embeddings.npy is renamed into place and
+    embeddings.json written: the backbone config (a finetuned: folder relative to out_dir when it lies inside
+    or beside it, so the two can move together), the embed config, the id order's hash and the run's figures.
+    An error in the block leaves the folder as it was.
+    """
+    from numpy.lib.format import open_memmap
+
+    ids = list(ids)
+    n = len(ids)
+    _remove_stale_temp_files(out_dir, EMBEDDINGS_NPY)
+    with atomic_path(out_dir / EMBEDDINGS_NPY) as tmp:
+        vectors = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim)) if n else np.zeros((0, dim), np.float32)
+        vectors[:] = np.nan
+        out = _EmbeddingsOut(vectors)
+        yield out
+        if out.run is None:
+            raise RuntimeError("write_embeddings: finish() was not called")
+        if n:
+            vectors.flush()
+        else:
+            with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a path
+                np.save(fh, vectors)
+        out.vectors = vectors = None
+    name = relative_name(config.name, out_dir)
+    meta = {
+        "backbone": name,
+        "version": config.version,
+        "dim": dim,
+        "n": n,
+        "ids_sha256": ids_digest(ids),
+        "normalised": False,
+        "config": {**cfg.to_dict(), "backbone": name},
+        "cache_key": cache_key(config, cfg),
+        "preprocess": PREPROCESS_VERSION,
+        "backbone_config": {**config.to_dict(), "name": name},
+        **out.run,
+    }
+    write_json(meta, out_dir / EMBEDDINGS_JSON)
+
+
 def load_embeddings(out_dir: Path | str, manifest: Path | str | pd.DataFrame | None = None) -> tuple[np.ndarray, dict]:
-    """(embeddings, meta) from an embed output folder; with a manifest, checks the rows are its rows."""
+    """(embeddings, meta) from an embed output folder; with a manifest, checks the rows are its rows.
+
+    The one reader of embeddings.npy/.json. In meta, backbone names are absolute again (a finetuned: folder
+    recorded relative to out_dir is read from there), and `backbone_config`, when the folder records one
+    (older ones do not), is checked to be a complete config.
+    """
     out_dir = Path(out_dir)
     npy, meta_path = out_dir / EMBEDDINGS_NPY, out_dir / EMBEDDINGS_JSON
     for p in (npy, meta_path):
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such file (run `geopin embed` first)")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{meta_path}: cannot be read: {exc}") from None
+    missing = [k for k in ("n", "dim", "ids_sha256") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ValueError(f"{meta_path}: missing key(s) {', '.join(missing)}")
     emb = np.load(npy, mmap_mode="r")
     if emb.shape != (meta["n"], meta["dim"]):
         raise ValueError(f"{npy}: shape {emb.shape} does not match {meta_path} (n={meta['n']}, dim={meta['dim']})")
@@ -652,7 +722,21 @@ def load_embeddings(out_dir: Path | str, manifest: Path | str | pd.DataFrame | N
         df = read_manifest(manifest, FOR_EMBED, unique_ids=False)
         if len(df) != meta["n"] or ids_digest(df["id"]) != meta["ids_sha256"]:
             raise ValueError(f"{out_dir}: embeddings were made from a different manifest (ids or their order differ)")
+    for key in ("backbone",):
+        if isinstance(meta.get(key), str):
+            meta[key] = absolute_name(meta[key], out_dir)
+    if isinstance(meta.get("config"), dict) and isinstance(meta["config"].get("backbone"), str):
+        meta["config"]["backbone"] = absolute_name(meta["config"]["backbone"], out_dir)
+    if meta.get("backbone_config") is not None:
+        config = BackboneConfig.from_dict(meta["backbone_config"], f"{meta_path}: backbone_config")
+        meta["backbone_config"] = {**config.to_dict(), "name": absolute_name(config.name, out_dir)}
     return emb, meta
+
+
+def embeddings_backbone_config(meta: dict) -> BackboneConfig | None:
+    """The backbone config of embeddings read by load_embeddings; None for folders written before it was recorded."""
+    stored = meta.get("backbone_config")
+    return None if stored is None else BackboneConfig.from_dict(stored, "backbone_config")
 
 
 class OutputBusy(RuntimeError):
@@ -719,11 +803,15 @@ def _remove_stale_temp_files(folder: Path, name: str) -> None:
 # embed on the engine
 
 
+# Decode threads of each engine worker unless cfg.workers says: a worker has cpus_per_worker cores (1 by default).
+ENGINE_DECODE_WORKERS = 2
+
+
 def _embed_setup(cfg) -> dict:
     """Per worker, once: the backbone, a decode pool, and glibc keeping freed memory (as embed_manifest does)."""
     keep_freed_memory_for_life()  # the worker embeds until it exits: every partition reuses the same activation memory
     return {"backbone": create_backbone(cfg.backbone, cfg.device), "cfg": cfg,
-            "pool": ThreadPoolExecutor(cfg.workers or 2, thread_name_prefix="geopin-decode")}
+            "pool": ThreadPoolExecutor(decode_workers(cfg), thread_name_prefix="geopin-decode")}
 
 
 def _embed_partition(state: dict, items: list[dict]) -> list[dict]:
@@ -751,7 +839,8 @@ def embed_manifest_engine(manifest, out_dir: Path | str, cfg=None, engine: Engin
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     df = read_manifest(manifest, FOR_EMBED, unique_ids=False)
-    worker_cfg = dataclasses.replace(cfg, threads=engine.cpus_per_worker, use_cache=False)
+    worker_cfg = dataclasses.replace(cfg, threads=engine.cpus_per_worker, use_cache=False,
+                                     workers=cfg.workers or ENGINE_DECODE_WORKERS)
     items = [{"row": i, "id": str(r.id), "path": str(r.path), "sha256": r.sha256}
              for i, r in enumerate(df[["id", "path", "sha256"]].itertuples(index=False))]
     with output_lock(out_dir), ThreadPoolExecutor(1) as ex:
@@ -775,32 +864,20 @@ def embed_manifest_engine(manifest, out_dir: Path | str, cfg=None, engine: Engin
             raise RuntimeError(f"{out_dir / PARTS_DIR}: the parts hold {table.num_rows} rows, not the manifest's {n} in order")
         errors = table.column("error").to_pylist()
         shas = table.column("sha256").to_pylist()
-        npy_path = out_dir / EMBEDDINGS_NPY
-        with atomic_path(npy_path) as tmp:
-            out = np.full((n, backbone.dim), np.nan, dtype=np.float32)
+        with write_embeddings(out_dir, df["id"], embedded_config(backbone, cfg), backbone.dim, cfg) as out:
             for i, vec in enumerate(table.column("embedding").to_pylist()):
                 if vec is not None:
-                    out[i] = vec
-            with open(tmp, "wb") as fh:
-                np.save(fh, out)
-    failures = [{"row": i, "id": df.at[i, "id"], "path": df.at[i, "path"], "reason": e}
-                for i, e in enumerate(errors) if e is not None]
-    n_embedded = len({s for s, e in zip(shas, errors) if e is None})
-    seconds = time.perf_counter() - t_start
-    summary = EmbedSummary(
-        out_dir=out_dir, embeddings_path=npy_path, meta_path=out_dir / EMBEDDINGS_JSON, backbone=backbone.name,
-        version=backbone.version, dim=backbone.dim, n=n, n_unique=len({s for s in shas if s}), n_cached=0,
-        n_embedded=n_embedded, n_failed=len(failures), failures=failures, seconds=seconds, embed_seconds=report.seconds,
-        photos_per_s=n_embedded / report.seconds if report.seconds > 0 else 0.0, cache_key=cache_key(backbone, cfg),
-    )
-    meta = {
-        "backbone": backbone.name, "version": backbone.version, "dim": backbone.dim, "n": n,
-        "ids_sha256": ids_digest(df["id"]), "normalised": False, "config": cfg.to_dict(), "cache_key": summary.cache_key,
-        "preprocess": PREPROCESS_VERSION, "torch_threads": engine.cpus_per_worker, "decode_threads": worker_cfg.workers or 2,
-        "n_cached": 0, "n_embedded": n_embedded, "n_failed": len(failures), "failures": failures,
-        "seconds": round(seconds, 3), "embed_seconds": round(report.seconds, 3), "forward_seconds": None,
-        "photos_per_s": round(summary.photos_per_s, 2), "engine": {**engine.to_dict(), **report_brief(report)},
-    }
-    write_json(meta, out_dir / EMBEDDINGS_JSON)
+                    out.vectors[i] = vec
+            failures = _failure_rows(df, {i: e for i, e in enumerate(errors) if e is not None}, out_dir / EMBEDDINGS_JSON)
+            n_embedded = len({s for s, e in zip(shas, errors) if e is None})
+            summary = EmbedSummary(
+                out_dir=out_dir, embeddings_path=out_dir / EMBEDDINGS_NPY, meta_path=out_dir / EMBEDDINGS_JSON,
+                backbone=backbone.name, version=backbone.version, dim=backbone.dim, n=n, n_unique=len({s for s in shas if s}),
+                n_cached=0, n_embedded=n_embedded, n_failed=len(failures), failures=failures,
+                seconds=time.perf_counter() - t_start, embed_seconds=report.seconds, forward_seconds=None,
+                photos_per_s=n_embedded / report.seconds if report.seconds > 0 else 0.0, cache_key=cache_key(backbone, cfg),
+            )
+            out.finish(summary, torch_threads=worker_cfg.threads, decode_threads=worker_cfg.workers,
+                       engine={**engine.to_dict(), **report_brief(report)})
     summary.engine_report = report  # type: ignore[attr-defined]  # for callers that count partitions
     return summary

@@ -13,7 +13,8 @@ Fourier feature encoding of its position (GeoCLIP). Views keep geography: crops 
 no mirror images unless asked (text and the driving side carry the place).
 
 The result is a folder (`weights.pt`, `finetune.json`) that `create_backbone("finetuned:DIR")` loads
-like any registered backbone: the base network with the suffix weights replaced.
+like any registered backbone (geopin.features.backbones.finetuned): the base network with the suffix
+weights replaced.
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ from geopin.dataset.cells import build_cells, default_granularities
 from geopin.dataset.images import ImageError
 from geopin.dataset.manifest import FOR_EMBED, read_manifest
 from geopin.dataset.splits import group_split, random_split
-from geopin.features.backbones import Backbone, BackboneUnavailable, create_backbone
+from geopin.features.backbones import (
+    DEFAULT_BACKBONE,
+    Backbone,
+    channels_last,
+    create_backbone,
+    trunk_stages,
+)
+from geopin.features.backbones.finetuned import META, PREFIX, WEIGHTS
 from geopin.features.embed import (
     PREPROCESS_VERSION,
     BadImage,
@@ -50,19 +58,16 @@ from geopin.features.embed import (
     default_cache_dir,
     ids_digest,
     load_image,
-    torch_threads,
 )
 from geopin.geo import haversine_km, to_xyz
 from geopin.io import atomic_path, write_json
 from geopin.locate.heads import CellClassifier, _soft_labels
 from geopin.log import progress
 from geopin.metrics import geoscore
+from geopin.runtime import torch_threads
 
 log = logging.getLogger(__name__)
 
-PREFIX = "finetuned:"
-WEIGHTS = "weights.pt"
-META = "finetune.json"
 # Bump when the views change (crop rule, jitter, decoding): it is part of the prefix cache key.
 AUG_VERSION = "v1"
 MIN_AREA = 0.35  # smallest crop, as a fraction of the photo's area
@@ -79,7 +84,7 @@ _GATHER_IN_RAM_BYTES = 2 << 30  # larger training sets are gathered into a memor
 class FinetuneConfig:
     """Defaults measured on the shared photos' by-photographer train split (2,120 photos)."""
 
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     # Last MBConv blocks trained (+ the head conv). Measured (lr 1e-4, held-out photographers of the train
     # split, GeoScore of the head's finest cell after epoch 1/2): 1 block 384/418, 2 blocks 396/411, 4 blocks
     # 423/448, all below the linear probe on the base features (504): the data (2,120 photos) cannot tell them apart.
@@ -182,11 +187,12 @@ def _photo_rng(seed: int, sha256: str) -> np.random.Generator:
 
 def _base(cfg: FinetuneConfig) -> Backbone:
     backbone = create_backbone(cfg.backbone, "cpu")
-    if not hasattr(backbone.model, "blocks") or not hasattr(backbone.model, "head"):
-        raise ValueError(f"backbone {cfg.backbone!r} cannot be fine-tuned: only EfficientNet-Lite backbones can")
+    try:
+        n = len(trunk_stages(backbone.model).blocks)
+    except ValueError:
+        raise ValueError(f"backbone {cfg.backbone!r} cannot be fine-tuned: only EfficientNet-Lite backbones can") from None
     if backbone.name.startswith(PREFIX):
         raise ValueError(f"backbone {cfg.backbone!r} is already fine-tuned: fine-tune its base instead")
-    n = len(backbone.model.blocks)
     if cfg.train_blocks > n:
         raise ValueError(f"train_blocks {cfg.train_blocks} exceeds the {n} blocks of {cfg.backbone}")
     return backbone
@@ -198,12 +204,15 @@ def _cut(n_blocks: int, train_blocks: int) -> int:
 
 
 class _Prefix(nn.Module):
+    """The stem and the blocks before the cache cut: run once per view, its output cached."""
+
     def __init__(self, fused, cut: int):
         super().__init__()
-        self.stem, self.blocks = fused.stem, fused.blocks[:cut]
+        trunk = trunk_stages(fused)
+        self.stem, self.blocks = trunk.stem, trunk.blocks[:cut]
 
     def forward(self, x):
-        return self.blocks(self.stem(x.contiguous(memory_format=torch.channels_last)))
+        return self.blocks(self.stem(channels_last(x)))
 
 
 class _Suffix(nn.Module):
@@ -211,7 +220,8 @@ class _Suffix(nn.Module):
 
     def __init__(self, fused, cut: int, start: int):
         super().__init__()
-        self.frozen, self.trained, self.head = fused.blocks[cut:start], fused.blocks[start:], fused.head
+        trunk = trunk_stages(fused)
+        self.frozen, self.trained, self.head = trunk.blocks[cut:start], trunk.blocks[start:], trunk.head
 
     def forward(self, x):
         if len(self.frozen):
@@ -220,8 +230,11 @@ class _Suffix(nn.Module):
         return self.head(self.trained(x)).mean((2, 3))
 
 
-def _trained_prefixes(n_blocks: int, train_blocks: int) -> tuple[str, ...]:
-    return tuple(f"blocks.{i}." for i in range(n_blocks - train_blocks, n_blocks)) + ("head.",)
+def _trained_prefixes(fused, train_blocks: int) -> tuple[str, ...]:
+    """State-dict key prefixes of the trained modules (the last train_blocks blocks and the head conv)."""
+    trunk = trunk_stages(fused)
+    names = {id(m): n for n, m in fused.named_modules()}
+    return tuple(names[id(m)] + "." for m in [*trunk.blocks[len(trunk.blocks) - train_blocks:], trunk.head])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -413,7 +426,7 @@ def _hash_missing(df: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
 def finetune(
     manifest: Path | str | pd.DataFrame,
     out_dir: Path | str,
-    cfg: FinetuneConfig = FinetuneConfig(),
+    cfg: FinetuneConfig | None = None,
     train_ids: Sequence[str] | None = None,
     groups_col: str | None = "group",
 ) -> dict:
@@ -422,6 +435,7 @@ def finetune(
     Returns the summary also written to out_dir/finetune.json. Photos that cannot be read are skipped
     and listed; the run stops early when cfg.max_minutes would be overrun by another epoch.
     """
+    cfg = cfg or FinetuneConfig()
     t0 = time.monotonic()
     name = str(manifest) if not isinstance(manifest, pd.DataFrame) else "manifest"
     df = _select(read_manifest(manifest, FOR_EMBED, unique_ids=False), train_ids, name)
@@ -432,7 +446,7 @@ def finetune(
     torch.manual_seed(cfg.seed)
     backbone = _base(cfg)
     fused = copy.deepcopy(backbone.model).float().to(device)
-    n_blocks = len(fused.blocks)
+    n_blocks = len(trunk_stages(fused).blocks)
     cut, start = _cut(n_blocks, cfg.train_blocks), n_blocks - cfg.train_blocks
     for p in fused.parameters():
         p.requires_grad_(False)
@@ -467,8 +481,8 @@ def finetune(
     scratch = folder.parent / f".gather-{uuid.uuid4().hex}.npy"
     try:
         acts = _gather(folder, list(df["sha256"]), scratch)
-        result = _train(acts, fit, val, xyz, rep_xyz, (fine.lat.to_numpy(), fine.lon.to_numpy()), lat, lon,
-                        fused, suffix, _trained_prefixes(n_blocks, cfg.train_blocks), cfg, device, t0)
+        loop = _Loop(acts, fit, val, xyz, rep_xyz, (fine.lat.to_numpy(), fine.lon.to_numpy()), lat, lon, suffix, cfg, device)
+        result = _train(loop, fused, _trained_prefixes(fused, cfg.train_blocks), t0)
     finally:
         if scratch.exists():
             scratch.unlink()
@@ -519,85 +533,153 @@ def finetune(
     return summary
 
 
-def _train(acts, fit, val, xyz, rep_xyz, fine_rep, lat, lon, fused: nn.Module, suffix: _Suffix, trained: tuple[str, ...],
-           cfg: FinetuneConfig, device: str, t0: float) -> dict:
-    """LP-FT: the cell head is first fit on the frozen features (linear probe), then trained with the blocks."""
-    rng = np.random.default_rng(cfg.seed)
-    n_views = acts.shape[1]
-    n_classes = [len(r) for r in rep_xyz]
+@dataclass
+class _Loop:
+    """What LP-FT reads at every step: the cached prefix activations, the photos' places, the trained suffix."""
 
-    def batch_x(rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
+    acts: np.ndarray  # (photos, views, C, h, w) float16, maybe memory-mapped
+    fit: np.ndarray  # rows trained on
+    val: np.ndarray  # rows that pick the epoch (may be empty)
+    xyz: torch.Tensor  # (photos, 3) unit position of every photo
+    rep_xyz: list[torch.Tensor]  # per granularity, the cells' representative positions
+    fine_rep: tuple[np.ndarray, np.ndarray]  # lat, lon of the finest cells
+    lat: np.ndarray
+    lon: np.ndarray
+    suffix: _Suffix
+    cfg: FinetuneConfig
+    device: str
+
+    def batch_x(self, rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
         order = np.argsort(rows, kind="stable")  # sorted reads are kinder to a memory-mapped file
-        x = np.empty((len(rows),) + acts.shape[2:], dtype=np.float16)
-        x[order] = acts[rows[order], views[order]]
-        return torch.from_numpy(x).float().to(device).contiguous(memory_format=torch.channels_last)
+        x = np.empty((len(rows),) + self.acts.shape[2:], dtype=np.float16)
+        x[order] = self.acts[rows[order], views[order]]
+        return channels_last(torch.from_numpy(x).float().to(self.device))
 
-    def features(rows: np.ndarray, view: int) -> torch.Tensor:
+    def features(self, rows: np.ndarray, view: int) -> torch.Tensor:
         out = []
         with torch.inference_mode():
             for s in range(0, len(rows), 128):
                 r = rows[s : s + 128]
-                out.append(suffix(batch_x(r, np.full(len(r), view))).float().cpu())
+                out.append(self.suffix(self.batch_x(r, np.full(len(r), view))).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, 1)
 
-    def targets(rows: np.ndarray) -> list[torch.Tensor]:
-        return [_soft_labels(xyz[rows], r, cfg.label_tau_km).to(device) for r in rep_xyz]
+    def targets(self, rows: np.ndarray) -> list[torch.Tensor]:
+        return [_soft_labels(self.xyz[rows], r, self.cfg.label_tau_km).to(self.device) for r in self.rep_xyz]
 
-    def cell_loss(outs, tgts) -> torch.Tensor:
-        return sum(-(t * torch.log_softmax(o, dim=1)).sum(1).mean() for o, t in zip(outs, tgts))
+    def evaluate(self, head: CellClassifier) -> dict:
+        """Validation loss and GeoScore of the head's finest cell on view 0 of the held-out photos."""
+        if len(self.val) == 0:
+            return {}
+        head.eval()
+        with torch.inference_mode():
+            f = _unit(self.features(self.val, 0)).to(self.device)
+            outs = head(f)
+            loss = float(_cell_loss(outs, self.targets(self.val)))
+            best = outs[-1].argmax(1).cpu().numpy()
+        head.train()
+        km = haversine_km(self.fine_rep[0][best], self.fine_rep[1][best], self.lat[self.val], self.lon[self.val])
+        return {"val_loss": round(loss, 4), "val_geoscore": round(float(np.mean(geoscore(km))), 1)}
 
-    def unit(f: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(f, dim=1)
 
-    # 1. Linear probe on the frozen features of every view (cheap: one forward pass, then 1280-d inputs).
-    base = torch.stack([features(fit, v) for v in range(n_views)], dim=1)  # (fit, views, dim)
-    dim = base.shape[-1]
-    head = CellClassifier(dim, n_classes, hidden=0, dropout=0.2).to(device)
-    u0 = unit(base[:, 0])
-    head.mu.copy_(u0.mean(0).to(device))
-    head.sd.copy_(u0.std(0, correction=0).clamp_min(1e-6).to(device))
+def _cell_loss(outs, tgts) -> torch.Tensor:
+    return sum(-(t * torch.log_softmax(o, dim=1)).sum(1).mean() for o, t in zip(outs, tgts))
+
+
+def _unit(f: torch.Tensor) -> torch.Tensor:
+    return nn.functional.normalize(f, dim=1)
+
+
+def _linear_probe(loop: _Loop, rng: np.random.Generator) -> CellClassifier:
+    """1. The cell head fit on the frozen features of every view (cheap: one forward pass, then 1280-d inputs)."""
+    fit, cfg = loop.fit, loop.cfg
+    n_views = loop.acts.shape[1]
+    base = torch.stack([loop.features(fit, v) for v in range(n_views)], dim=1)  # (fit, views, dim)
+    head = CellClassifier(base.shape[-1], [len(r) for r in loop.rep_xyz], hidden=0, dropout=0.2).to(loop.device)
+    u0 = _unit(base[:, 0])
+    head.mu.copy_(u0.mean(0).to(loop.device))
+    head.sd.copy_(u0.std(0, correction=0).clamp_min(1e-6).to(loop.device))
     probe = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-2)
-    steps_per_epoch = max(1, -(-len(fit) // cfg.batch_size))
     head.train()
     for _ in range(10):
         perm = rng.permutation(len(fit))
         for s in range(0, len(fit), cfg.batch_size):
             i = perm[s : s + cfg.batch_size]
             v = rng.integers(0, n_views, len(i))
-            loss = cell_loss(head(unit(base[i, v]).to(device)), targets(fit[i]))
+            loss = _cell_loss(head(_unit(base[i, v]).to(loop.device)), loop.targets(fit[i]))
             probe.zero_grad()
             loss.backward()
             probe.step()
-    del base
+    return head
 
-    def evaluate() -> dict:
-        if len(val) == 0:
-            return {}
-        head.eval()
-        with torch.inference_mode():
-            f = unit(features(val, 0)).to(device)
-            outs = head(f)
-            loss = float(cell_loss(outs, targets(val)))
-            best = outs[-1].argmax(1).cpu().numpy()
-        head.train()
-        km = haversine_km(fine_rep[0][best], fine_rep[1][best], lat[val], lon[val])
-        return {"val_loss": round(loss, 4), "val_geoscore": round(float(np.mean(geoscore(km))), 1)}
 
-    history = [{"epoch": 0, "phase": "linear probe", **evaluate(), "seconds": round(time.monotonic() - t0, 1)}]
+@dataclass
+class _Contrastive:
+    """The GeoCLIP-style term: image features projected, positions encoded, InfoNCE between them."""
+
+    loc_enc: LocationEncoder
+    img_proj: nn.Linear
+    logit_scale: nn.Parameter
+
+    def loss(self, f: torch.Tensor, xyz: torch.Tensor) -> torch.Tensor:
+        return _info_nce(self.img_proj(f), self.loc_enc(xyz), self.logit_scale)
+
+
+def _optimizer(loop: _Loop, head: CellClassifier, total_steps: int):
+    """AdamW over the trained blocks (lr), the cell head and the contrastive parts (HEAD_LR_SCALE x lr), with a
+    cosine schedule over total_steps; and the contrastive term, or None when its weight is 0."""
+    cfg, device = loop.cfg, loop.device
+    contrastive = None
+    params = [{"params": [p for p in loop.suffix.parameters() if p.requires_grad], "lr": cfg.lr},
+              {"params": list(head.parameters()), "lr": cfg.lr * HEAD_LR_SCALE}]
+    if cfg.contrastive_weight > 0:
+        contrastive = _Contrastive(LocationEncoder(seed=cfg.seed).to(device), nn.Linear(head.dim, 128).to(device),
+                                   nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device)))
+        params.append({"params": list(contrastive.loc_enc.parameters()) + list(contrastive.img_proj.parameters())
+                       + [contrastive.logit_scale], "lr": cfg.lr * HEAD_LR_SCALE})
+    opt = torch.optim.AdamW(params, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total_steps) / total_steps)))
+    return opt, sched, contrastive
+
+
+def _epoch(loop: _Loop, head: CellClassifier, opt, sched, contrastive: _Contrastive | None, rng: np.random.Generator,
+           bar) -> float:
+    """One pass over the fit photos, a random view each; the mean training loss."""
+    cfg = loop.cfg
+    loop.suffix.train()
+    perm = rng.permutation(len(loop.fit))
+    losses = []
+    for s in range(0, len(loop.fit), cfg.batch_size):
+        i = perm[s : s + cfg.batch_size]
+        rows = loop.fit[i]
+        f = loop.suffix(loop.batch_x(rows, rng.integers(0, loop.acts.shape[1], len(i))))
+        loss = _cell_loss(head(_unit(f)), loop.targets(rows))
+        if contrastive is not None and len(rows) > 1:
+            loss = loss + cfg.contrastive_weight * contrastive.loss(f, loop.xyz[rows].to(loop.device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.update(1)
+    loop.suffix.eval()
+    return float(np.mean(losses))
+
+
+def _train(loop: _Loop, fused: nn.Module, trained: tuple[str, ...], t0: float) -> dict:
+    """LP-FT: the cell head is first fit on the frozen features (linear probe), then trained with the blocks.
+
+    Keeps the trained tensors of the epoch with the lowest validation loss (the last epoch without validation
+    photos); stops after the epoch that would overrun cfg.max_minutes with another one.
+    """
+    cfg = loop.cfg
+    rng = np.random.default_rng(cfg.seed)
+    head = _linear_probe(loop, rng)
+    history = [{"epoch": 0, "phase": "linear probe", **loop.evaluate(head), "seconds": round(time.monotonic() - t0, 1)}]
     log.info("epoch 0 (linear probe): %s", history[-1])
 
     # 2. Fine-tune the blocks and the head together.
-    loc_enc = img_proj = logit_scale = None
-    params = [{"params": [p for p in suffix.parameters() if p.requires_grad], "lr": cfg.lr},
-              {"params": list(head.parameters()), "lr": cfg.lr * HEAD_LR_SCALE}]
-    if cfg.contrastive_weight > 0:
-        loc_enc = LocationEncoder(seed=cfg.seed).to(device)
-        img_proj = nn.Linear(dim, 128).to(device)
-        logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
-        params.append({"params": list(loc_enc.parameters()) + list(img_proj.parameters()) + [logit_scale], "lr": cfg.lr * HEAD_LR_SCALE})
-    opt = torch.optim.AdamW(params, weight_decay=1e-4)
-    total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total)))
+    total = cfg.epochs * max(1, -(-len(loop.fit) // cfg.batch_size))
+    opt, sched, contrastive = _optimizer(loop, head, total)
 
     def snapshot() -> dict:
         return {k: v.detach().cpu().clone() for k, v in fused.state_dict().items() if k.startswith(trained)}
@@ -608,28 +690,12 @@ def _train(acts, fit, val, xyz, rep_xyz, fine_rep, lat, lon, fused: nn.Module, s
     bar = progress(total=total, desc="finetune", unit="step")
     for epoch in range(1, cfg.epochs + 1):
         t_epoch = time.monotonic()
-        suffix.train()
-        perm = rng.permutation(len(fit))
-        losses = []
-        for s in range(0, len(fit), cfg.batch_size):
-            i = perm[s : s + cfg.batch_size]
-            rows = fit[i]
-            f = suffix(batch_x(rows, rng.integers(0, n_views, len(i))))
-            loss = cell_loss(head(unit(f)), targets(rows))
-            if loc_enc is not None and len(rows) > 1:
-                loss = loss + cfg.contrastive_weight * _info_nce(img_proj(f), loc_enc(xyz[rows].to(device)), logit_scale)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.update(1)
-        suffix.eval()
-        row = {"epoch": epoch, "train_loss": round(float(np.mean(losses)), 4), **evaluate(),
+        train_loss = _epoch(loop, head, opt, sched, contrastive, rng, bar)
+        row = {"epoch": epoch, "train_loss": round(train_loss, 4), **loop.evaluate(head),
                "seconds": round(time.monotonic() - t0, 1)}
         history.append(row)
         log.info("epoch %d: %s", epoch, row)
-        if row.get("val_loss", -math.inf) <= best_loss or not len(val):
+        if row.get("val_loss", -math.inf) <= best_loss or not len(loop.val):
             best_loss, best_state, best_epoch = row.get("val_loss", best_loss), snapshot(), epoch
         if cfg.max_minutes is not None and epoch < cfg.epochs:
             elapsed, last = time.monotonic() - t0, time.monotonic() - t_epoch
@@ -638,68 +704,3 @@ def _train(acts, fit, val, xyz, rep_xyz, fine_rep, lat, lon, fused: nn.Module, s
                 break
     bar.close()
     return {"state": best_state, "best_epoch": best_epoch, "history": history, "stopped_on_time": stopped_on_time}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Loading a fine-tuned backbone (`create_backbone("finetuned:DIR")`)
-
-
-def finetuned_folder(name: str) -> Path:
-    """The folder named by "finetuned:DIR"."""
-    if not name.startswith(PREFIX) or not name[len(PREFIX):].strip():
-        raise ValueError(f"backbone {name!r}: expected finetuned:DIR, the folder written by `geopin finetune`")
-    return Path(name[len(PREFIX):]).expanduser()
-
-
-def finetuned_problem(name: str) -> str | None:
-    """None when the folder holds a complete fine-tuning, else what is missing (cheap: no weights loaded)."""
-    folder = finetuned_folder(name)
-    if not folder.is_dir():
-        return f"folder {folder} does not exist (write it with `geopin finetune ... --out {folder}`)"
-    missing = [f for f in (WEIGHTS, META) if not (folder / f).is_file()]
-    if missing:
-        return f"folder {folder} lacks {' and '.join(missing)}: not a finished `geopin finetune` output"
-    return None
-
-
-def load_finetuned(name: str, device: str = "cpu") -> Backbone:
-    """The base backbone with the fine-tuned suffix weights; version = base version + the weights' sha256."""
-    folder = finetuned_folder(name)
-    problem = finetuned_problem(name)
-    if problem is not None:
-        raise BackboneUnavailable(f"backbone {name!r} is not available: {problem}")
-    try:
-        meta = json.loads((folder / META).read_text())
-        base_name = meta["base_backbone"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BackboneUnavailable(f"backbone {name!r}: {folder / META} is unreadable: {type(exc).__name__}: {exc}") from None
-    data = (folder / WEIGHTS).read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    if meta.get("weights_sha256") not in (None, sha):
-        raise BackboneUnavailable(f"backbone {name!r}: {folder / WEIGHTS} does not match the sha256 in {META} (changed or damaged)")
-    base = create_backbone(base_name, device)
-    if meta.get("base_version") not in (None, base.version):
-        log.warning("%s was fine-tuned from %s %s; this machine has %s", folder, base_name, meta.get("base_version"), base.version)
-    try:
-        state = torch.load(folder / WEIGHTS, map_location=device, weights_only=True)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise BackboneUnavailable(f"backbone {name!r}: cannot read {folder / WEIGHTS}: {exc}") from None
-    model = base.model
-    own = model.state_dict()
-    unknown = [k for k in state if k not in own]
-    wrong = [k for k in state if k in own and tuple(own[k].shape) != tuple(state[k].shape)]
-    if unknown or wrong or not state:
-        raise BackboneUnavailable(
-            f"backbone {name!r}: {folder / WEIGHTS} does not fit {base_name} "
-            f"({len(unknown)} unknown and {len(wrong)} mis-shaped tensors, {len(state)} in all)"
-        )
-    model.load_state_dict(state, strict=False)
-    return Backbone(
-        name=name,
-        version=f"{base.version}+ft-{sha[:16]}",
-        dim=base.dim,
-        model=model.eval(),
-        preprocess=base.preprocess,
-        classifier=None,
-        native_size=base.native_size,
-    )

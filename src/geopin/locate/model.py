@@ -1,8 +1,10 @@
 """A trained geolocation model: heads, places, mixing parameters and calibration, saved as one folder.
 
 Layout of a model folder (written to a temp folder beside it, then swapped in whole):
-  model.json       config, backbone, mixing parameters, calibration, metadata, the classifier's
-                   shape, and the size and sha256 of every other file (checked at load)
+  model.json       config, the backbone config (how photos become the features the heads were fit on;
+                   a finetuned: backbone's folder relative to the model folder when it lies inside or
+                   beside it), mixing parameters, calibration, metadata, the classifier's shape, and the
+                   size and sha256 of every other file (checked at load)
   cells.parquet    the geocells of every granularity (class id, token, count, lat, lon, country)
   places.npz       fine places: lat, lon, prior, ancestors per granularity
   classifier.pt    the multi-granularity classifier's weights
@@ -28,13 +30,14 @@ import shutil
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from geopin.features.backbones import BackboneConfig, absolute_name, relative_name
 from geopin.io import sha256_file, write_json, write_parquet
 from geopin.locate.heads import (
     CellClassifier,
@@ -59,7 +62,9 @@ log = logging.getLogger(__name__)
 #: Photos per posterior in predict_embeddings: 10,000 photos x 10,486 places held 6 GiB at once.
 _PREDICT_CHUNK = 512
 
-FORMAT_VERSION = 3  # 3: size and sha256 of every file, the classifier's config, the IVF index saved
+# 3: size and sha256 of every file, the classifier's config, the IVF index saved; 4: the backbone config.
+FORMAT_VERSION = 4
+READABLE_FORMATS = (3, 4)  # a format 3 model records no backbone config: predict says what it assumes
 
 
 class ModelError(ValueError):
@@ -100,6 +105,10 @@ class GeoModel:
     params: MixParams
     calibration: Calibration
     meta: dict = field(default_factory=dict)  # backbone, embed config, training data summary, fit reports
+    # How photos become the features the heads were fit on; None when trained on bare embeddings or read
+    # from a format 3 folder (see format_version).
+    backbone_config: BackboneConfig | None = None
+    format_version: int = FORMAT_VERSION  # the format of the folder it was read from
 
     # ---------------------------------------------------------------- prediction
 
@@ -292,7 +301,7 @@ class GeoModel:
         try:
             tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(out_dir), dir=out_dir.parent))
             tmp.chmod(0o755)  # mkdtemp makes it private; a model is meant to be shared and packaged
-            self._write_files(tmp)
+            self._write_files(tmp, out_dir)
             _swap_in(tmp, out_dir)
         except OSError as exc:
             raise ModelError(f"{out_dir}: cannot write the model: {_os_reason(exc)}; the model there before, if any, is unchanged") from exc
@@ -301,8 +310,9 @@ class GeoModel:
                 _remove_tree(tmp)
         return out_dir
 
-    def _write_files(self, folder: Path) -> None:
-        """Every file, then model.json with the size and sha256 of each (all fsync'ed before the swap)."""
+    def _write_files(self, folder: Path, out_dir: Path) -> None:
+        """Every file into `folder`, then model.json with the size and sha256 of each (all fsync'ed before the
+        swap); the backbone config names a finetuned: folder relative to `out_dir`, where the model will be."""
         h = self.heads
         write_parquet(h.cells, folder / "cells.parquet")
         np.savez(
@@ -330,8 +340,10 @@ class GeoModel:
         np.savez(folder / "gallery.npz", **gallery)
         files = {p.name: _file_digest(p) for p in sorted(folder.iterdir()) if p.is_file()}
         clf = h.classifier
+        config = self.backbone_config
         doc = {
             "format_version": FORMAT_VERSION,
+            "backbone_config": None if config is None else {**config.to_dict(), "name": relative_name(config.name, out_dir)},
             "granularities": h.granularities,
             "k": h.k,
             "params": self.params.to_dict(),
@@ -412,7 +424,7 @@ class GeoModel:
             gallery_country=g["country"],
             k=k,
         )
-        return cls(heads, params, calibration, doc.get("meta", {}))
+        return cls(heads, params, calibration, doc.get("meta", {}), _backbone_config(doc, model_dir), int(doc["format_version"]))
 
 
 # -------------------------------------------------------------------- model folders: checks and swaps
@@ -439,15 +451,27 @@ def read_model_json(model_dir: Path) -> dict:
     if not isinstance(doc, dict):
         raise ModelError(f"{path}: expected a JSON object, found {type(doc).__name__}")
     version = doc.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMATS:
         raise ModelError(
-            f"{path}: model format {version} is not {FORMAT_VERSION}, the one this geopin reads; retrain it "
-            f"(`geopin train`), or for the bundled model run scripts/build_default_model.py"
+            f"{path}: model format {version} is not one this geopin reads ({', '.join(map(str, READABLE_FORMATS))}); "
+            f"retrain it (`geopin train`), or for the bundled model run scripts/build_default_model.py"
         )
-    missing = [key for key in _REQUIRED_KEYS if key not in doc]
+    missing = [key for key in _REQUIRED_KEYS + (("backbone_config",) if version >= 4 else ()) if key not in doc]
     if missing:
         raise ModelError(f"{path}: missing key(s) {', '.join(map(repr, missing))}")
     return doc
+
+
+def _backbone_config(doc: dict, model_dir: Path) -> BackboneConfig | None:
+    """model.json's backbone config, its finetuned: folder read from model_dir; a ModelError names the field."""
+    stored = doc.get("backbone_config")
+    if stored is None:
+        return None
+    try:
+        config = BackboneConfig.from_dict(stored, f"{model_dir / MODEL_JSON}: backbone_config")
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
+    return replace(config, name=absolute_name(config.name, model_dir))
 
 
 def verify_files(model_dir: Path, doc: dict) -> None:

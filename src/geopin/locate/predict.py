@@ -17,8 +17,9 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 
 from geopin.dataset.images import IMAGE_SUFFIXES, ImageError, find_photos
+from geopin.features.backbones import DEFAULT_BACKBONE
 from geopin.io import json_default, write_json, write_parquet
-from geopin.locate.model import GeoModel, default_model_dir
+from geopin.locate.model import MODEL_JSON, GeoModel, ModelError, default_model_dir
 from geopin.scale.engine import (
     PARTS_DIR,
     EngineConfig,
@@ -51,21 +52,28 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 class Predictor:
     """A loaded model and its backbone, reused across calls (the API and the CLI keep one)."""
 
-    def __init__(self, cfg: PredictConfig = PredictConfig()):
-        from geopin.features.backbones import create_backbone
-        from geopin.features.embed import EmbedConfig
+    def __init__(self, cfg: PredictConfig | None = None):
+        from geopin.features.backbones import check_backbone_config, create_backbone
+        from geopin.features.embed import EmbedConfig, embedded_config
 
-        self.cfg = cfg
+        self.cfg = cfg = cfg or PredictConfig()
         self.model = GeoModel.load(cfg.model_dir)
-        emb_meta = self.model.meta.get("embedding", {}) or {}
-        name = self.model.meta.get("backbone") or emb_meta.get("backbone") or "efficientnet_lite0"
+        model_json = Path(cfg.model_dir or default_model_dir()) / MODEL_JSON
+        stored = self.model.backbone_config
+        emb_meta = self.model.meta.get("embedding") or {}
+        saved = emb_meta.get("config") or {}
         # the same preprocessing the model was trained on; where and how fast to compute are ours
-        saved = {k: v for k, v in (emb_meta.get("config") or {}).items() if k in ("backbone", "mode", "long_side", "tta")}
-        self.embed_cfg = EmbedConfig(**{"backbone": name, **saved, "use_cache": False})
+        if stored is not None:
+            chosen = {"backbone": stored.name, "mode": stored.mode, "long_side": stored.long_side}
+        else:
+            chosen = {"backbone": _legacy_backbone(self.model, model_json),
+                      **{k: v for k, v in saved.items() if k in ("mode", "long_side")}}
+        self.embed_cfg = EmbedConfig(**chosen, tta=tuple(saved.get("tta") or ()), use_cache=False)
         self.backbone = create_backbone(self.embed_cfg.backbone)
-        want = self.model.meta.get("embedding", {}).get("version")
-        if want and want != self.backbone.version:
-            log.warning("model was trained on %s features, this backbone is %s", want, self.backbone.version)
+        if stored is not None:
+            check_backbone_config(stored, embedded_config(self.backbone, self.embed_cfg), f"{model_json}: backbone_config")
+        elif emb_meta.get("version") and emb_meta["version"] != self.backbone.version:
+            log.warning("model was trained on %s features, this backbone is %s", emb_meta["version"], self.backbone.version)
 
     def predict_images(self, images: list, names: list[str], top_k: int | None = None) -> list[dict]:
         """`top_k` overrides the configured number per call (the API takes it per request)."""
@@ -114,6 +122,21 @@ class Predictor:
             yield _ordered(row)
 
 
+def _legacy_backbone(model: GeoModel, model_json: Path) -> str:
+    """The backbone of a model that records no backbone config: the one its metadata names, else (format 3
+    only) the default one; said in a warning, since how that backbone prepares photos is assumed, not checked."""
+    name = model.meta.get("backbone") or (model.meta.get("embedding") or {}).get("backbone")
+    if not name and model.format_version >= 4:
+        raise ModelError(
+            f"{model_json}: no backbone_config and no backbone named: the heads were trained on embeddings that do "
+            f"not say which backbone made them, so photos cannot be predicted with this model"
+        )
+    name = name or DEFAULT_BACKBONE
+    log.warning("%s (model format %d) records no backbone config: assuming %s, preprocessing photos as it does today",
+                model_json, model.format_version, name)
+    return name
+
+
 def _exif_info(path: Path) -> dict:
     from geopin.dataset.exif import ExifGpsError, read_exif_gps
 
@@ -135,7 +158,7 @@ def _ordered(res: dict) -> dict:
     return out
 
 
-def predict(paths: Iterable[str | Path], cfg: PredictConfig = PredictConfig()) -> list[dict]:
+def predict(paths: Iterable[str | Path], cfg: PredictConfig | None = None) -> list[dict]:
     return list(Predictor(cfg).predict_paths(paths))
 
 
@@ -199,7 +222,7 @@ def predict_engine(paths: Iterable[str | Path], out_dir: Path | str, cfg=None,
     out_dir = Path(out_dir)
     photos = expand_paths(paths)
     items = [{"index": i, "path": str(p)} for i, p in enumerate(photos)]
-    model_json = Path(cfg.model_dir or default_model_dir()) / "model.json"
+    model_json = Path(cfg.model_dir or default_model_dir()) / MODEL_JSON
     model_digest = hashlib.sha256(model_json.read_bytes()).hexdigest() if model_json.exists() else None
     report = map_partitions(
         _predict_partition, partition(items, engine.partition_size), out_dir / PARTS_DIR, engine,

@@ -26,6 +26,7 @@ from geopin.dataset.cells import (
     locate,
 )
 from geopin.dataset.splits import group_kfold, random_kfold
+from geopin.features.backbones import BackboneConfig
 from geopin.geo import haversine_km, pairwise_km
 from geopin.locate.heads import (
     ClassifierConfig,
@@ -297,9 +298,13 @@ def train_model(
     lat: np.ndarray,
     lon: np.ndarray,
     groups=None,
-    cfg: TrainConfig = TrainConfig(),
+    cfg: TrainConfig | None = None,
     meta: dict | None = None,
+    backbone_config: BackboneConfig | None = None,
 ) -> GeoModel:
+    """Heads and posterior fit on the embeddings; `backbone_config` (how photos become those embeddings) is
+    kept with the model, so that predict prepares new photos the same way."""
+    cfg = cfg or TrainConfig()
     t0 = time.perf_counter()
     if not (isinstance(emb, np.ndarray) and emb.dtype == np.float32):  # a float32 memory map is read as it is
         emb = np.asarray(emb, dtype=np.float32)
@@ -321,7 +326,7 @@ def train_model(
         }
     )
     log.info("trained in %.1fs: %s", time.perf_counter() - t0, params)
-    return GeoModel(heads, params, calibration, info)
+    return GeoModel(heads, params, calibration, info, backbone_config)
 
 
 def _config_dict(cfg: TrainConfig) -> dict:
@@ -335,14 +340,19 @@ def train(
     manifest: str | Path,
     embeddings_dir: str | Path,
     out_dir: str | Path,
-    cfg: TrainConfig = TrainConfig(),
+    cfg: TrainConfig | None = None,
     split: str | Path | None = None,
     split_value: str = "train",
 ) -> GeoModel:
-    """Train from files: the manifest, its embeddings (row-aligned) and optionally a split file."""
-    from geopin.dataset.manifest import read_manifest
-    from geopin.features.embed import load_embeddings
+    """Train from files: the manifest, its embeddings (row-aligned) and optionally a split file.
 
+    The model keeps the embeddings' backbone config (older embeddings folders have none: predict then says
+    which backbone it assumes).
+    """
+    from geopin.dataset.manifest import read_manifest
+    from geopin.features.embed import embeddings_backbone_config, load_embeddings
+
+    cfg = cfg or TrainConfig()
     man = read_manifest(manifest)
     emb, emb_meta = load_embeddings(embeddings_dir, man)
     keep = np.ones(len(emb), dtype=bool)
@@ -370,7 +380,9 @@ def train(
         m["lon"].to_numpy(),
         groups,
         cfg,
-        meta={"backbone": emb_meta.get("backbone"), "embedding": emb_meta, "manifest": Path(manifest).name},
+        meta={"backbone": emb_meta.get("backbone"), "embedding": {k: v for k, v in emb_meta.items() if k != "backbone_config"},
+              "manifest": Path(manifest).name},
+        backbone_config=embeddings_backbone_config(emb_meta),
     )
     model.save(out_dir)
     return model
