@@ -61,10 +61,14 @@ def predictor():
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local Ray cluster of 2 CPUs (2 workers of 1 CPU), for one test module; shut down after it."""
+    """A local Ray cluster of 2 CPUs (2 workers of 1 CPU), for one test module; shut down after it.
+
+    Started as the engine starts its throwaway cluster: every port on loopback, no dashboard."""
     ray = pytest.importorskip("ray", reason="the engine tests need Ray: pip install 'geopin[cluster]'")
+    from geopin.scale.engine import EngineConfig, ray_shutdown, start_ray
+
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    start_ray(EngineConfig("ray", workers=2, cpus_per_worker=1))
     yield
-    ray.shutdown()
+    ray_shutdown()

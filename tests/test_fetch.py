@@ -51,12 +51,16 @@ def _jpeg(seed: int, size: int = 96) -> bytes:
 class _Photos(BaseHTTPRequestHandler):
     """Routes: /good/N.jpg, /missing.jpg (404), /forbidden.jpg (403), /slow.jpg, /broken.jpg,
     /page.html (HTML as .jpg), /huge.jpg (Content-Length over the cap), /huge-stream.jpg (no length),
-    /flaky.jpg (503 twice, then the photo), /drip/N.jpg (a good photo after a short pause)."""
+    /flaky.jpg (503 twice, then the photo), /drip/N.jpg (a good photo after a short pause),
+    /stall-body.jpg (the headers and half the photo, then silence), /hang/N.jpg (silence until released),
+    /busy.jpg (503 every time)."""
 
     hits: typing.ClassVar[Counter] = Counter()
     lock = threading.Lock()
     slow_s = 2.0
     drip_s = 0.0
+    stall_s = 3.0
+    release = threading.Event()
 
     def log_message(self, *args) -> None:  # keep pytest output clean
         pass
@@ -85,6 +89,23 @@ class _Photos(BaseHTTPRequestHandler):
         elif path == "/slow.jpg":
             time.sleep(self.slow_s)
             self._send(200, _jpeg(1))
+        elif path == "/stall-body.jpg":
+            data = _jpeg(6)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                time.sleep(self.stall_s)
+                self.wfile.write(data[len(data) // 2:])
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up: expected
+                pass
+        elif path.startswith("/hang/"):
+            self.release.wait(60)
+        elif path == "/busy.jpg":  # 503 every time
+            self._send(503, b"busy", "text/plain")
         elif path == "/broken.jpg":
             data = _jpeg(2, 256)
             self._send(200, data[: len(data) // 2])
@@ -119,11 +140,13 @@ class _Photos(BaseHTTPRequestHandler):
 def http_server():
     _Photos.hits = Counter()
     _Photos.drip_s = 0.0
+    _Photos.release = threading.Event()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Photos)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", _Photos
+    _Photos.release.set()
     server.shutdown()
     server.server_close()
 
@@ -189,8 +212,10 @@ def test_fetch_one_each_outcome(http_server, tmp_path):
 
     started = time.monotonic()
     slow = fetch_one(f"{base}/slow.jpg", tmp_path, cfg)
-    assert slow.reason == "download_timeout" and "after 3 attempts" in slow.detail
-    assert handler.hits["/slow.jpg"] == 3 and time.monotonic() - started < 5
+    # the 0.5 s timeout is the URL's whole budget: spent by the first silence, so no retry (it was 3 tries)
+    assert slow.reason == "download_timeout" and slow.detail == "no answer within 0.5 s (ReadTimeout)"
+    assert slow.attempts == 1 and slow.transient
+    assert handler.hits["/slow.jpg"] == 1 and time.monotonic() - started < 1.5
 
     refused = fetch_one("http://127.0.0.1:9/a.jpg", tmp_path, FetchConfig(**{**FAST, "retries": 0}))
     assert (refused.reason, refused.detail) == ("download_failed", "connection refused")
@@ -407,3 +432,130 @@ def test_cli_rejects_bad_storage_option(tmp_path):
     result = CliRunner().invoke(app, ["ingest", str(table), "--out", str(tmp_path / "o"),
                                       "--storage-option", "endpoint_url"])
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
+
+
+def test_a_stalled_body_is_a_timeout_and_costs_one_timeout_not_four(http_server, tmp_path):
+    """The headers and half the photo come, then nothing: a download_timeout (requests reports it as a
+    ConnectionError, which was filed as download_failed), and with the default retries and backoff it costs
+    about one timeout in all (it cost 4 timeouts and 3.5-4.4 s of backoff: 85 s per URL at the 20 s default)."""
+    base, handler = http_server
+    defaults = FetchConfig()
+    cfg = FetchConfig(timeout_s=1.0)  # the default retries (3) and backoff (0.5 s doubling) apply
+    assert (cfg.retries, cfg.backoff_s) == (defaults.retries, defaults.backoff_s) == (3, 0.5)
+    for path, detail in (("/stall-body.jpg", "the body stalled: no data for 1 s (ReadTimeout)"),
+                         ("/slow.jpg", "no answer within 1 s (ReadTimeout)")):
+        started = time.monotonic()
+        res = fetch_one(f"{base}{path}", tmp_path, cfg)
+        seconds = time.monotonic() - started
+        assert (res.reason, res.detail) == ("download_timeout", detail), path
+        assert res.transient and res.attempts == 1 and handler.hits[path] == 1, path
+        assert seconds < 1.8, (path, seconds)
+    assert not list((tmp_path / "tmp").glob("*"))
+
+
+def test_retries_fit_in_the_timeout(http_server, tmp_path):
+    """Fast transient failures are still retried, but none starts once the URL's timeout is spent."""
+    base, handler = http_server
+    flaky = fetch_one(f"{base}/flaky.jpg", tmp_path, FetchConfig(timeout_s=5.0, backoff_s=0.05))
+    assert flaky.ok and flaky.attempts == 3
+    handler.hits.clear()
+    started = time.monotonic()  # 503 every time; backoff 0.4, 0.8, 1.6 s (+ up to 25 %): only ~2 retries fit in 2 s
+    res = fetch_one(f"{base}/busy.jpg", tmp_path, FetchConfig(timeout_s=2.0, backoff_s=0.4, retries=10))
+    assert (res.reason, res.transient) == ("download_failed", True) and res.detail.startswith("HTTP 503")
+    assert time.monotonic() - started < 2.5 and 2 <= res.attempts <= 3 and handler.hits["/busy.jpg"] == res.attempts
+
+
+_HANG_SCRIPT = """
+import sys
+from geopin.dataset.fetch import FetchConfig, fetch_urls
+fetch_urls(sys.argv[2:], sys.argv[1], FetchConfig(workers=4, retries=0, timeout_s=60))
+"""
+
+
+def _parts(store: Path) -> list[Path]:
+    return sorted((store / "tmp").glob("*.part")) if (store / "tmp").is_dir() else []
+
+
+def _wait_for_parts(store: Path, pid: int, n: int) -> list[Path]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        mine = [p for p in _parts(store) if f"-{pid}-" in p.name]
+        if len(mine) >= n:
+            return mine
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} made no partial download in {store}")
+
+
+def test_partial_downloads_of_a_killed_run_are_removed_by_the_next_run_even_an_up_to_date_one(http_server, tmp_path):
+    """SIGKILL of a process mid-download leaves its zero-byte .part files; the next run removes them at once,
+    though it has nothing to download, and leaves alone those of a download still running in another process
+    (the old rule removed only parts older than deadline + 60 s, 6 minutes at the defaults)."""
+    base, _ = http_server
+    store = tmp_path / "store"
+    fetch_urls([f"{base}/good/1.jpg"], store, FetchConfig(**FAST))
+    killed = subprocess.Popen([sys.executable, "-c", _HANG_SCRIPT, str(store), f"{base}/hang/1.jpg",
+                               f"{base}/hang/2.jpg"])
+    alive = subprocess.Popen([sys.executable, "-c", _HANG_SCRIPT, str(store), f"{base}/hang/3.jpg"])
+    try:
+        left_behind = _wait_for_parts(store, killed.pid, 2)
+        running = _wait_for_parts(store, alive.pid, 1)
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=10)
+        assert all(p.exists() and p.stat().st_size == 0 for p in left_behind)
+
+        results, summary = fetch_urls([f"{base}/good/1.jpg"], store, FetchConfig(**FAST))  # up to date
+        assert summary.n_cached == 1 and summary.n_fetched == 0 and results[f"{base}/good/1.jpg"].ok
+        assert not any(p.exists() for p in left_behind), "the killed run's partial downloads are still there"
+        assert all(p.exists() for p in running), "a live download's temp file was removed"
+    finally:
+        for proc in (killed, alive):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+    fetch_urls([], store, FetchConfig(**FAST))
+    assert _parts(store) == []
+
+
+def test_missing_s3_credentials_fail_at_once_naming_the_url(s3_server, tmp_path, monkeypatch):
+    """botocore's NoCredentialsError is the machine's setup, not a passing fault: no retry within the run, a
+    detail naming the URL; a rerun (with credentials set by then) tries it again."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_DEFAULT_PROFILE",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookup: loopback only
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    # a filesystem of its own: s3fs would otherwise reuse one made (with credentials) by an earlier test
+    options = {"endpoint_url": s3_server, "skip_instance_cache": True}
+    cfg = FetchConfig(**{**FAST, "retries": 3, "timeout_s": 5, "storage_options": options})
+    url = "s3://photos/a/one.jpg"
+    started = time.monotonic()
+    res = fetch_one(url, tmp_path, cfg)
+    assert res.reason == "download_failed" and res.attempts == 1 and time.monotonic() - started < 5
+    assert "missing credentials" in res.detail and url in res.detail and "NoCredentialsError" in res.detail
+    assert not res.transient and res.setup
+
+    store = tmp_path / "store"
+    results, summary = fetch_urls([url], store, cfg)
+    assert not results[url].ok and summary.n_failed == 1
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    again, summary = fetch_urls([url], store, cfg)
+    assert again[url].ok and summary.n_cached == 0 and (store / again[url].path).read_bytes() == _jpeg(101)
+
+
+def test_a_file_url_row_keeps_the_url_as_its_id(tmp_path):
+    """A file:// row is read from disk (not downloaded); its id is the URL as given, as for http(s) rows
+    (it was the bare path)."""
+    photo = tmp_path / "photos" / "a.jpg"
+    photo.parent.mkdir()
+    photo.write_bytes(_jpeg(300))
+    url = f"file://{photo}"
+    table = tmp_path / "t.csv"
+    pd.DataFrame([(url, 48.85, 2.35)], columns=["image", "lat", "lon"]).to_csv(table, index=False)
+    summary = ingest(table, tmp_path / "out", IngestConfig(workers=1))
+    man = pd.read_parquet(summary.manifest_path)
+    assert man["id"].tolist() == [url] and man["path"].tolist() == [str(photo)]
+    assert not (tmp_path / "out" / "photos").exists()  # nothing was downloaded

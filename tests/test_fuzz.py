@@ -210,6 +210,63 @@ def test_manifest_with_garbled_pandas_metadata_is_a_value_error(tmp_path, data):
     assert str(path) in str(info.value)
 
 
+def _pandas_parquet(path: Path, edit=None, **to_parquet) -> Path:
+    """The seed table (image, lat, lon, author) as pandas writes it, its footer's pandas metadata passed
+    through `edit` (the schema itself untouched)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    df = pd.DataFrame({"image": ["p0.jpg", "p1.jpg"], "lat": [-60.0, 60.0], "lon": [-150.0, 150.0],
+                       "author": ["a", "b"]})
+    df.to_parquet(path, **to_parquet)
+    if edit is not None:
+        table = pq.read_table(path)
+        meta = json.loads(table.schema.metadata[b"pandas"])
+        edit(meta)
+        pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"pandas": json.dumps(meta).encode()}),
+                       path)
+    return path
+
+
+def test_parquet_whose_pandas_metadata_renames_a_column_is_refused(tmp_path):
+    # Found by `bench/fuzz.py --seconds 25` (parquet target): the schema's columns are image, lat, lon, author, the
+    # footer's pandas metadata calls the second one "image", and pandas read image, image, lon, author: lat gone.
+    def rename_lat(meta):
+        meta["columns"][1]["name"] = "image"
+
+    path = _pandas_parquet(tmp_path / "t.parquet", rename_lat)
+    import pyarrow.parquet as pq
+
+    assert pq.read_schema(path).names == ["image", "lat", "lon", "author"]
+    assert pd.read_parquet(path).columns.tolist() == ["image", "image", "lon", "author"]  # the silent misread
+    with pytest.raises(ValueError, match="pandas metadata disagrees with its schema.*'lat'") as info:
+        read_table(path)
+    assert str(path) in str(info.value)
+    assert ingest_outcome(path, tmp_path / "out") == "input_error"
+    with pytest.raises(ValueError, match="not a readable Parquet manifest: its pandas metadata disagrees"):
+        read_manifest(path)
+
+
+def test_parquet_is_read_by_its_schema_not_its_pandas_metadata(tmp_path):
+    """Metadata that moves a column into the index or retypes it does not change what is read; pandas' own
+    stored index (index=True) is not a column; a named index is (the data is in the file)."""
+    def lat_as_index(meta):
+        meta["index_columns"] = ["lat"]
+
+    def lat_as_text(meta):
+        meta["columns"][1]["numpy_type"] = "string"  # pandas turned the numbers into strings
+
+    for name, edit, kwargs in (("index.parquet", None, {"index": True}), ("lat_index.parquet", lat_as_index, {}),
+                               ("lat_text.parquet", lat_as_text, {})):
+        df = read_table(_pandas_parquet(tmp_path / name, edit, **kwargs))
+        assert df.columns.tolist() == ["image", "lat", "lon", "author"], name
+        assert df["lat"].tolist() == [-60.0, 60.0] and pd.api.types.is_float_dtype(df["lat"]), name
+    named = tmp_path / "named.parquet"
+    pd.DataFrame({"image": ["p0.jpg"], "lat": [1.0], "lon": [2.0]}).set_index("image").to_parquet(named)
+    assert read_table(named).columns.tolist() == ["lat", "lon", "image"]
+
+
 def test_table_utf16_with_bom_is_read(tmp_path):
     # Excel's "Unicode text" export; it used to fail as "not UTF-8".
     path = write(tmp_path / "t.csv", "image,lat,lon\ncafé.jpg,10,20\n".encode("utf-16"))

@@ -6,7 +6,8 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import re
+import secrets
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -28,27 +29,32 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
 
-    A reader therefore sees either the old file or the complete new one, never a torn write.
+    A reader therefore sees either the old file or the complete new one, never a torn write. The temporary
+    file is created with mode 0o666 less the umask, by the kernel, as a plain open() would: the process-wide
+    umask is never read or changed (os.umask is a read-modify-write, racy beside other threads).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_beside(path)
     try:
         yield tmp_path
-        if tmp_path.exists():  # mkstemp makes it owner-only; give it the mode a plain open() would
-            tmp_path.chmod(0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_beside(path: Path) -> Path:
+    """A new empty file `.<name>.<random>.tmp` next to `path` (O_EXCL: never one another writer holds)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name} after 100 tries")
 
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -78,6 +84,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     row is an error; duplicate column names are refused (pandas renames the second to 'x.1' and a
     caller would use the first without a word); one column whose name holds ';' is the wrong
     separator. UTF-8 (with or without BOM) and UTF-16 with a BOM (Excel's "Unicode text") are read.
+    A Parquet table's columns are its schema's fields (pandas metadata that would rename them is an error).
     """
     path = Path(path)
     if not path.exists():
@@ -148,6 +155,9 @@ def _duplicates(names: list[str]) -> list[str]:
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
+    """The table as its Parquet (Arrow) schema says: the columns are the schema's fields, never renamed, moved
+    into the index or retyped by the pandas metadata a writer left in the footer; metadata that disagrees with
+    the schema is an error (the file was written or edited by something broken)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -162,9 +172,44 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: duplicate column name(s) {', '.join(map(repr, duplicates))}: "
                          f"which one is meant is ambiguous")
     try:
-        return pd.read_parquet(path)
+        table = pq.read_table(path)
+        pandas_index = _check_pandas_metadata(path, table)
+        df = table.drop_columns(pandas_index).to_pandas(ignore_metadata=True)
+    except _MetadataDisagrees:
+        raise
     except unreadable as exc:
         raise ValueError(f"{path}: not a readable Parquet table: {type(exc).__name__}: {exc}") from None
+    return df
+
+
+_PANDAS_INDEX_FIELD = re.compile(r"__index_level_\d+__")
+
+
+class _MetadataDisagrees(ValueError):
+    pass
+
+
+def _check_pandas_metadata(path: Path, table: Any) -> list[str]:
+    """ValueError when the footer's pandas metadata would read the columns under other names than the schema's
+    (a rename, a duplicate); the fields holding pandas' own unnamed index (`__index_level_0__`), to drop."""
+    meta = (table.schema.metadata or {}).get(b"pandas")
+    if meta is None:  # written by pyarrow, polars, Spark...: nothing to disagree with
+        return []
+    info = json.loads(meta)
+    if not (isinstance(info, dict) and isinstance(info.get("columns"), list)
+            and isinstance(info.get("index_columns", []), list)):
+        raise ValueError("its pandas metadata is not the JSON object pandas writes")  # noqa: TRY004 - the contract
+    # what pandas' reader would make of the metadata, on no rows (cheap); its KeyError/TypeError on garbled
+    # metadata is the caller's "not a readable Parquet table"
+    shown = table.slice(0, 0).to_pandas()
+    index_fields = [c for c in info.get("index_columns", []) if isinstance(c, str)]
+    expected = [name for name in table.schema.names if name not in index_fields]
+    got = [str(c) for c in shown.columns]
+    if got != expected:
+        raise _MetadataDisagrees(f"{path}: not a readable Parquet table: its pandas metadata disagrees with its "
+                                 f"schema: the schema's columns {', '.join(map(repr, expected))} would be read as "
+                                 f"{', '.join(map(repr, got))}")
+    return [name for name in index_fields if name in table.schema.names and _PANDAS_INDEX_FIELD.fullmatch(name)]
 
 
 def json_default(obj: Any) -> Any:

@@ -10,10 +10,12 @@ packages, downgrade pandas, and re-encode or shard photos in its own format.
   it. It never raises for a bad URL; the result carries a reject reason (`download_failed`,
   `download_timeout`, `too_large`) and a detail ("HTTP 404 Not Found", "connection refused", ...).
 - Transient failures (timeouts, connection errors, HTTP 429 and 5xx) are retried with exponential
-  backoff; 4xx answers are not.
-- Bytes are streamed to a temp file in the store (hashed on the way, never held whole in memory),
-  stopped at `max_bytes`, then renamed to `objects/<sha[:2]>/<sha><suffix>`: identical photos under
-  two URLs are stored once.
+  backoff, but only within the URL's `timeout_s`: a URL that answers nothing or stalls costs about
+  `timeout_s`, not (retries + 1) x timeout_s. 4xx answers and missing credentials are not retried.
+- Bytes are streamed to a temp file in the store (`tmp/dl-<host>-<pid>-*.part`, hashed on the way, never
+  held whole in memory), stopped at `max_bytes`, then renamed to `objects/<sha[:2]>/<sha><suffix>`:
+  identical photos under two URLs are stored once. Every `fetch_urls` run first removes the temp files
+  of writers that are no longer alive (a killed run's).
 - `fetch_urls(urls, store, cfg)` runs `fetch_one` over the distinct URLs with a bounded number in
   flight and appends each outcome to `<store>/ledger.jsonl` (JSON lines, flushed per line, fsynced per batch). A rerun
   reads the ledger and fetches nothing already stored or permanently failed; a torn last line left
@@ -27,9 +29,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -47,6 +51,12 @@ OBJECTS_DIR = "objects"
 _URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _CHUNK = 64 * 1024
 _RETRY_STATUS = frozenset({408, 425, 429})  # plus every 5xx
+_MIN_TRY = 0.25  # a retry starts only while this share of timeout_s is left of the URL's timeout
+TMP_DIR = "tmp"
+_PART_PREFIX, _PART_SUFFIX = "dl-", ".part"
+# Exceptions (by class name, so no backend has to be imported) that mean this machine has no credentials for the
+# store: botocore (s3://) and google-auth (gs://). The same for every URL of the run: not retried.
+_NO_CREDENTIALS = frozenset({"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"})
 # Magic bytes -> suffix of the stored object (chosen from the content, so equal bytes get one name).
 _MAGIC = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"), (b"GIF87a", ".gif"), (b"GIF89a", ".gif"),
           (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"), (b"BM", ".bmp"))
@@ -65,8 +75,10 @@ class FetchConfig:
     retries: int = 3  # extra attempts after a transient failure (timeout, connection error, 429, 5xx)
     backoff_s: float = 0.5  # wait before the first retry; doubles each time (with up to 25 % jitter)
     backoff_max_s: float = 30.0
-    timeout_s: float = 20.0  # connect timeout, and the longest silence while reading
-    deadline_s: float = 300.0  # one attempt's whole download (a server dripping bytes forever)
+    # The longest silence (connect, first byte, any pause in the body) and the URL's retry budget: no retry starts
+    # once timeout_s has passed since its first try, so a dead or stalled URL costs about timeout_s in all.
+    timeout_s: float = 20.0
+    deadline_s: float = 300.0  # one attempt's whole download while bytes keep coming (a server dripping forever)
     max_bytes: int = 50 * 1024 * 1024  # larger downloads are rejected as too_large, unread
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec, e.g. {"endpoint_url": ...}
     user_agent: str = "geopin-fetch/0.1"
@@ -90,6 +102,7 @@ class FetchResult:
     reason: str | None = None  # one of FETCH_REASONS
     detail: str | None = None
     transient: bool = False  # the failure may go away: retried on a rerun
+    setup: bool = False  # this machine's setup failed (no credentials), not the URL: not retried now, tried on a rerun
     attempts: int = 0
     seconds: float = 0.0
 
@@ -127,32 +140,41 @@ def scheme_of(url: str) -> str:
 
 
 class _Fail(Exception):
-    def __init__(self, reason: str, detail: str, transient: bool) -> None:
+    def __init__(self, reason: str, detail: str, transient: bool, setup: bool = False) -> None:
         super().__init__(reason, detail)
-        self.reason, self.detail, self.transient = reason, detail, transient
+        self.reason, self.detail, self.transient, self.setup = reason, detail, transient, setup
 
 
 def fetch_one(url: str, store: str | os.PathLike, cfg: FetchConfig | None = None) -> FetchResult:
-    """Download `url` into `store` (retrying transient failures); never raises for a bad URL."""
+    """Download `url` into `store` (retrying transient failures within its timeout); never raises for a bad URL."""
     cfg = cfg or FetchConfig()
     store = Path(store)
     started = time.monotonic()
+    budget_end = started + cfg.timeout_s  # no retry starts after this: a stalled URL costs ~timeout_s, not 4x
+    timeout = cfg.timeout_s
     result = FetchResult(url=url)
     for attempt in range(cfg.retries + 1):
         result.attempts = attempt + 1
         try:
-            sha, rel, size = _download(url.strip(), store, cfg)
+            sha, rel, size = _download(url.strip(), store, cfg, timeout)
         except _Fail as fail:
-            result.reason, result.detail, result.transient = fail.reason, fail.detail, fail.transient
+            result.reason, result.detail = fail.reason, fail.detail
+            result.transient, result.setup = fail.transient, fail.setup
             if not fail.transient or attempt == cfg.retries:
                 break
             wait = min(cfg.backoff_max_s, cfg.backoff_s * 2 ** attempt) * (1 + 0.25 * random.random())
+            left = budget_end - time.monotonic() - wait
+            if left < _MIN_TRY * cfg.timeout_s:
+                log.debug("%s: %s (%s); its %g s timeout is spent, no retry", url, fail.reason, fail.detail,
+                          cfg.timeout_s)
+                break
             log.debug("%s: %s (%s); retry %d in %.2f s", url, fail.reason, fail.detail, attempt + 1, wait)
             time.sleep(wait)
+            timeout = left  # the retry waits on silence only for what is left of the URL's timeout
             continue
         result.sha256, result.path, result.size = sha, rel, size
         result.reason = result.detail = None
-        result.transient = False
+        result.transient = result.setup = False
         break
     if result.reason and result.transient and result.attempts > 1:
         result.detail = f"{result.detail} (after {result.attempts} attempts)"
@@ -160,25 +182,28 @@ def fetch_one(url: str, store: str | os.PathLike, cfg: FetchConfig | None = None
     return result
 
 
-def _download(url: str, store: Path, cfg: FetchConfig) -> tuple[str, str, int]:
+def _download(url: str, store: Path, cfg: FetchConfig, timeout: float) -> tuple[str, str, int]:
     scheme = scheme_of(url)
-    tmp_dir = store / "tmp"
+    tmp_dir = store / TMP_DIR
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix="dl-", suffix=".part", dir=tmp_dir)
+    fd, tmp_name = tempfile.mkstemp(prefix=_part_prefix(), suffix=_PART_SUFFIX, dir=tmp_dir)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
             if scheme in ("http", "https"):
-                sha, size, head = _stream_http(url, fh, cfg)
+                sha, size, head = _stream_http(url, fh, cfg, timeout)
             else:
-                sha, size, head = _stream_fsspec(url, fh, cfg)
+                sha, size, head = _stream_fsspec(url, fh, cfg, timeout)
         rel = f"{OBJECTS_DIR}/{sha[:2]}/{sha}{_suffix(head)}"
         final = store / rel
-        if final.exists() and final.stat().st_size == size:
-            tmp.unlink()
-        else:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
+        try:
+            if final.exists() and final.stat().st_size == size:
+                tmp.unlink()
+            else:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, final)
+        except OSError as exc:  # disk full, or the temp file removed under us: this try failed, not the run
+            raise _Fail("download_failed", f"cannot write to the store: {exc}", True) from None
         return sha, rel, size
     finally:
         tmp.unlink(missing_ok=True)
@@ -219,13 +244,15 @@ def _session():
     return sess
 
 
-def _stream_http(url: str, fh, cfg: FetchConfig) -> tuple[str, int, bytes]:
+def _stream_http(url: str, fh, cfg: FetchConfig, timeout: float) -> tuple[str, int, bytes]:
     import requests
 
     started = time.monotonic()
+    body = False  # the headers have come: a timeout from here on is the body stalling
     try:
-        with _session().get(url, stream=True, timeout=(cfg.timeout_s, cfg.timeout_s),
+        with _session().get(url, stream=True, timeout=(timeout, timeout),
                             headers={"User-Agent": cfg.user_agent}) as resp:
+            body = True
             if resp.status_code >= 400:
                 transient = resp.status_code >= 500 or resp.status_code in _RETRY_STATUS
                 raise _Fail("download_failed", f"HTTP {resp.status_code} {resp.reason or ''}".strip(), transient)
@@ -237,18 +264,48 @@ def _stream_http(url: str, fh, cfg: FetchConfig) -> tuple[str, int, bytes]:
     except _Fail:
         raise
     except requests.exceptions.Timeout as exc:
-        raise _Fail("download_timeout", f"no answer within {cfg.timeout_s:g} s ({type(exc).__name__})", True) from None
+        raise _Fail("download_timeout", _timeout_detail(timeout, body, type(exc).__name__), True) from None
     except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
             requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader, ValueError) as exc:
         raise _Fail("download_failed", f"invalid URL: {exc}", False) from None
     except requests.exceptions.TooManyRedirects as exc:  # a loop: waiting will not fix it
         raise _Fail("download_failed", f"redirect loop: {exc}", False) from None
     except requests.exceptions.ConnectionError as exc:
+        if _is_timeout(exc):  # requests reports a read timeout in the body as a ConnectionError
+            raise _Fail("download_timeout", _timeout_detail(timeout, body, "ReadTimeout"), True) from None
         raise _Fail("download_failed", _connection_detail(exc), True) from None
     except requests.exceptions.RequestException as exc:  # ChunkedEncodingError, ContentDecodingError, ...
         raise _Fail("download_failed", f"{type(exc).__name__}: {exc}", True) from None
     except OSError as exc:  # writing the temp file: disk full is not the URL's fault, but must not kill the run
         raise _Fail("download_failed", f"cannot write to the store: {exc}", True) from None
+
+
+def _timeout_detail(timeout: float, body: bool, kind: str) -> str:
+    if body:
+        return f"the body stalled: no data for {timeout:.3g} s ({kind})"
+    return f"no answer within {timeout:.3g} s ({kind})"
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """A timeout, whatever wraps it (requests' ConnectionError around urllib3's ReadTimeoutError, botocore's and
+    aiohttp's own classes): judged by class names along the chain, so no backend has to be imported. Each class's
+    own name only: urllib3's NewConnectionError (a refused connection) descends from ConnectTimeoutError."""
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, TimeoutError) or "Timeout" in type(item).__name__:
+            return True
+        linked = [*item.args, getattr(item, "reason", None), item.__cause__, item.__context__]
+        todo.extend(x for x in linked if isinstance(x, BaseException))
+    return False
+
+
+def _no_credentials(exc: BaseException) -> bool:
+    return any(c.__name__ in _NO_CREDENTIALS for c in type(exc).__mro__)
 
 
 def _connection_detail(exc: Exception) -> str:
@@ -265,12 +322,12 @@ def _connection_detail(exc: Exception) -> str:
     return f"connection error: {text[:300]}"
 
 
-def _stream_fsspec(url: str, fh, cfg: FetchConfig) -> tuple[str, int, bytes]:
+def _stream_fsspec(url: str, fh, cfg: FetchConfig, timeout: float) -> tuple[str, int, bytes]:
     import fsspec
 
     started = time.monotonic()
     try:
-        fs, path = fsspec.core.url_to_fs(url, **_fs_options(scheme_of(url), cfg))
+        fs, path = fsspec.core.url_to_fs(url, **_fs_options(scheme_of(url), cfg, timeout))
     except ImportError as exc:
         raise _Fail("download_failed", f"no filesystem installed for {scheme_of(url)}://: {exc}", False) from None
     except ValueError as exc:  # "Protocol not known"
@@ -291,25 +348,28 @@ def _stream_fsspec(url: str, fh, cfg: FetchConfig) -> tuple[str, int, bytes]:
         raise _Fail("download_failed", "not found (no such object)", False) from None
     except PermissionError as exc:
         raise _Fail("download_failed", f"access denied: {exc}", False) from None
-    except (TimeoutError, ConnectionError) as exc:
-        reason = "download_timeout" if isinstance(exc, TimeoutError) else "download_failed"
-        raise _Fail(reason, f"{type(exc).__name__}: {exc}", True) from None
-    except OSError as exc:
-        raise _Fail("download_failed", f"{type(exc).__name__}: {exc}", True) from None
     except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own types (botocore, gcsfs ...)
+        if _no_credentials(exc):  # the same for every URL of the run: retrying cannot help
+            raise _Fail("download_failed", f"missing credentials: no {scheme_of(url)}:// credentials found on this "
+                        f"machine to read {url} ({type(exc).__name__}: {exc})", False, setup=True) from None
+        if _is_timeout(exc):
+            raise _Fail("download_timeout", f"no answer within {timeout:.3g} s ({type(exc).__name__}: {exc})",
+                        True) from None
         raise _Fail("download_failed", f"{type(exc).__name__}: {exc}", True) from None
 
 
-def _fs_options(scheme: str, cfg: FetchConfig) -> dict[str, Any]:
+def _fs_options(scheme: str, cfg: FetchConfig, timeout: float | None = None) -> dict[str, Any]:
     options = dict(cfg.storage_options)
     if scheme in ("s3", "s3a"):
         endpoint = options.pop("endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL_S3") \
             or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            options.setdefault("client_kwargs", {}).setdefault("endpoint_url", endpoint)
-        config = options.setdefault("config_kwargs", {})
-        config.setdefault("connect_timeout", cfg.timeout_s)
-        config.setdefault("read_timeout", cfg.timeout_s)
+        if endpoint:  # copies of the nested dicts: the caller's storage_options stay as given
+            options["client_kwargs"] = {"endpoint_url": endpoint, **options.get("client_kwargs", {})}
+        config = options["config_kwargs"] = dict(options.get("config_kwargs", {}))
+        # whole seconds: s3fs keeps one filesystem per distinct set of options
+        wait = math.ceil(cfg.timeout_s if timeout is None else timeout)
+        config.setdefault("connect_timeout", wait)
+        config.setdefault("read_timeout", wait)
     return options
 
 
@@ -357,13 +417,14 @@ class Ledger:
             self.entries[res.url] = res
 
     def done(self, url: str, store: Path) -> FetchResult | None:
-        """The earlier outcome to reuse: a stored object still present, or a permanent failure."""
+        """The earlier outcome to reuse: a stored object still present, or a permanent failure of the URL itself
+        (not one of the machine's setup, such as missing credentials, which may have been fixed since)."""
         res = self.entries.get(url)
         if res is None:
             return None
         if res.ok:
             return res if (store / res.path).is_file() else None
-        return None if res.transient else res
+        return None if res.transient or res.setup else res
 
     def open(self, fsync_every: int) -> Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -423,7 +484,7 @@ def fetch_urls(urls: Iterable[str], store: str | os.PathLike, cfg: FetchConfig |
     distinct = list(dict.fromkeys(u.strip() for u in urls))
     check_schemes(distinct, cfg)
     ledger = Ledger(store)
-    _clean_tmp(store, cfg)
+    remove_partial_downloads(store, cfg)
     results: dict[str, FetchResult] = {}
     todo = []
     for url in distinct:
@@ -488,15 +549,60 @@ def fetch_many(todo: list[str], store: Path, cfg: FetchConfig) -> Iterator[Fetch
                 submit_next()
 
 
-def _clean_tmp(store: Path, cfg: FetchConfig) -> None:
-    """Remove partial downloads a killed run left behind (old enough that no live download owns them)."""
-    tmp_dir = store / "tmp"
+def _writer_id() -> str:
+    """This machine (host name and, on Linux, pid namespace), as a name part without '-': a pid means something
+    only where it was taken."""
+    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:  # not Linux
+        return host
+    return f"{host}_{re.sub(r'[^0-9]', '', namespace)}"
+
+
+def _part_prefix() -> str:
+    """`dl-<machine>-<pid>-`: names the writer of a partial download, so a later run knows a dead one's leftovers."""
+    return f"{_PART_PREFIX}{_writer_id()}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    try:  # killed but not yet reaped by its parent: a zombie writes nothing
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_partial_downloads(store: str | os.PathLike, cfg: FetchConfig | None = None) -> int:
+    """Remove the partial downloads no live process is writing (a killed run's); the number removed.
+
+    A part made on this machine is removed as soon as its writer's pid is gone. One from another machine
+    sharing the store, or from an older geopin (no pid in its name), only once untouched for longer than
+    any live download stays silent (deadline_s + timeout_s + 60 s).
+    """
+    cfg = cfg or FetchConfig()
+    tmp_dir = Path(store) / TMP_DIR
     if not tmp_dir.is_dir():
-        return
-    cutoff = time.time() - cfg.deadline_s - 60
-    for stale in tmp_dir.glob("dl-*.part"):
+        return 0
+    here = _writer_id()
+    cutoff = time.time() - cfg.deadline_s - cfg.timeout_s - 60
+    removed = 0
+    for part in tmp_dir.glob(f"{_PART_PREFIX}*{_PART_SUFFIX}"):
+        fields = part.name[len(_PART_PREFIX):].rsplit("-", 2)  # machine, pid, mkstemp's random part
+        mine = len(fields) == 3 and fields[0] == here and fields[1].isdigit()
         try:
-            if stale.stat().st_mtime < cutoff:
-                stale.unlink()
-        except FileNotFoundError:
-            pass
+            if (mine and not _pid_alive(int(fields[1]))) or part.stat().st_mtime < cutoff:
+                part.unlink()
+                removed += 1
+        except FileNotFoundError:  # its writer finished meanwhile
+            continue
+    if removed:
+        log.info("%s: removed %d partial download(s) left by an interrupted run", tmp_dir, removed)
+    return removed

@@ -358,10 +358,12 @@ def _table_tasks(table_path: Path, cfg: IngestConfig) -> tuple[list[_Task], str]
             tasks.append(_Task(id=image.strip(), path=image.strip(), source_row=row, raw_lat=lat, raw_lon=lon,
                                group=group))
             continue
+        given_id = None
         if isinstance(image, str) and image.strip().lower().startswith("file://"):
-            image = url2pathname(urlparse(image.strip()).path)
+            given_id = image.strip()  # the id is the URL as given, as for http(s):// rows; the path is read
+            image = url2pathname(urlparse(given_id).path)
         abs_path = Path(os.path.normpath(base / str(image)))  # an absolute image path replaces base
-        tasks.append(_Task(id=_relative_id(abs_path, base), path=str(abs_path), source_row=row,
+        tasks.append(_Task(id=given_id or _relative_id(abs_path, base), path=str(abs_path), source_row=row,
                            raw_lat=lat, raw_lon=lon, group=group))
     digest = hashlib.sha256(table_path.read_bytes()).hexdigest()
     return tasks, f"table:{digest}:base={base}"
@@ -396,7 +398,7 @@ def _fetched(task: _Task, res: FetchResult, store: Path) -> _Task:
 
 def _prepare_store(tasks: list[_Task], source: Path, store: Path, cfg: IngestConfig) -> None:
     """--engine: the checks fetch_urls makes before any download, done once on the driver; the workers download."""
-    from geopin.dataset.fetch import _clean_tmp, check_schemes
+    from geopin.dataset.fetch import check_schemes, remove_partial_downloads
 
     try:
         cfg.fetch.validate()
@@ -404,7 +406,7 @@ def _prepare_store(tasks: list[_Task], source: Path, store: Path, cfg: IngestCon
     except (FetchInputError, ValueError) as exc:
         raise IngestInputError(f"{source}: cannot download its URLs: {exc}") from exc
     store.mkdir(parents=True, exist_ok=True)
-    _clean_tmp(store, cfg.fetch)
+    remove_partial_downloads(store, cfg.fetch)
 
 
 def _coords_ok(task: _Task) -> bool:

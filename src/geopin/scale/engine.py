@@ -19,6 +19,7 @@ The names `"local"` runs the same partitions in this process (no cluster needed,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,6 +44,10 @@ PARTS_DIR = "parts"
 JOB_JSON = "_job.json"
 _META_DIGEST = b"geopin.partition_digest"
 _META_FAILED = b"geopin.partition_failed"
+LOOPBACK = "127.0.0.1"
+# Ray's switch for "a cluster of this machine only" (its default on macOS and Windows): the node's address becomes
+# 127.0.0.1, and Ray's gRPC servers, agents and workers then listen on loopback instead of every interface.
+_RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 class EngineUnavailable(RuntimeError):
@@ -280,7 +285,10 @@ def ray_shutdown() -> None:
 
 def start_ray(engine: EngineConfig) -> bool:
     """Connect to (address) or start (None: `workers` x `cpus_per_worker` CPUs) a Ray cluster; True if we started
-    or joined it here (and so should shut it down), False when this process was already connected."""
+    or joined it here (and so should shut it down), False when this process was already connected.
+
+    A cluster started here is for this machine alone: every port it opens listens on loopback, no dashboard
+    (Ray's job API runs any code for anyone who reaches it; see docs/cluster.md for a real cluster)."""
     ray = _ray()
     if ray.is_initialized():
         return False
@@ -288,16 +296,53 @@ def start_ray(engine: EngineConfig) -> bool:
                               "configure_logging": False}
     if engine.address is None:
         kwargs["num_cpus"] = engine.workers * engine.cpus_per_worker
+        kwargs["dashboard_host"] = LOOPBACK
         # the local cluster's processes inherit this: idle OpenMP threads sleep instead of spinning (see embed)
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     else:
         kwargs["address"] = engine.address
     try:
-        ray.init(**kwargs)
+        if engine.address is None:
+            with _loopback_node():
+                ray.init(**kwargs)
+            _check_loopback(ray)
+        else:
+            ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise EngineUnavailable(f"cannot start or reach the Ray cluster at {engine.address or 'a new local cluster'}: "
                                 f"{exc}") from None
     return True
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """While a throwaway cluster starts: its node address is 127.0.0.1 (`ray.init(_node_ip_address="127.0.0.1")`
+    cannot do this: Ray swaps a loopback address for the machine's routable one). The processes the cluster
+    starts inherit the environment variable; this process reads the constant Ray took from it at import, so both
+    are set, and both restored after: a later `--address` join from this process must advertise its real address.
+    (_check_loopback fails closed should a Ray version drop the switch.)"""
+    from ray._private import ray_constants
+
+    old_env, old_const = os.environ.get(_RAY_CLUSTER_ENV), getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    os.environ[_RAY_CLUSTER_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_const
+        if old_env is None:
+            os.environ.pop(_RAY_CLUSTER_ENV, None)
+        else:
+            os.environ[_RAY_CLUSTER_ENV] = old_env
+
+
+def _check_loopback(ray) -> None:
+    """Fail closed: a Ray version that ignores the switch above must not leave a cluster open to the network."""
+    address = ray.util.get_node_ip_address()
+    if not address.startswith("127.") and address != "::1":
+        ray.shutdown()
+        raise RuntimeError(f"the throwaway Ray cluster took the address {address}, not loopback; refusing to run "
+                           f"it (start a cluster yourself, firewalled, and pass --address: docs/cluster.md)")
 
 
 def _run_ray(fn, setup, partitions, todo, engine, report, done, give_up) -> None:
