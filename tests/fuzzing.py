@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -26,7 +27,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from geopin.dataset.exif import ExifGpsError, gps_exif_bytes, gps_ifd, read_exif_gps
+from imagefiles import gps_exif_bytes, gps_ifd
+
+from geopin.dataset.exif import ExifGpsError, read_exif_gps
 from geopin.dataset.ingest import REJECT_REASONS, IngestConfig, IngestInputError, ingest
 from geopin.dataset.manifest import read_manifest
 from geopin.io import read_table
@@ -59,7 +62,18 @@ def table_contract(path: Path) -> str:
         return "error"
     assert isinstance(df, pd.DataFrame)
     assert df.columns.is_unique, list(df.columns)
+    if path.suffix == ".parquet":  # read by its schema: the fields, in order (pandas' own index fields aside)
+        import pyarrow.parquet as pq
+
+        fields = pq.read_schema(path).names
+        assert [str(c) for c in df.columns] == [f for f in fields if f in set(map(str, df.columns))], \
+            (list(df.columns), fields)
+        dropped = [f for f in fields if f not in set(map(str, df.columns))]
+        assert all(PANDAS_INDEX_FIELD.fullmatch(f) for f in dropped), (dropped, fields)
     return "table"
+
+
+PANDAS_INDEX_FIELD = re.compile(r"__index_level_\d+__")
 
 
 def ingest_contract(table: Path, out: Path) -> str:

@@ -10,6 +10,7 @@ import io
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -105,7 +106,6 @@ def site_photo(site: int, rng: np.random.Generator) -> Image.Image:
 
 def three_photographer_dataset(root: Path) -> Path:
     """24 geotagged photos of FOUR_SITES by 3 photographers (subfolders), ingested; returns the dataset folder."""
-    from geopin.dataset.exif import gps_exif_bytes
     from geopin.dataset.ingest import IngestConfig, ingest
 
     photos = root / "photos"
@@ -118,3 +118,47 @@ def three_photographer_dataset(root: Path) -> Path:
             site_photo(s, rng).save(who / f"site{s}_{i}.jpg", exif=exif, quality=90)
     ingest(photos, root / "ds", IngestConfig(group_from="subfolder"))
     return root / "ds"
+
+
+# ---------------------------------------------------------------- EXIF GPS as a camera writes it
+
+SECONDS_DENOMINATOR = 10_000  # seconds written as s / 10,000: 1e-4 arc-seconds is about 3 mm on the ground
+
+
+def dms_rationals(degrees: float, seconds_denominator: int = SECONDS_DENOMINATOR) -> tuple[tuple[int, int], ...]:
+    """abs(degrees) as ((d, 1), (m, 1), (s, den)) rationals, rounded exactly once in integer units."""
+    units_per_degree = 3600 * seconds_denominator
+    total = round(abs(degrees) * units_per_degree)
+    d, rest = divmod(total, units_per_degree)
+    m, s = divmod(rest, 60 * seconds_denominator)
+    return ((d, 1), (m, 1), (s, seconds_denominator))
+
+
+def gps_ifd(lat: float, lon: float) -> dict[int, Any]:
+    """A piexif GPS IFD for (lat, lon). Writes what it is given, even out-of-range values."""
+    import piexif
+
+    return {
+        piexif.GPSIFD.GPSVersionID: (2, 3, 0, 0),
+        piexif.GPSIFD.GPSLatitudeRef: "N" if lat >= 0 else "S",
+        piexif.GPSIFD.GPSLatitude: dms_rationals(lat),
+        piexif.GPSIFD.GPSLongitudeRef: "E" if lon >= 0 else "W",
+        piexif.GPSIFD.GPSLongitude: dms_rationals(lon),
+    }
+
+
+def gps_exif_bytes(lat: float | None, lon: float | None, *, artist: str | None = None,
+                   gps: dict[int, Any] | None = None) -> bytes:
+    """EXIF bytes (for `Image.save(..., exif=...)`) with a GPS position as a camera writes it.
+
+    `gps` replaces the generated GPS IFD, so tests can write malformed positions; lat=lon=None
+    with no `gps` writes no GPS block at all.
+    """
+    import piexif
+
+    zeroth: dict[int, Any] = {}
+    if artist is not None:
+        zeroth[piexif.ImageIFD.Artist] = artist
+    if gps is None and lat is not None and lon is not None:
+        gps = gps_ifd(lat, lon)
+    return piexif.dump({"0th": zeroth, "Exif": {}, "GPS": gps or {}, "1st": {}, "thumbnail": None})

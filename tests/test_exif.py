@@ -10,15 +10,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from geopin.dataset.exif import (
-    ExifGpsError,
-    coord_problem,
-    dms_rationals,
-    gps_exif_bytes,
-    gps_ifd,
-    read_artist,
-    read_exif_gps,
-)
+from imagefiles import dms_rationals, gps_exif_bytes, gps_ifd
+
+from geopin.dataset.exif import ExifGpsError, coord_problem, read_artist, read_exif_gps
 from geopin.dataset.ingest import REJECT_REASONS
 
 G = piexif.GPSIFD

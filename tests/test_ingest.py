@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from geopin.dataset.exif import gps_exif_bytes, gps_ifd
+from imagefiles import gps_exif_bytes, gps_ifd
 from geopin.dataset.ingest import REJECT_REASONS, IngestConfig, IngestInputError, ingest
 from geopin.dataset.manifest import MANIFEST_COLUMNS, read_manifest
 

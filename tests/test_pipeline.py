@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from geopin.dataset.exif import gps_exif_bytes
+from imagefiles import gps_exif_bytes
 
 SITES = [(48.8584, 2.2945), (40.6892, -74.0445), (-33.8568, 151.2153), (35.6586, 139.7454), (-22.9519, -43.2105)]
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from geopin.countries import country_of
-from geopin.dataset.exif import gps_exif_bytes
+from imagefiles import gps_exif_bytes
 from geopin.geo import haversine_km
 from geopin.locate.model import default_model_dir
 from geopin.locate.predict import EXAMPLE_PHOTO, EXAMPLE_TRUTH

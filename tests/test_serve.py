@@ -24,7 +24,7 @@ uvicorn = pytest.importorskip("uvicorn")
 from imagefiles import png_header_only  # noqa: E402
 from test_predict import geopin, save_jpeg, scene  # noqa: E402
 
-from geopin.dataset.exif import gps_exif_bytes  # noqa: E402
+from imagefiles import gps_exif_bytes  # noqa: E402
 from geopin.serve.app import WEB_DIR, ServeConfig, create_app, is_loopback  # noqa: E402
 
 TOKEN = "s3cret-token"

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from geopin.dataset.exif import gps_exif_bytes
+from imagefiles import gps_exif_bytes
 from geopin.geo import haversine_km
 from geopin.serve.geojson import (
     MAX_TOKENS,

@@ -35,7 +35,7 @@ def finetune_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the JSON summary."),
 ) -> None:
     """Fine-tune the last blocks of the backbone on haversine-smoothed geocell labels (resumable from its cache)."""
-    import pandas as pd
+    from geopin.dataset.splits import read_split
 
     with input_errors("finetune", ValueError, FileNotFoundError, KeyError, BackboneUnavailable):
         cfg = FinetuneConfig(
@@ -47,14 +47,7 @@ def finetune_cmd(
             raise FileNotFoundError(f"{manifest}: manifest not found (run `geopin ingest` first)")
         train_ids = None
         if split is not None:
-            if not split.is_file():
-                raise FileNotFoundError(f"{split}: split file not found (run `geopin split` first)")
-            sp = pd.read_parquet(split)
-            if "split" not in sp.columns or "id" not in sp.columns:
-                raise ValueError(f"{split}: expected columns 'id' and 'split' (from `geopin split --val-fraction`)")
-            train_ids = sp.loc[sp["split"].astype(str) == split_value, "id"].astype(str).tolist()
-            if not train_ids:
-                raise ValueError(f"{split}: no row has split {split_value!r}")
+            train_ids = read_split(split, split_value)
         summary = finetune(manifest, out, cfg, train_ids=train_ids)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

@@ -22,9 +22,6 @@ GPS_IFD = 0x8825  # ExifTags.IFD.GPSInfo
 ARTIST_TAG = 0x013B  # ExifTags.Base.Artist
 _GPS_LAT_REF, _GPS_LAT, _GPS_LON_REF, _GPS_LON = 1, 2, 3, 4
 
-#: Seconds are written with this denominator: 1e-4 arc-seconds is about 3 mm on the ground.
-SECONDS_DENOMINATOR = 10_000
-
 
 class ExifGpsError(ValueError):
     """Malformed GPS position in EXIF; `reason` is an ingest reject reason (coords_*)."""
@@ -154,45 +151,6 @@ def _rational(part: Any, name: str) -> Fraction:
     if den == 0:
         raise ExifGpsError("coords_not_numeric", f"{name} has a zero denominator ({num}/0)")
     return Fraction(num, den)
-
-
-def dms_rationals(degrees: float, seconds_denominator: int = SECONDS_DENOMINATOR) -> tuple[tuple[int, int], ...]:
-    """abs(degrees) as ((d, 1), (m, 1), (s, den)) rationals, rounded exactly once in integer units."""
-    units_per_degree = 3600 * seconds_denominator
-    total = round(abs(degrees) * units_per_degree)
-    d, rest = divmod(total, units_per_degree)
-    m, s = divmod(rest, 60 * seconds_denominator)
-    return ((d, 1), (m, 1), (s, seconds_denominator))
-
-
-def gps_ifd(lat: float, lon: float) -> dict[int, Any]:
-    """A piexif GPS IFD for (lat, lon). Writes what it is given, even out-of-range values."""
-    import piexif
-
-    return {
-        piexif.GPSIFD.GPSVersionID: (2, 3, 0, 0),
-        piexif.GPSIFD.GPSLatitudeRef: "N" if lat >= 0 else "S",
-        piexif.GPSIFD.GPSLatitude: dms_rationals(lat),
-        piexif.GPSIFD.GPSLongitudeRef: "E" if lon >= 0 else "W",
-        piexif.GPSIFD.GPSLongitude: dms_rationals(lon),
-    }
-
-
-def gps_exif_bytes(lat: float | None, lon: float | None, *, artist: str | None = None,
-                   gps: dict[int, Any] | None = None) -> bytes:
-    """EXIF bytes (for `Image.save(..., exif=...)`) with a GPS position as a camera writes it.
-
-    `gps` replaces the generated GPS IFD, so tests can write malformed positions; lat=lon=None
-    with no `gps` writes no GPS block at all.
-    """
-    import piexif
-
-    zeroth: dict[int, Any] = {}
-    if artist is not None:
-        zeroth[piexif.ImageIFD.Artist] = artist
-    if gps is None and lat is not None and lon is not None:
-        gps = gps_ifd(lat, lon)
-    return piexif.dump({"0th": zeroth, "Exif": {}, "GPS": gps or {}, "1st": {}, "thumbnail": None})
 
 
 def read_artist(exif: Image.Exif) -> str | None:

@@ -9,16 +9,17 @@ import numpy as np
 from PIL import Image
 
 
-# TRUNK WALKER: to be replaced by the shared EfficientNet trunk walker; keep its body as it is until then.
 def efficientnet_trunk(backbone):
-    """(stem, blocks, head) of a fused EfficientNet-Lite; the head's output is the last conv feature map."""
-    model = backbone.model
-    if not all(hasattr(model, part) for part in ("stem", "blocks", "head")):
+    """(stem, blocks, head) of a fused EfficientNet-Lite (the shared walker); the head's output is the last conv map."""
+    from geopin.features.backbones import trunk_stages
+
+    try:
+        return trunk_stages(backbone.model)
+    except ValueError:
         raise ValueError(
             f"Grad-CAM needs a convolutional backbone with a last conv block; {backbone.name!r} has none "
             f"(use an efficientnet_lite* model)"
-        )
-    return model.stem, model.blocks, model.head
+        ) from None
 
 
 def input_tensor(predictor, img: Image.Image):
@@ -28,7 +29,7 @@ def input_tensor(predictor, img: Image.Image):
     cfg, bb = predictor.embed_cfg, predictor.backbone
     x = bb.preprocess(img, cfg.mode, cfg.long_side)
     if cfg.mode == "center_crop":
-        box = center_crop_box(img.width, img.height, bb.native_size)
+        box = center_crop_box(img.width, img.height, bb.native_size, bb.config.crop_padding)
     else:
         box = (0, 0, img.width, img.height)
     return x, box
@@ -38,10 +39,11 @@ def feature_map(predictor, x):
     """Last conv feature map (B, C, h, w) of input batch x, without autograd (the trunk is not differentiated)."""
     import torch
 
+    from geopin.features.backbones import channels_last
+
     stem, blocks, head = efficientnet_trunk(predictor.backbone)
     with torch.no_grad():
-        x = x.contiguous(memory_format=torch.channels_last)
-        return head(blocks(stem(x))).float()
+        return head(blocks(stem(channels_last(x)))).float()
 
 
 def target_log_prob(model, pooled, mask: np.ndarray):

@@ -25,7 +25,7 @@ from geopin.dataset.cells import (
     default_granularities,
     locate,
 )
-from geopin.dataset.splits import group_kfold, random_kfold
+from geopin.dataset.splits import group_kfold, random_kfold, read_split
 from geopin.features.backbones import BackboneConfig
 from geopin.geo import haversine_km, pairwise_km
 from geopin.locate.heads import (
@@ -359,12 +359,7 @@ def train(
     for s, rows in iter_rows(emb):  # in chunks: a million embeddings are read, never held, here
         keep[s : s + len(rows)] = np.isfinite(rows).all(axis=1)
     if split is not None:
-        sp = pd.read_parquet(split)
-        col = "split" if "split" in sp.columns else None
-        if col is None:
-            raise ValueError(f"{split}: expected a 'split' column with values such as {split_value!r}")
-        chosen = set(sp.loc[sp[col].astype(str) == split_value, "id"])
-        keep &= man["id"].isin(chosen).to_numpy()
+        keep &= man["id"].isin(set(read_split(split, split_value))).to_numpy()
     if (~keep).any():
         log.warning("training on %d of %d photos (%d without embedding or outside the split)", keep.sum(), len(man), (~keep).sum())
     m = man[keep].reset_index(drop=True)
