@@ -119,19 +119,20 @@ def main() -> None:
     import ray
 
     from geopin.io import write_json
+    from geopin.scale.engine import EngineConfig, ray_shutdown, start_ray
 
     with tempfile.TemporaryDirectory(prefix="bench_engine_") as tmp:
         work = Path(tmp)
         df, source = _manifest(args.n, work)
         t0 = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+        start_ray(EngineConfig("ray", workers=2))  # loopback only, as the engine's own throwaway cluster
         cluster_start = time.perf_counter() - t0
         try:
             rows = bench_embed(df, work, args.partition_size) if "embed" in args.tasks else []
             if "predict" in args.tasks:
                 rows += bench_predict(df["path"].tolist()[: args.predict_n], work, args.partition_size)
         finally:
-            ray.shutdown()
+            ray_shutdown()
     ratios = {}
     for task in [t for t in ("embed", "predict") if any(r["task"] == t for r in rows)]:
         local = next(r for r in rows if r["task"] == task and r["path"] == "local")

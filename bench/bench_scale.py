@@ -275,15 +275,15 @@ def part_gallery(args) -> list[dict]:
 
 def _with_cluster(fn):
     """Start the 2-CPU Ray cluster once, as `ray start` runs once on a real cluster; its start-up is reported apart."""
-    import ray
+    from geopin.scale.engine import EngineConfig, ray_shutdown, start_ray
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    start_ray(EngineConfig("ray", workers=2))  # loopback only, as the engine's own throwaway cluster
     start_s = time.perf_counter() - t0
     try:
         rows = fn()
     finally:
-        ray.shutdown()
+        ray_shutdown()
     for r in rows:
         r["cluster_start_s"] = round(start_s, 1)
     return rows

@@ -71,6 +71,15 @@ def test_build_end_to_end_then_rerun_skips_every_stage(table, tmp_path):
     [res] = json.loads(r.stdout)
     assert np.isfinite(res["lat"]) and np.isfinite(res["lon"])
 
+    # a download killed in an earlier run left a part file; the up-to-date rerun (ingest skipped) removes it
+    tmp_dir = out / "dataset" / "photos" / "tmp"
+    made = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                           "from geopin.dataset.fetch import _part_prefix; "
+                           "p = Path(sys.argv[1]) / (_part_prefix() + 'x.part'); p.parent.mkdir(parents=True); "
+                           "p.touch(); print(p)", str(tmp_dir)], capture_output=True, text=True, check=True)
+    leftover = Path(made.stdout.strip())
+    assert leftover.exists()
+
     # the human-readable rerun: every stage skipped, the evaluation table and the model path still printed
     t0 = time.perf_counter()
     r = geopin(*[a for a in build_args(table, out, cache) if a != "--json"], cwd=tmp_path)
@@ -78,6 +87,7 @@ def test_build_end_to_end_then_rerun_skips_every_stage(table, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("skipped") >= 6 and "model:" in r.stdout and "GeoScore" in r.stdout  # the table, reprinted
     assert seconds < first["seconds"], (seconds, first["seconds"])
+    assert not leftover.exists(), "an up-to-date build left a dead download's part file"
     ledger = json.loads((out / "build.json").read_text())
     assert set(ledger["stages"]) == {"ingest", "cells", "split", "embed", "train", "evaluate"}
 

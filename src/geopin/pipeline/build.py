@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from geopin.dataset.cells import Granularity
-from geopin.dataset.fetch import FetchConfig
+from geopin.dataset.fetch import FetchConfig, remove_partial_downloads
 from geopin.dataset.ingest import IngestConfig
 from geopin.evaluation.crossval import EvalConfig
 from geopin.features.embed import EmbedConfig
@@ -188,6 +188,8 @@ def build(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: BuildConfi
     ingest_conf = {k: v for k, v in dataclasses.asdict(ingest_cfg).items() if k not in ("workers", "engine")}
     ing = stage("ingest", {"source": source_digest}, ingest_conf,
                 [manifest], lambda: ingest(source, paths["dataset"], ingest_cfg).to_dict())
+    if result["stages"]["ingest"]["status"] == "skipped":  # a killed download's parts, which ingest would clear
+        remove_partial_downloads(ingest_cfg.store or paths["dataset"] / "photos", ingest_cfg.fetch)
     result["group_col"] = group_col
     if not ing["n_kept"]:
         reasons = ", ".join(f"{r} {c}" for r, c in ing["reasons"].items() if c)
