@@ -81,12 +81,6 @@ _plugins_ready = False
 _heif_problem: str | None = None  # why HEIC/HEIF cannot be decoded here; None when it can
 
 
-def heif_problem() -> str | None:
-    """None when HEIC/HEIF photos decode here, else what is missing (registers the decoder on first call)."""
-    _ensure_plugins()
-    return _heif_problem
-
-
 def _ensure_plugins() -> None:
     """Register pillow-heif once per process (lazily: importing geopin stays fast)."""
     global _plugins_ready, _heif_problem
