@@ -50,7 +50,7 @@ def test_batchwise_soft_labels_are_the_full_matrix_rows():
     import torch
 
     from geopin.geo import to_xyz
-    from geopin.locate.heads import _soft_labels, smoothed_targets
+    from geopin.locate.heads import soft_labels, smoothed_targets
 
     rng = np.random.default_rng(0)
     lat, lon = rng.uniform(-89, 89, 300), rng.uniform(-180, 180, 300)
@@ -58,7 +58,7 @@ def test_batchwise_soft_labels_are_the_full_matrix_rows():
     r_lat, r_lon = np.r_[48.8566, rng.uniform(-89, 89, 499)], np.r_[2.3522, rng.uniform(-180, 180, 499)]
     full = smoothed_targets(lat, lon, r_lat, r_lon, 75.0)
     xyz = torch.from_numpy(to_xyz(lat, lon).reshape(-1, 3))
-    batch = _soft_labels(xyz, torch.from_numpy(to_xyz(r_lat, r_lon).reshape(-1, 3)), 75.0).numpy()
+    batch = soft_labels(xyz, torch.from_numpy(to_xyz(r_lat, r_lon).reshape(-1, 3)), 75.0).numpy()
     assert batch.dtype == np.float32 and batch.shape == full.shape
     assert np.allclose(batch, full, atol=1e-5, rtol=1e-4)
 

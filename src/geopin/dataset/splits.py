@@ -24,7 +24,7 @@ SPLIT_TRAIN = "train"
 SPLIT_VAL = "val"
 
 
-def _group_codes(groups) -> np.ndarray:
+def group_codes(groups) -> np.ndarray:
     """Integer group per photo; groups are numbered in sorted-label order so that the result does not
     depend on the row order, and every photo with a null group becomes a group of its own."""
     series = pd.Series(groups, dtype="object")
@@ -49,7 +49,7 @@ def group_split(groups, val_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
     count closer to the target.
     """
     _check_fraction(val_fraction)
-    codes = _group_codes(groups)
+    codes = group_codes(groups)
     n = codes.size
     if n == 0:
         return np.zeros(0, dtype=bool)
@@ -73,7 +73,7 @@ def group_kfold(groups, k: int = 5, seed: int = 0) -> np.ndarray:
     Groups are shuffled by seed (so ties break differently per seed) then placed largest first into the
     fold with the fewest photos so far.
     """
-    codes = _group_codes(groups)
+    codes = group_codes(groups)
     sizes = np.bincount(codes) if codes.size else np.zeros(0, dtype=np.int64)
     if k < 2:
         raise ValueError(f"k must be at least 2, got {k}")
@@ -167,7 +167,7 @@ def run_split(manifest_path: str | Path, out_path: str | Path, cfg: SplitConfig 
         column = "split"
         sizes = {SPLIT_TRAIN: int((~is_val).sum()), SPLIT_VAL: int(is_val.sum())}
     write_parquet(out, out_path)
-    n_groups = int(np.unique(_group_codes(groups)).size) if groups is not None else n
+    n_groups = int(np.unique(group_codes(groups)).size) if groups is not None else n
     log.info("%s: %d photos, %d groups, %s sizes %s", out_path, n, n_groups, column, sizes)
     return SplitSummary(str(out_path), cfg.by, cfg.seed, n, n_groups, column, sizes)
 

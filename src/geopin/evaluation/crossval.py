@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from geopin.countries import country_of
-from geopin.dataset.splits import _group_codes, group_kfold, random_kfold
+from geopin.dataset.splits import group_codes, group_kfold, random_kfold
 from geopin.geo import haversine_km, pairwise_km
 from geopin.locate.posterior import CONFIDENCE_KM, classifier_probs
 from geopin.locate.train import SCENARIOS, TrainConfig, train_model
@@ -143,7 +143,7 @@ def evaluate_cv(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, groups, cfg: 
     lon = np.asarray(lon, dtype=np.float64)
     if not len(emb) == len(lat) == len(lon):
         raise ValueError(f"{len(emb)} embeddings for {len(lat)} latitudes and {len(lon)} longitudes")
-    codes = _group_codes(groups) if groups is not None else None
+    codes = group_codes(groups) if groups is not None else None
     if codes is not None and len(codes) != len(lat):
         raise ValueError(f"groups: {len(codes)} labels for {len(lat)} photos")
     true_cc = country_of(lat, lon)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from geopin.dataset.splits import _group_codes
+from geopin.dataset.splits import group_codes
 from geopin.evaluation.crossval import ROUGH_BELOW, plural
 from geopin.geo import haversine_km
 from geopin.metrics import BootstrapDraws
@@ -128,7 +128,7 @@ def _check_inputs(emb, lat, lon, groups, bins_km, n_pairs: int, k_near: int, ref
         raise ValueError(f"n_pairs must be at least 1 and k_near at least 0, got {n_pairs} and {k_near}")
     codes = None
     if groups is not None:
-        codes = _group_codes(groups)
+        codes = group_codes(groups)
         if len(codes) != n:
             raise ValueError(f"groups: {len(codes)} labels for {n} photos")
     return lat, lon, embs, edges, codes

@@ -61,7 +61,7 @@ from geopin.features.embed import (
 )
 from geopin.geo import haversine_km, to_xyz
 from geopin.io import atomic_path, write_json
-from geopin.locate.heads import CellClassifier, _soft_labels
+from geopin.locate.heads import CellClassifier, soft_labels
 from geopin.log import progress
 from geopin.metrics import geoscore
 from geopin.runtime import torch_threads
@@ -564,7 +564,7 @@ class _Loop:
         return torch.cat(out) if out else torch.zeros(0, 1)
 
     def targets(self, rows: np.ndarray) -> list[torch.Tensor]:
-        return [_soft_labels(self.xyz[rows], r, self.cfg.label_tau_km).to(self.device) for r in self.rep_xyz]
+        return [soft_labels(self.xyz[rows], r, self.cfg.label_tau_km).to(self.device) for r in self.rep_xyz]
 
     def evaluate(self, head: CellClassifier) -> dict:
         """Validation loss and GeoScore of the head's finest cell on view 0 of the held-out photos."""

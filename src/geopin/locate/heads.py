@@ -110,7 +110,7 @@ def smoothed_targets(lat, lon, rep_lat, rep_lon, tau_km: float) -> np.ndarray:
     return (t / t.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _soft_labels(xyz: torch.Tensor, rep_xyz: torch.Tensor, tau_km: float) -> torch.Tensor:
+def soft_labels(xyz: torch.Tensor, rep_xyz: torch.Tensor, tau_km: float) -> torch.Tensor:
     """smoothed_targets for one batch from unit vectors (float64): one product instead of per-pair trigonometry.
 
     The chord |a-b| from the dot product gives the great-circle distance 2R asin(|a-b|/2); in float64
@@ -185,7 +185,7 @@ def _train_classifier(emb, lat, lon, reps, cfg: ClassifierConfig) -> CellClassif
         rep_xyz = [torch.from_numpy(to_xyz(rl, rn).reshape(-1, 3)) for rl, rn in reps]
 
         def targets(idx: torch.Tensor) -> list[torch.Tensor]:
-            return [_soft_labels(xyz[idx], r, cfg.label_tau_km) for r in rep_xyz]
+            return [soft_labels(xyz[idx], r, cfg.label_tau_km) for r in rep_xyz]
 
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)

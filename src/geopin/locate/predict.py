@@ -96,7 +96,7 @@ class Predictor:
             try:
                 # decoded exactly as for training (reduced-scale JPEG decoding, EXIF orientation)
                 row["_img"] = load_image(path, self.embed_cfg.mode, self.embed_cfg.long_side, self.backbone.native_size)
-                row.update(_exif_info(path))
+                row.update(exif_info(path))
                 n_images += 1
             except FileNotFoundError:
                 row["error"] = f"{path}: no such file"
@@ -119,7 +119,7 @@ class Predictor:
             for row, res in zip(good, results):
                 row.update(res)
         for row in rows:
-            yield _ordered(row)
+            yield ordered_result(row)
 
 
 def _legacy_backbone(model: GeoModel, model_json: Path) -> str:
@@ -137,7 +137,7 @@ def _legacy_backbone(model: GeoModel, model_json: Path) -> str:
     return name
 
 
-def _exif_info(path: Path) -> dict:
+def exif_info(path: Path) -> dict:
     from geopin.dataset.exif import ExifGpsError, read_exif_gps
 
     try:
@@ -152,7 +152,7 @@ def _exif_info(path: Path) -> dict:
 _KEY_ORDER = ["path", "lat", "lon", "country", "country_name", "continent", "cell", "within_km", "summary", "top_k", "regions", "exif_gps"]
 
 
-def _ordered(res: dict) -> dict:
+def ordered_result(res: dict) -> dict:
     out = {k: res[k] for k in _KEY_ORDER if k in res}
     out.update({k: v for k, v in res.items() if k not in out})
     return out

@@ -320,7 +320,7 @@ def train_model(
         {
             "n_train": int(len(lat)),
             "n_groups": int(len(pd.unique(pd.Series(groups)))) if groups is not None else None,
-            "train_config": _config_dict(cfg),
+            "train_config": config_dict(cfg),
             "fit_report": {k: v for k, v in report.items() if k != "grid"},
             "seconds": round(time.perf_counter() - t0, 1),
         }
@@ -329,7 +329,7 @@ def train_model(
     return GeoModel(heads, params, calibration, info, backbone_config)
 
 
-def _config_dict(cfg: TrainConfig) -> dict:
+def config_dict(cfg: TrainConfig) -> dict:
     d = asdict(cfg)
     if cfg.granularities is None:
         d["granularities"] = None

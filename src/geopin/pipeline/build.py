@@ -260,9 +260,9 @@ def _run_embed(manifest: Path, emb_dir: Path, embed_cfg: EmbedConfig, engine: En
 
 
 def _train_conf(train_cfg) -> dict:
-    from geopin.locate.train import _config_dict
+    from geopin.locate.train import config_dict
 
-    return _config_dict(train_cfg)
+    return config_dict(train_cfg)
 
 
 def _run_train(manifest: Path, emb_dir: Path, model_dir: Path, train_cfg) -> dict:

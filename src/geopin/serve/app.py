@@ -260,7 +260,7 @@ class Service:
         matrix) is then neither paid by the first user nor compiled inside a request (_warm_up_imports)."""
         from PIL import Image
 
-        from geopin.locate.predict import _exif_info
+        from geopin.locate.predict import exif_info
 
         buf = io.BytesIO()
         Image.new("RGB", (64, 48), (90, 140, 200)).save(buf, format="JPEG")
@@ -268,7 +268,7 @@ class Service:
         t0 = time.monotonic()
         loop = asyncio.get_running_loop()
         image = await loop.run_in_executor(self.decode_pool, self._decode, data)
-        await loop.run_in_executor(self.model_pool, lambda: (self.predictor.predict_images([image], ["warm-up"]), _exif_info(data)))
+        await loop.run_in_executor(self.model_pool, lambda: (self.predictor.predict_images([image], ["warm-up"]), exif_info(data)))
         log.info("model warmed up in %.1f s", time.monotonic() - t0)
 
     async def run(self, data: bytes, name: str, work: Callable) -> Any:
@@ -401,7 +401,7 @@ def _add_api_routes(app: FastAPI, service: Service) -> None:
         k_query: int | None = Query(None, alias="k", ge=1, le=cfg.max_k),
     ) -> JSONResponse:
         """One element of `geopin predict --json`: best guess, top-k places, within-km confidences, exif_gps."""
-        from geopin.locate.predict import _exif_info, _ordered
+        from geopin.locate.predict import exif_info, ordered_result
 
         data, name = await read_upload(photo)
         k = k_form if k_form is not None else k_query
@@ -413,9 +413,9 @@ def _add_api_routes(app: FastAPI, service: Service) -> None:
             except Exception as exc:  # noqa: BLE001 - one request fails with 500, the server goes on
                 raise _unexpected("prediction", exc) from None
             row: dict = {"path": name}
-            row.update(_exif_info(data))  # EXIF reading accepts bytes: no temp file needed
+            row.update(exif_info(data))  # EXIF reading accepts bytes: no temp file needed
             row.update(res)
-            return _ordered(row)
+            return ordered_result(row)
 
         return JSONResponse(await service.run(data, name, work))
 
