@@ -445,25 +445,22 @@ def embed_rows(rows: Sequence[dict], backbone: Backbone, cfg: EmbedConfig, pool:
     import torch
 
     out = [dict(r, embedding=None, error=None) for r in rows]
-    missing = [r for r in out if not r.get("sha256")]
-    for r, result in zip(missing, pool.map(_hash_file, [str(r["path"]) for r in missing])):
-        if isinstance(result, BadImage):
-            r["error"] = str(result)
-        else:
-            r["sha256"] = result
-    rows_of: dict[str, list[dict]] = {}
-    for r in out:
-        if r["error"] is None:
-            rows_of.setdefault(r["sha256"], []).append(r)
-    todo = [(s, Path(rs[0]["path"]), s) for s, rs in rows_of.items()]
+    shas = [r.get("sha256") or None for r in out]
+    failures: dict[int, str] = {}
+    rows_of = _rows_by_sha(shas, [str(r["path"]) for r in out], pool, failures)
+    for r, s in zip(out, shas):
+        r["sha256"] = s
+    for i, reason in failures.items():
+        out[i]["error"] = reason
+    todo = [(s, Path(out[rows[0]]["path"]), s) for s, rows in rows_of.items()]
     batcher = _Batcher(backbone.model, cfg.batch_size)
     with torch_threads(cfg.threads), torch.inference_mode():
         for s, result in embed_stream(todo, backbone, cfg, pool, batcher):
-            for r in rows_of[s]:
+            for i in rows_of[s]:
                 if isinstance(result, BadImage):
-                    r["error"] = str(result)
+                    out[i]["error"] = str(result)
                 else:
-                    r["embedding"] = result
+                    out[i]["embedding"] = result
     return out
 
 
@@ -722,9 +719,8 @@ def load_embeddings(out_dir: Path | str, manifest: Path | str | pd.DataFrame | N
         df = read_manifest(manifest, FOR_EMBED, unique_ids=False)
         if len(df) != meta["n"] or ids_digest(df["id"]) != meta["ids_sha256"]:
             raise ValueError(f"{out_dir}: embeddings were made from a different manifest (ids or their order differ)")
-    for key in ("backbone",):
-        if isinstance(meta.get(key), str):
-            meta[key] = absolute_name(meta[key], out_dir)
+    if isinstance(meta.get("backbone"), str):
+        meta["backbone"] = absolute_name(meta["backbone"], out_dir)
     if isinstance(meta.get("config"), dict) and isinstance(meta["config"].get("backbone"), str):
         meta["config"]["backbone"] = absolute_name(meta["config"]["backbone"], out_dir)
     if meta.get("backbone_config") is not None:
