@@ -224,3 +224,9 @@ def json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def cache_root() -> Path:
+    """geopin's cache root: $GEOPIN_CACHE if set, else ~/.cache/geopin (embeddings, the gazetteer index, ...)."""
+    root = os.environ.get("GEOPIN_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "geopin"

@@ -14,6 +14,7 @@ from geopin.evaluation.report import write_evaluation
 from geopin.evaluation.similarity import similarity_by_distance
 from geopin.evaluation.tables import evaluation_text
 from geopin.features.embed import load_embeddings
+from geopin.locate.train import manifest_clues
 
 
 def evaluate_cmd(
@@ -24,6 +25,9 @@ def evaluate_cmd(
     scenario: list[str] = typer.Option(list(EvalConfig.scenarios), help="'group' (new photographers) and/or 'random' (archive completion)."),
     seed: int = typer.Option(EvalConfig.seed, help="Seed of the folds and the bootstrap."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
+    readings: Path | None = typer.Option(
+        None, "--readings", help="Text read off these photos (`geopin read`): each fold's model then weighs the evidence "
+                                 "sources (weights fit on its own training photos), beside the same model on pixels only."),
     compare_embeddings: Path | None = typer.Option(
         None, "--compare-embeddings",
         help="A second embedding folder for the same manifest (e.g. before fine-tuning): its similarity-by-distance "
@@ -47,8 +51,9 @@ def evaluate_cmd(
     sub = man[both]
     man = man[ok].reset_index(drop=True)
     groups = man["group"].to_numpy() if man["group"].notna().all() else None
-    with input_errors("evaluate", ValueError):
-        report = evaluate_cv(emb[ok], man.lat.to_numpy(), man.lon.to_numpy(), groups, cfg)
+    with input_errors("evaluate", ValueError, FileNotFoundError):
+        clues = manifest_clues(man["id"].astype(str).tolist(), readings)[0] if readings is not None else None
+        report = evaluate_cv(emb[ok], man.lat.to_numpy(), man.lon.to_numpy(), groups, cfg, clues=clues)
         report["similarity_km"] = similarity_by_distance(
             emb[both], sub.lat.to_numpy(), sub.lon.to_numpy(),
             sub["group"].to_numpy() if sub["group"].notna().all() else None, seed=seed,

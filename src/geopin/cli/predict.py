@@ -35,10 +35,16 @@ def _table(results: list[dict]) -> str:
         lines.append(f"  in words     {r['summary']}")
         lines.append(f"  best guess   {r['lat']:9.4f} {r['lon']:10.4f}  {where}  cell {r['cell'] or '-'}")
         lines.append(f"  confidence   {conf}  (that the truth lies within each distance of the guess)")
+        for e in r.get("evidence") or []:
+            counted = f"weight {e['weight']:g}, {e['probability_before']:.0%} -> {e['probability_after']:.0%} there" if e["weight"] > 0 else "not weighed"
+            lines.append(f"  evidence     {e['source']}: read \"{e['read']}\" -> {e['points_to']}  ({counted})")
+        if r.get("evidence_error"):
+            lines.append(f"  evidence     {r['evidence_error']}")
         for i, t in enumerate(r["top_k"]):
             label = "places       guess" if i == 0 else "             also "
+            name = f"  {t['name']}" if t.get("name") else ""
             lines.append(
-                f"  {label} {t['lat']:9.4f} {t['lon']:10.4f}  {t['country'] or '??':2}  {t['probability']:5.1%}  cell {t['cell'] or '-'}"
+                f"  {label} {t['lat']:9.4f} {t['lon']:10.4f}  {t['country'] or '??':2}  {t['probability']:5.1%}  cell {t['cell'] or '-'}{name}"
             )
         if r.get("exif_gps"):
             g = r["exif_gps"]
@@ -51,6 +57,7 @@ def predict_cmd(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder; default: the bundled model."),
     top_k: int = typer.Option(PredictConfig.top_k, "--top-k", "-k", help="How many candidate places to list."),
     as_json: bool = typer.Option(False, "--json", help="JSON array of results on stdout."),
+    text: str = typer.Option(PredictConfig.text, "--text", help="Read the text on each photo (OCR at its own resolution) for evidence: auto (when the model weighs a text source), always (also list what was read when nothing is weighed), never."),
     engine: str = typer.Option(EngineConfig.name, "--engine", help="local: this process. ray: partitions on a Ray cluster, one model per worker; writes <out>/parts/part-NNNNN.parquet (a rerun skips finished parts), <out>/predictions.parquet and <out>/predictions.json. Needs `pip install 'geopin\\[cluster]'`; see docs/cluster.md."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder of the engine's parts and predictions (required with --engine ray)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: 'auto' (started on this node with `ray start`), HOST:PORT of the head, or ray://HOST:10001; default: start a local cluster of --engine-workers CPUs."),
@@ -72,13 +79,13 @@ def predict_cmd(
             raise ValueError(f"--engine {engine} needs --out (the folder of its parts, the resume, and the predictions)")
     if engine_cfg.name != "local":
         with input_errors("predict", ValueError, FileNotFoundError, EngineUnavailable):
-            results, _ = predict_engine(photos, out, PredictConfig(model_dir=model, top_k=top_k), engine_cfg)
+            results, _ = predict_engine(photos, out, PredictConfig(model_dir=model, top_k=top_k, text=text), engine_cfg)
         typer.echo(json.dumps(results, indent=2) if as_json else _table(results))
         if results and all("error" in r for r in results):
             raise typer.Exit(1)
         return
     with input_errors("predict"):
-        predictor = Predictor(PredictConfig(model_dir=model, top_k=top_k))
+        predictor = Predictor(PredictConfig(model_dir=model, top_k=top_k, text=text))
     results = []
     for r in predictor.predict_paths(photos):
         results.append(r)

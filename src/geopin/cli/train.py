@@ -30,6 +30,7 @@ def train_cmd(
     split: Optional[Path] = typer.Option(None, help="Split Parquet (id, split) from `geopin split`; train on rows whose split is --split-value."),
     split_value: str = typer.Option("train", help="Which split value to train on."),
     seed: int = typer.Option(TrainConfig.seed, help="Seed of the classifier and the inner folds."),
+    readings: Optional[Path] = typer.Option(None, "--readings", help="Text read off the training photos (`geopin read`): each evidence source's weight is then fit on held-out photos; without it no source counts."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Train a model: geocell classifier, retrieval gallery and a calibrated posterior."""
@@ -44,7 +45,7 @@ def train_cmd(
             inner_folds=inner_folds,
             seed=seed,
         )
-        model = train(manifest, embeddings, out, cfg, split=split, split_value=split_value)
+        model = train(manifest, embeddings, out, cfg, split=split, split_value=split_value, readings=readings)
     summary = {
         "model": str(out),
         "n_train": model.meta["n_train"],
@@ -63,3 +64,6 @@ def train_cmd(
             f"posterior weights: prior {p.w_prior:.2f}, classifier {p.w_clf:.2f} (T={p.t_clf}), "
             f"neighbours {p.w_knn:.2f} (T={p.t_knn})"
         )
+        if readings is not None:
+            weights = ", ".join(f"{s} {w:g}" for s, w in sorted(p.clue_weights.items())) or "no source fired"
+            typer.echo(f"evidence weights (fit on held-out photos): {weights}")

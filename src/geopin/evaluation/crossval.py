@@ -109,11 +109,17 @@ def _nearest_train(test_lat, test_lon, train_lat, train_lon, chunk: int = 2048) 
     return train_lat[out], train_lon[out]
 
 
-def predict_fold(model, emb_test: np.ndarray, train_lat: np.ndarray, train_lon: np.ndarray, test_lat, test_lon) -> dict:
-    """Guesses of every method for one fold's test photos."""
+def predict_fold(model, emb_test: np.ndarray, train_lat: np.ndarray, train_lon: np.ndarray, test_lat, test_lon,
+                 clues=None) -> dict:
+    """Guesses of every method for one fold's test photos; with `clues` (what evidence sources read off each
+    test photo) the model weighs them, and `model_pixels_only` is the same model without them."""
     heads = model.heads
     ev, cell, nb, dec, conf = model.decide(emb_test)
     preds: dict[str, tuple[np.ndarray, np.ndarray]] = {"model": (dec.lat, dec.lon)}
+    if clues is not None:
+        _, _, _, dec_clues, conf = model.decide(emb_test, clues)
+        preds = {"model": (dec_clues.lat, dec_clues.lon), "model_pixels_only": (dec.lat, dec.lon)}
+        dec = dec_clues
     cells = heads.cells
     for name, lg in zip(heads.granularities, ev.logits):
         t = cells[cells.granularity == name].sort_values("class_id")
@@ -129,12 +135,14 @@ def predict_fold(model, emb_test: np.ndarray, train_lat: np.ndarray, train_lon: 
 
 
 def evaluate_cv(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, groups, cfg: EvalConfig | None = None,
-                fold_embeddings: Callable[[str, int, np.ndarray, np.ndarray], np.ndarray] | None = None) -> dict:
+                fold_embeddings: Callable[[str, int, np.ndarray, np.ndarray], np.ndarray] | None = None,
+                clues=None) -> dict:
     """Run the scenarios the data allows; returns metrics per method with intervals, calibration, per-photo predictions.
 
     `fold_embeddings(scenario, fold, train_rows, test_rows)`, when given, returns the (n, dim) matrix that fold
     is trained and tested on (e.g. from a backbone fine-tuned on that fold's training photos only); `emb` then
-    only fixes the number of rows. Raises ValueError naming why when no scenario can run (e.g. one
+    only fixes the number of rows. `clues`, when given (per photo, what the evidence sources read off it), are
+    weighed by each fold's model, their weights fit on that fold's training photos only. Raises ValueError naming why when no scenario can run (e.g. one
     photographer and only 'group' asked). `cfg` None: EvalConfig's defaults.
     """
     cfg = EvalConfig() if cfg is None else cfg
@@ -143,6 +151,8 @@ def evaluate_cv(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, groups, cfg: 
     lon = np.asarray(lon, dtype=np.float64)
     if not len(emb) == len(lat) == len(lon):
         raise ValueError(f"{len(emb)} embeddings for {len(lat)} latitudes and {len(lon)} longitudes")
+    if clues is not None and len(clues) != len(lat):
+        raise ValueError(f"clues for {len(clues)} photos but {len(lat)} locations")
     codes = group_codes(groups) if groups is not None else None
     if codes is not None and len(codes) != len(lat):
         raise ValueError(f"groups: {len(codes)} labels for {len(lat)} photos")
@@ -166,8 +176,9 @@ def evaluate_cv(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, groups, cfg: 
             e = emb if fold_embeddings is None else np.asarray(fold_embeddings(scenario, f, tr, te), dtype=np.float32)
             if len(e) != len(lat):
                 raise ValueError(f"{scenario} fold {f}: fold_embeddings gave {len(e)} rows for {len(lat)} photos")
-            model = train_model(e[tr], lat[tr], lon[tr], g_tr, tcfg)
-            out = predict_fold(model, e[te], lat[tr], lon[tr], lat[te], lon[te])
+            model = train_model(e[tr], lat[tr], lon[tr], g_tr, tcfg, clues=None if clues is None else [clues[r] for r in tr])
+            out = predict_fold(model, e[te], lat[tr], lon[tr], lat[te], lon[te],
+                               clues=None if clues is None else [clues[r] for r in te])
             guard = prior_guard_applied(model)
             guards.append(guard)
             rows.append(_fold_frame(out, model, guard, f, te, lat, lon))

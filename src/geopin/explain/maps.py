@@ -139,12 +139,21 @@ def _explain_parts(
 
             emb = embed_images([img], predictor.backbone, predictor.embed_cfg)
     model = predictor.model
-    prediction = model.predict_embeddings(emb, top_k=predictor.cfg.top_k)[0]
+    lines: list[dict] = []
+    readings = None
+    if predictor.reads_text:  # what the photo says, in the answer as predict gives it
+        row: dict = {"path": name}
+        reading = predictor.reading_or_none(img, row)
+        readings = [reading]
+        lines = [line.to_dict() for line in reading.lines] if reading is not None else []
+    prediction = model.predict_embeddings(emb, top_k=predictor.cfg.top_k, clues=None if readings is None else predictor.clues_of(readings))[0]
     prediction["path"] = name
     ev, cell, nb = posterior(model, emb)
     seconds["predict"] = time.perf_counter() - t0
     tgt = resolve_target(model, target, (prediction["lat"], prediction["lon"]), cell[0])
-    out: dict[str, Any] = {"target": tgt.to_dict(), "prediction": prediction, "shape": [img.height, img.width]}
+    # Grad-CAM and occlusion explain the pixels' part of the posterior; the text read (and its boxes) is the rest
+    out: dict[str, Any] = {"target": tgt.to_dict(), "prediction": prediction, "shape": [img.height, img.width],
+                           "text_lines": lines}
     if want_gradcam:
         t = time.perf_counter()
         out["_gradcam"], out["gradcam"] = _gradcam_part(predictor, feats, tgt, box, img)

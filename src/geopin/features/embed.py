@@ -44,7 +44,7 @@ from geopin.features.backbones import (
     create_backbone,
     relative_name,
 )
-from geopin.io import atomic_path, sha256_file, write_json
+from geopin.io import atomic_path, cache_root, sha256_file, write_json
 from geopin.log import progress
 from geopin.runtime import keep_freed_memory, keep_freed_memory_for_life, torch_threads
 from geopin.scale.engine import (
@@ -73,9 +73,7 @@ EMBEDDINGS_JSON = "embeddings.json"
 
 def default_cache_dir() -> Path:
     """$GEOPIN_CACHE/embeddings if set (GEOPIN_CACHE is geopin's cache root), else ~/.cache/geopin/embeddings."""
-    root = os.environ.get("GEOPIN_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "geopin"
-    return base / "embeddings"
+    return cache_root() / "embeddings"
 
 
 @dataclass

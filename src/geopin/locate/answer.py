@@ -30,6 +30,7 @@ class Place:
     cell: str
     country: str
     mass: float
+    name: str = ""  # the town a clue named, for a spot of evidence
 
 
 def read_region_masses(by_cc: dict[str, float], guess_cc: str) -> dict:
@@ -65,9 +66,26 @@ def read_region_masses(by_cc: dict[str, float], guess_cc: str) -> dict:
     }
 
 
-def summary(conf_row: np.ndarray, region: dict, guess_cc: str) -> str:
+def summary(conf_row: np.ndarray, region: dict, guess_cc: str, effects=()) -> str:
     """The answer in words, e.g. 'Europe (64%), most likely France (22%), best guess in France; low
-    confidence: 3% within 25 km, 31% within 750 km'. Never names a place that the JSON does not."""
+    confidence: 3% within 25 km, 31% within 750 km', then what was read off the photo and where it points
+    (`effects`: the ClueEffects of geopin.locate.clues). Never names a place that the JSON does not."""
+    words = _posterior_words(conf_row, region, guess_cc)
+    return words + evidence_words(effects)
+
+
+def evidence_words(effects) -> str:
+    """'; read "PRAIANO": Praiano, Italy' for each clue that counted, then the ones this model gives no weight."""
+    counted = [e for e in effects if e.weight > 0]
+    ignored = [e for e in effects if e.weight <= 0]
+    out = "".join(f"; read \"{e.clue.read}\": {e.clue.points_to}" for e in counted)
+    if ignored:
+        reads = ", ".join(f"\"{e.clue.read}\"" for e in ignored[:3]) + (" and more" if len(ignored) > 3 else "")
+        out += f"; also read {reads}, not weighed (sources that did not earn weight on held-out photographers)"
+    return out
+
+
+def _posterior_words(conf_row: np.ndarray, region: dict, guess_cc: str) -> str:
     guess_name = country_name(guess_cc) if guess_cc else ""
     where = guess_name or "open sea or an unknown country"
     for r_i, r in enumerate(CONFIDENCE_KM[:2]):
@@ -107,10 +125,15 @@ def top_places(places: dict[int, Place], guess: dict, key: int | None, k: int) -
         "probability": places[key].mass if key is not None else 0.0,
         "is_guess": True,
     }
+    if key is not None and places[key].name:
+        first["name"] = places[key].name
     rest = sorted((p for kk, p in places.items() if kk != key), key=lambda p: -p.mass)
     out = [first]
     for p in rest[: max(0, k - 1)]:
-        out.append({"lat": p.lat, "lon": p.lon, "cell": p.cell, "country": p.country, "probability": p.mass, "is_guess": False})
+        row = {"lat": p.lat, "lon": p.lon, "cell": p.cell, "country": p.country, "probability": p.mass, "is_guess": False}
+        if p.name:
+            row["name"] = p.name
+        out.append(row)
     return out
 
 
@@ -134,6 +157,7 @@ __all__ = [
     "Place",
     "read_region_masses",
     "summary",
+    "evidence_words",
     "top_places",
     "confidence_regions",
 ]

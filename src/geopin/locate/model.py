@@ -32,11 +32,13 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from geopin.evidence.base import Clue
 from geopin.features.backbones import BackboneConfig, absolute_name, relative_name
 from geopin.io import sha256_file, write_json, write_parquet
 from geopin.locate.heads import (
@@ -46,6 +48,7 @@ from geopin.locate.heads import (
     read_index,
     write_index,
 )
+from geopin.locate.clues import applied, apply_clues
 from geopin.locate.posterior import (
     CONFIDENCE_KM,
     Calibration,
@@ -112,26 +115,38 @@ class GeoModel:
 
     # ---------------------------------------------------------------- prediction
 
-    def decide(self, emb: np.ndarray) -> tuple[Evidence, np.ndarray, np.ndarray, Decision, np.ndarray]:
+    def decide(self, emb: np.ndarray, clues: Sequence[Sequence[Clue]] | None = None) -> tuple[Evidence, np.ndarray, np.ndarray, Decision, np.ndarray]:
+        """Evidence, posterior (places, neighbours and named spots), decision and calibrated confidences."""
+        return self.decide_all(emb, clues)[:5]
+
+    def decide_all(self, emb: np.ndarray, clues: Sequence[Sequence[Clue]] | None = None):
+        """As `decide`, plus each photo's clues as applied (geopin.locate.clues.ClueEffect)."""
         ev = self.heads.evidence(emb)
         cell, nb = mixture(self.heads.places, ev, self.params)
-        dec = decide(self.heads.places, ev, cell, nb, prior_only=self.params.prior_only)
+        ev, cell, nb, effects = apply_clues(self.heads.places, ev, cell, nb, clues, self.params.clue_weights, self.params.clue_reach_km)
+        # the prior's constant answer stands unless a clue moved the posterior
+        prior_only = np.array([self.params.prior_only and not applied(e) for e in effects], dtype=bool)
+        dec = decide(self.heads.places, ev, cell, nb, prior_only=prior_only)
         conf = self.calibration.apply(dec.raw_within)
-        return ev, cell, nb, dec, conf
+        return ev, cell, nb, dec, conf, effects
 
-    def predict_embeddings(self, emb: np.ndarray, top_k: int = 5, region_mass: tuple[float, ...] = (0.5, 0.9)) -> list[dict]:
-        """Best guess, top-k places (the guess first), region, words and within-km confidences per photo.
+    def predict_embeddings(self, emb: np.ndarray, top_k: int = 5, region_mass: tuple[float, ...] = (0.5, 0.9),
+                           clues: Sequence[Sequence[Clue]] | None = None) -> list[dict]:
+        """Best guess, top-k places (the guess first), region, words, within-km confidences and the evidence
+        weighed (`clues`: per photo, what geopin.evidence read off it) per photo.
 
         The posterior is read with arrays over all fine places; only the places the answer names (the
         top k and the ones that fill the confidence regions) become Python objects, because with
         10,000 places a per-place loop cost more than the whole posterior (7 photos/s at 1 M photos).
         """
         if len(emb) > _PREDICT_CHUNK:  # the posterior over every place is (photos x places) floats: bounded
-            return [r for s in range(0, len(emb), _PREDICT_CHUNK) for r in self.predict_embeddings(emb[s : s + _PREDICT_CHUNK], top_k, region_mass)]
+            return [r for s in range(0, len(emb), _PREDICT_CHUNK)
+                    for r in self.predict_embeddings(emb[s : s + _PREDICT_CHUNK], top_k, region_mass,
+                                                     None if clues is None else clues[s : s + _PREDICT_CHUNK])]
         from geopin.countries import continent_of, country_name, country_of
         from geopin.locate import answer
 
-        ev, cell, nb, dec, conf = self.decide(emb)
+        ev, cell, nb, dec, conf, effects = self.decide_all(emb, clues)
         guess_cc = country_of(dec.lat, dec.lon)
         tokens, containing = self._fine_cells_of(dec.lat, dec.lon)
         need_mass = max(region_mass, default=0.0)
@@ -156,10 +171,11 @@ class GeoModel:
                     **guess,
                     "within_km": {f"{int(r)}": float(conf[i, r_i]) for r_i, r in enumerate(CONFIDENCE_KM)},
                     "region": region,
-                    "summary": answer.summary(conf[i], region, cc),
+                    "summary": answer.summary(conf[i], region, cc, effects[i]),
                     "top_k": answer.top_places(places, guess, key, top_k),
                     "regions": answer.confidence_regions(by_mass, region_mass),
                     "expected_geoscore": float(dec.expected_geoscore[i]),
+                    "evidence": [e.to_dict() for e in effects[i]],
                 }
             )
         return out
@@ -181,8 +197,10 @@ class GeoModel:
             if p >= 0:
                 mass[p] += float(m)
                 present[p] = True
-            else:  # a neighbour whose cell was too small to be a class: its own spot
-                own.append(answer.Place(-j - 1, float(ev.nb_lat[i, j]), float(ev.nb_lon[i, j]), "", str(ev.nb_country[i, j]), float(m)))
+            elif p == -1:  # a neighbour whose cell was too small to be a class, or a spot a clue named: its own place
+                name = str(ev.nb_name[i, j]) if ev.nb_name is not None else ""
+                own.append(answer.Place(-j - 1, float(ev.nb_lat[i, j]), float(ev.nb_lon[i, j]), "", str(ev.nb_country[i, j]), float(m), name))
+            # p == -2: padding of a batch whose photos named different numbers of spots
         idx = np.flatnonzero(present)
         m_idx = mass[idx]
         # mass per country: the fine places' by bincount, the own spots' added

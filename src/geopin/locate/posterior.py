@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from geopin.countries import country_of
 from geopin.geo import haversine_km, pairwise_km, pairwise_km_xyz, to_xyz
 from geopin.metrics import geoscore
 
@@ -23,6 +24,10 @@ log = logging.getLogger(__name__)
 
 #: The within-km confidences geopin states for every guess.
 CONFIDENCE_KM: tuple[float, ...] = (25.0, 200.0, 750.0, 2500.0)
+
+#: How far around a named spot (a town read on a sign) the posterior's own mass counts as support for it:
+#: the photo model cannot tell towns 50 km apart, but it can tell Italy from Texas.
+CLUE_REACH_KM = 300.0
 
 
 def log_softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -46,6 +51,11 @@ class Places:
 
     def __post_init__(self) -> None:
         self._score = None
+
+    @functools.cached_property
+    def country(self) -> np.ndarray:
+        """ISO code of each place ('' at sea or unknown), for clues that point to countries."""
+        return country_of(self.lat, self.lon)
 
     @functools.cached_property
     def xyz(self) -> np.ndarray:
@@ -74,6 +84,9 @@ class Evidence:
     nb_lon: np.ndarray  # (B, k)
     nb_place: np.ndarray  # (B, k) index of the neighbour's fine place, -1 if its cell was dropped
     nb_country: np.ndarray | None = None  # (B, k) ISO code of each neighbour's location
+    # (B, k) a name for spots that are not neighbours but places a clue named (apply_clues adds them after the
+    # neighbours, with nb_place -1; rows with fewer such spots are padded with nb_place -2 and no mass)
+    nb_name: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.nb_sim.shape[0]
@@ -88,6 +101,9 @@ class MixParams:
     w_knn: float = 0.0
     t_clf: float = 1.0
     t_knn: float = 0.05
+    # weight of each evidence source (geopin.evidence), fit out of fold; a source not named here counts for nothing
+    clue_weights: dict[str, float] = field(default_factory=dict)
+    clue_reach_km: float = CLUE_REACH_KM
 
     @property
     def prior_only(self) -> bool:
@@ -131,12 +147,13 @@ class Decision:
     raw_within: np.ndarray  # (B, R) posterior mass within CONFIDENCE_KM of the guess (uncalibrated)
 
 
-def decide(places: Places, ev: Evidence, cell: np.ndarray, nb: np.ndarray, prior_only: bool = False) -> Decision:
-    """Best guess among the fine places, the neighbours and the prior's best constant.
+def decide(places: Places, ev: Evidence, cell: np.ndarray, nb: np.ndarray, prior_only: bool | np.ndarray = False) -> Decision:
+    """Best guess among the fine places, the neighbours (and spots that clues named) and the prior's best constant.
 
-    With `prior_only` (the posterior is the training prior) the guess is the constant itself: it
-    maximises GeoScore over the training photos exactly, where the places only approximate them.
+    With `prior_only` (the posterior is the training prior; one flag, or one per photo) the guess is the
+    constant itself: it maximises GeoScore over the training photos exactly, where the places only approximate them.
     """
+    prior_only = np.broadcast_to(np.asarray(prior_only, dtype=bool), (nb.shape[0],))
     score = places.score_matrix
     b = nb.shape[0]
     const_lat, const_lon = places.best_constant
@@ -164,9 +181,9 @@ def decide(places: Places, ev: Evidence, cell: np.ndarray, nb: np.ndarray, prior
         exp_places = exp_cells[i] + nb[i] @ g_c_places[:n_nb]
         j = int(np.argmax(exp_places))
         jj = int(np.argmax(exp_extra))
-        if prior_only:
+        if prior_only[i]:
             jj = len(cand_lat) - 1
-        if prior_only or exp_extra[jj] > exp_places[j]:
+        if prior_only[i] or exp_extra[jj] > exp_places[j]:
             g_lat, g_lon, best = cand_lat[jj], cand_lon[jj], exp_extra[jj]
             d_to_places, d_to_nb = d_c_places[jj], d_c_nb[jj]
         else:

@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import pyarrow as pa
 
@@ -29,6 +29,9 @@ from geopin.scale.engine import (
     read_parts,
 )
 
+if TYPE_CHECKING:
+    from geopin.evidence.base import Reading
+
 log = logging.getLogger(__name__)
 
 #: The photo shipped with geopin for the README's first command, with its true location.
@@ -36,11 +39,22 @@ EXAMPLE_PHOTO = Path(__file__).resolve().parents[1] / "data" / "examples" / "roc
 EXAMPLE_TRUTH = (28.5619, -80.5772)
 
 
+#: When predict reads the text on photos: only when the model weighs a source (auto), always, or never.
+TEXT_MODES = ("auto", "always", "never")
+
+
 @dataclass
 class PredictConfig:
     model_dir: Path | None = None  # None: the model bundled with geopin
     top_k: int = 5
     batch_size: int = 16
+    # "auto": read text (OCR at the photo's own resolution) when the model gives any evidence source weight;
+    # "always": also when none counts (the answer lists what was read, unweighed); "never": pixels only
+    text: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.text not in TEXT_MODES:
+            raise ValueError(f"text must be one of {', '.join(TEXT_MODES)}, not {self.text!r}")
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
@@ -75,12 +89,52 @@ class Predictor:
         elif emb_meta.get("version") and emb_meta["version"] != self.backbone.version:
             log.warning("model was trained on %s features, this backbone is %s", emb_meta["version"], self.backbone.version)
 
-    def predict_images(self, images: list, names: list[str], top_k: int | None = None) -> list[dict]:
-        """`top_k` overrides the configured number per call (the API takes it per request)."""
+    @property
+    def reads_text(self) -> bool:
+        """Whether photos are read for evidence (PredictConfig.text against the model's source weights)."""
+        if self.cfg.text == "never":
+            return False
+        return self.cfg.text == "always" or any(w > 0 for w in self.model.params.clue_weights.values())
+
+    @functools.cached_property
+    def _text(self):
+        """The OCR reader and the evidence sources, made on first use and kept (the OCR models load once)."""
+        from geopin.evidence.ocr import TextReader
+        from geopin.evidence.registry import create_sources
+
+        return TextReader(), create_sources()
+
+    def read_text(self, source) -> "Reading":
+        """What the photo says, read at its own full resolution (a path, bytes, or a decoded image)."""
+        from geopin.dataset.images import decode_rgb
+
+        reader, _ = self._text
+        image = source if not isinstance(source, (str, Path, bytes, bytearray)) else decode_rgb(source)
+        return reader.read(image)
+
+    def reading_or_none(self, source, row: dict):
+        """read_text, or None with the reason in row['evidence_error']: the photo still gets its answer."""
+        try:
+            return self.read_text(source)
+        except (ImageError, OSError, RuntimeError, ValueError) as exc:
+            log.warning("%s: text not read: %s", row.get("path"), exc)
+            row["evidence_error"] = f"text not read: {exc}"
+            return None
+
+    def clues_of(self, readings: list) -> list[list]:
+        from geopin.evidence.registry import clues_of
+
+        _, sources = self._text
+        return [[] if r is None else clues_of(r, sources) for r in readings]
+
+    def predict_images(self, images: list, names: list[str], top_k: int | None = None, readings: list | None = None) -> list[dict]:
+        """`top_k` overrides the configured number per call (the API takes it per request); `readings` (what
+        read_text found on each photo, None where nothing was read) become the answer's evidence."""
         from geopin.features.embed import embed_images
 
         emb = embed_images(images, self.backbone, self.embed_cfg)
-        results = self.model.predict_embeddings(emb, top_k=self.cfg.top_k if top_k is None else top_k)
+        clues = self.clues_of(readings) if readings is not None else None
+        results = self.model.predict_embeddings(emb, top_k=self.cfg.top_k if top_k is None else top_k, clues=clues)
         for name, r in zip(names, results):
             r["path"] = name
         return results
@@ -97,6 +151,8 @@ class Predictor:
                 # decoded exactly as for training (reduced-scale JPEG decoding, EXIF orientation)
                 row["_img"] = load_image(path, self.embed_cfg.mode, self.embed_cfg.long_side, self.backbone.native_size)
                 row.update(exif_info(path))
+                if self.reads_text:
+                    row["_reading"] = self.reading_or_none(path, row)
                 n_images += 1
             except FileNotFoundError:
                 row["error"] = f"{path}: no such file"
@@ -115,7 +171,8 @@ class Predictor:
     def _flush(self, rows: list[dict]) -> Iterator[dict]:
         good = [r for r in rows if "_img" in r]
         if good:
-            results = self.predict_images([r.pop("_img") for r in good], [r["path"] for r in good])
+            readings = [r.pop("_reading", None) for r in good] if self.reads_text else None
+            results = self.predict_images([r.pop("_img") for r in good], [r["path"] for r in good], readings=readings)
             for row, res in zip(good, results):
                 row.update(res)
         for row in rows:
@@ -149,7 +206,8 @@ def exif_info(path: Path) -> dict:
     return {"exif_gps": None if gps is None else {"lat": gps[0], "lon": gps[1]}}
 
 
-_KEY_ORDER = ["path", "lat", "lon", "country", "country_name", "continent", "cell", "within_km", "summary", "top_k", "regions", "exif_gps"]
+_KEY_ORDER = ["path", "lat", "lon", "country", "country_name", "continent", "cell", "within_km", "summary", "evidence", "top_k",
+              "regions", "exif_gps"]
 
 
 def ordered_result(res: dict) -> dict:
@@ -227,7 +285,7 @@ def predict_engine(paths: Iterable[str | Path], out_dir: Path | str, cfg=None,
     report = map_partitions(
         _predict_partition, partition(items, engine.partition_size), out_dir / PARTS_DIR, engine,
         setup=functools.partial(_predict_setup, cfg, engine.cpus_per_worker),
-        fingerprint={"kind": "predict", "model": model_digest, "top_k": cfg.top_k},
+        fingerprint={"kind": "predict", "model": model_digest, "top_k": cfg.top_k, "text": cfg.text},
         on_error=_predict_error_row, schema=predict_schema(),
     )
     table = read_parts(out_dir / PARTS_DIR, report.n_partitions)

@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,7 @@ from geopin.dataset.cells import (
     locate,
 )
 from geopin.dataset.splits import group_kfold, random_kfold, read_split
+from geopin.evidence.base import Clue
 from geopin.features.backbones import BackboneConfig
 from geopin.geo import haversine_km, pairwise_km
 from geopin.locate.heads import (
@@ -36,6 +38,7 @@ from geopin.locate.heads import (
     take_rows,
     train_classifier,
 )
+from geopin.locate.clues import FoldPosterior, applied, apply_clues, fit_clue_weights
 from geopin.locate.model import GeoModel, Heads
 from geopin.locate.posterior import (
     CONFIDENCE_KM,
@@ -196,9 +199,10 @@ class OutOfFold:
     truth: list[tuple[np.ndarray, np.ndarray]]
     rows: list[np.ndarray]
     groups: list[np.ndarray] = field(default_factory=list)  # photographer of each held-out photo, if known
+    clues: list[list[list[Clue]]] = field(default_factory=list)  # what evidence sources read off each held-out photo
 
 
-def out_of_fold(emb, lat, lon, groups, cfg: TrainConfig) -> OutOfFold:
+def out_of_fold(emb, lat, lon, groups, cfg: TrainConfig, clues: Sequence[Sequence[Clue]] | None = None) -> OutOfFold:
     folds = inner_folds(len(lat), groups, cfg)
     oof = OutOfFold([], [], [], [])
     rng = np.random.default_rng(cfg.seed)
@@ -217,6 +221,8 @@ def out_of_fold(emb, lat, lon, groups, cfg: TrainConfig) -> OutOfFold:
         oof.rows.append(va)
         if groups is not None:
             oof.groups.append(np.asarray(groups)[va])
+        if clues is not None:
+            oof.clues.append([list(clues[r]) for r in va])
     return oof
 
 
@@ -231,16 +237,32 @@ def fit_posterior(oof: OutOfFold, cfg: TrainConfig) -> tuple[MixParams, Calibrat
     for (dec, km) in decisions:
         raw.append(dec.raw_within)
         hit.append(km[:, None] <= np.asarray(CONFIDENCE_KM)[None, :])
+    if oof.clues and any(c for fold in oof.clues for c in fold):
+        folds = []
+        for k, (places, ev, (t_lat, t_lon), fold_clues) in enumerate(zip(oof.places, oof.evidence, oof.truth, oof.clues)):
+            cell, nb = mixture(places, ev, params)
+            folds.append(FoldPosterior(places, ev, cell, nb, t_lat, t_lon, fold_clues, oof.groups[k] if oof.groups else None))
+        weights, report["clue_weights"] = fit_clue_weights(folds, reach_km=params.clue_reach_km)
+        params = replace(params, clue_weights=weights)
+        decisions = _oof_decisions(oof, params)  # the calibration sees the clues as predict will
+    raw, hit = [], []
+    for (dec, km) in decisions:
+        raw.append(dec.raw_within)
+        hit.append(km[:, None] <= np.asarray(CONFIDENCE_KM)[None, :])
     calibration = Calibration.fit(np.concatenate(raw), np.concatenate(hit))
     return params, calibration, report
 
 
 def _oof_decisions(oof: OutOfFold, params: MixParams) -> list[tuple[Decision, np.ndarray]]:
-    """Each inner fold's decisions under `params`, with the error in km of each best guess."""
+    """Each inner fold's decisions under `params` (with the held-out photos' clues, if any), with the error in
+    km of each best guess."""
     out = []
-    for places, ev, (t_lat, t_lon) in zip(oof.places, oof.evidence, oof.truth):
+    for k, (places, ev, (t_lat, t_lon)) in enumerate(zip(oof.places, oof.evidence, oof.truth)):
         cell, nb = mixture(places, ev, params)
-        dec = decide(places, ev, cell, nb, prior_only=params.prior_only)
+        fold_clues = oof.clues[k] if oof.clues and params.clue_weights else None
+        ev2, cell, nb, effects = apply_clues(places, ev, cell, nb, fold_clues, params.clue_weights, params.clue_reach_km)
+        prior_only = np.array([params.prior_only and not applied(e) for e in effects], dtype=bool)
+        dec = decide(places, ev2, cell, nb, prior_only=prior_only)
         out.append((dec, haversine_km(dec.lat, dec.lon, t_lat, t_lon)))
     return out
 
@@ -301,9 +323,11 @@ def train_model(
     cfg: TrainConfig | None = None,
     meta: dict | None = None,
     backbone_config: BackboneConfig | None = None,
+    clues: Sequence[Sequence[Clue]] | None = None,
 ) -> GeoModel:
     """Heads and posterior fit on the embeddings; `backbone_config` (how photos become those embeddings) is
-    kept with the model, so that predict prepares new photos the same way."""
+    kept with the model, so that predict prepares new photos the same way. `clues` (per photo, what the
+    evidence sources read off it) fit each source's weight out of fold; without them no source counts."""
     cfg = cfg or TrainConfig()
     t0 = time.perf_counter()
     if not (isinstance(emb, np.ndarray) and emb.dtype == np.float32):  # a float32 memory map is read as it is
@@ -312,7 +336,9 @@ def train_model(
     lon = np.asarray(lon, dtype=np.float64)
     if len(emb) != len(lat):
         raise ValueError(f"{len(emb)} embeddings but {len(lat)} locations")
-    oof = out_of_fold(emb, lat, lon, groups, cfg)
+    if clues is not None and len(clues) != len(lat):
+        raise ValueError(f"clues for {len(clues)} photos but {len(lat)} locations")
+    oof = out_of_fold(emb, lat, lon, groups, cfg, clues)
     params, calibration, report = fit_posterior(oof, cfg)
     heads = fit_heads(emb, lat, lon, cfg)
     info = dict(meta or {})
@@ -329,6 +355,27 @@ def train_model(
     return GeoModel(heads, params, calibration, info, backbone_config)
 
 
+def manifest_clues(ids: Sequence[str], readings: str | Path) -> tuple[list[list[Clue]], dict]:
+    """Each photo's clues from a readings file (`geopin read`), in manifest order, and what to record of them."""
+    from geopin.evidence.readings import read_readings, readings_meta, readings_path
+    from geopin.evidence.registry import clues_of_readings, create_sources
+
+    by_id = read_readings(readings)
+    missing = sum(i not in by_id for i in ids)
+    if missing == len(ids):
+        raise ValueError(f"{readings_path(readings)}: no reading for any of the {len(ids)} training photos (read for another manifest?)")
+    if missing:
+        log.warning("%s: %d of %d training photos have no reading; they count as photos where nothing was read",
+                    readings_path(readings), missing, len(ids))
+    sources = create_sources()
+    clues = clues_of_readings([by_id.get(i) for i in ids], sources)
+    fired = {s.name: sum(any(c.source == s.name for c in cl) for cl in clues) for s in sources}
+    info = {"sources": [s.name for s in sources], "photos_read": len(ids) - missing, "photos_with_clues": sum(bool(c) for c in clues),
+            "fired": fired, "ocr": readings_meta(readings)}
+    log.info("evidence: %d of %d training photos gave clues (%s)", info["photos_with_clues"], len(ids), fired)
+    return clues, info
+
+
 def config_dict(cfg: TrainConfig) -> dict:
     d = asdict(cfg)
     if cfg.granularities is None:
@@ -343,6 +390,7 @@ def train(
     cfg: TrainConfig | None = None,
     split: str | Path | None = None,
     split_value: str = "train",
+    readings: str | Path | None = None,
 ) -> GeoModel:
     """Train from files: the manifest, its embeddings (row-aligned) and optionally a split file.
 
@@ -369,15 +417,20 @@ def train(
         cfg = replace(cfg, scenario="random")
     if not keep.all():  # the rows kept, copied in float32 (chunk by chunk)
         emb = take_rows(emb, np.flatnonzero(keep))
+    meta = {"backbone": emb_meta.get("backbone"), "embedding": {k: v for k, v in emb_meta.items() if k != "backbone_config"},
+            "manifest": Path(manifest).name}
+    clues = None
+    if readings is not None:
+        clues, meta["evidence"] = manifest_clues(m["id"].astype(str).tolist(), readings)
     model = train_model(
         emb,
         m["lat"].to_numpy(),
         m["lon"].to_numpy(),
         groups,
         cfg,
-        meta={"backbone": emb_meta.get("backbone"), "embedding": {k: v for k, v in emb_meta.items() if k != "backbone_config"},
-              "manifest": Path(manifest).name},
+        meta=meta,
         backbone_config=embeddings_backbone_config(emb_meta),
+        clues=clues,
     )
     model.save(out_dir)
     return model

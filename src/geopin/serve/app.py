@@ -408,11 +408,12 @@ def _add_api_routes(app: FastAPI, service: Service) -> None:
         k = cfg.top_k if k is None else k
 
         def work(image) -> dict:
+            row: dict = {"path": name}
+            reading = service.predictor.reading_or_none(data, row) if service.predictor.reads_text else None
             try:
-                res = service.predictor.predict_images([image], [name], top_k=k)[0]
+                res = service.predictor.predict_images([image], [name], top_k=k, readings=None if reading is None else [reading])[0]
             except Exception as exc:  # noqa: BLE001 - one request fails with 500, the server goes on
                 raise _unexpected("prediction", exc) from None
-            row: dict = {"path": name}
             row.update(exif_info(data))  # EXIF reading accepts bytes: no temp file needed
             row.update(res)
             return ordered_result(row)

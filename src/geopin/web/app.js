@@ -181,11 +181,20 @@
     topk.innerHTML = "";
     (res.top_k || []).forEach(function (p) {
       var li = document.createElement("li");
-      li.textContent = place(p) + ": " + pct(p.probability) + (p.is_guess ? " (best guess)" : "");
+      li.textContent = (p.name ? p.name + " " : "") + place(p) + ": " + pct(p.probability) + (p.is_guess ? " (best guess)" : "");
       topk.appendChild(li);
     });
+    showEvidence(res.evidence || []);
 
     answerLayer = L.layerGroup().addTo(map);
+    // places the evidence named (a town read on a sign): a green square each, with what was read
+    (res.evidence || []).forEach(function (e) {
+      (e.places || []).slice(0, 3).forEach(function (s) {
+        L.marker([s.lat, s.lon], {
+          icon: L.divIcon({ className: "evidence-marker", iconSize: [14, 14] }), title: "read: " + e.read,
+        }).bindTooltip("read \u201c" + e.read + "\u201d: " + s.name + (e.weight > 0 ? "" : " (not weighed)")).addTo(answerLayer);
+      });
+    });
     var pts = [[res.lat, res.lon]];
     // top-k places: circle AREA proportional to probability, so the eye reads mass correctly
     var pmax = Math.max.apply(null, (res.top_k || [{ probability: 1 }]).map(function (p) { return p.probability; }));
@@ -222,6 +231,22 @@
     }
     $("answer").hidden = false;
     map.fitBounds(L.latLngBounds(pts).pad(0.25), { maxZoom: 6 });
+  }
+
+  /** What the evidence sources read and where it points, as in the JSON's `evidence` and the words. */
+  function showEvidence(list) {
+    var ul = $("evidence-list");
+    ul.innerHTML = "";
+    list.forEach(function (e) {
+      var li = document.createElement("li");
+      var effect = e.weight > 0
+        ? " (" + pct(e.probability_before) + " \u2192 " + pct(e.probability_after) + " there)"
+        : " (not weighed: this source has not earned weight on held-out photographers)";
+      li.textContent = e.source + ": read \u201c" + e.read + "\u201d \u2192 " + e.points_to + effect;
+      li.className = e.weight > 0 ? "counted" : "ignored";
+      ul.appendChild(li);
+    });
+    $("evidence").hidden = !list.length;
   }
 
   /** The 50 % and 90 % regions as S2 cell polygons, from /api/cells (the 90 % set holds the 50 % one). */
