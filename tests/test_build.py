@@ -58,7 +58,7 @@ def test_build_end_to_end_then_rerun_skips_every_stage(table, tmp_path):
     r = geopin(*build_args(table, out, cache), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     first = json.loads(r.stdout)
-    assert statuses(first) == {s: "done" for s in ("ingest", "cells", "split", "embed", "train", "evaluate")}
+    assert statuses(first) == {s: "done" for s in ("ingest", "cells", "split", "embed", "read", "train", "evaluate")}
     assert first["group_col"] == "author"  # found without being told
     assert first["split"]["by"] == "group"
     assert first["stages"]["train"]["summary"]["n_train"] == 60
@@ -85,11 +85,11 @@ def test_build_end_to_end_then_rerun_skips_every_stage(table, tmp_path):
     r = geopin(*[a for a in build_args(table, out, cache) if a != "--json"], cwd=tmp_path)
     seconds = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("skipped") >= 6 and "model:" in r.stdout and "GeoScore" in r.stdout  # the table, reprinted
+    assert r.stdout.count("skipped") >= 7 and "model:" in r.stdout and "GeoScore" in r.stdout  # the table, reprinted
     assert seconds < first["seconds"], (seconds, first["seconds"])
     assert not leftover.exists(), "an up-to-date build left a dead download's part file"
     ledger = json.loads((out / "build.json").read_text())
-    assert set(ledger["stages"]) == {"ingest", "cells", "split", "embed", "train", "evaluate"}
+    assert set(ledger["stages"]) == {"ingest", "cells", "split", "embed", "read", "train", "evaluate"}
 
 
 def test_changed_table_reruns_ingest_and_later_stages(table, tmp_path):
@@ -107,7 +107,7 @@ def test_changed_table_reruns_ingest_and_later_stages(table, tmp_path):
     r = geopin(*build_args(src / "labels.csv", out, cache, "--no-evaluate"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     again = json.loads(r.stdout)
-    assert statuses(again) == {s: "done" for s in ("ingest", "cells", "split", "embed", "train")}
+    assert statuses(again) == {s: "done" for s in ("ingest", "cells", "split", "embed", "read", "train")}
     assert again["stages"]["train"]["summary"]["n_train"] == 61
     assert again["stages"]["embed"]["summary"]["n_cached"] == 60  # only the new photo was embedded
 

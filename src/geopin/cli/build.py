@@ -37,6 +37,9 @@ def build_cmd(
                               help="Folds for the split and the evaluation (fewer when the data allows fewer)."),
     evaluate: bool = typer.Option(BuildConfig.evaluate, "--evaluate/--no-evaluate",
                                   help="Cross-validated evaluation at the end."),
+    read_text: bool = typer.Option(BuildConfig.read_text, "--read-text/--no-read-text",
+                                   help="Read the text on every photo (OCR) so that training weighs the evidence "
+                                        "sources (place names, scripts, phone numbers, ...) out of fold."),
     backbone: str = typer.Option(BuildConfig.backbone, "--backbone", "-b", help="Registered backbone."),
     long_side: int = typer.Option(BuildConfig.long_side, help="Long side in pixels of the photos fed to the backbone."),
     cache_dir: Path | None = typer.Option(None, help="Embedding cache root (default: $GEOPIN_CACHE/embeddings)."),
@@ -61,7 +64,7 @@ def build_cmd(
     partition_size: int = typer.Option(EngineConfig.partition_size, "--partition-size",
                                        help="Photos per partition: the unit of retry, resume and output file."),
 ) -> None:
-    """Ingest, cells, split, embed, train and evaluate; a rerun skips the stages whose inputs did not change.
+    """Ingest, cells, split, embed, read, train and evaluate; a rerun skips the stages whose inputs did not change.
 
     Exits 1 when a stage leaves nothing to build on (e.g. ingest kept no photo), 2 on unusable input.
     """
@@ -72,7 +75,7 @@ def build_cmd(
             lat_col=lat_col, lon_col=lon_col, image_col=image_col, group_col=group_col, group_from=group_from,
             image_root=image_root, workers=workers or None, fetch=FetchConfig(timeout_s=timeout),
             granularities=tuple(Granularity.parse(g) for g in granularity) if granularity else None,
-            folds=folds, seed=seed, evaluate=evaluate, backbone=backbone, long_side=long_side,
+            folds=folds, seed=seed, evaluate=evaluate, read_text=read_text, backbone=backbone, long_side=long_side,
             cache_dir=cache_dir, k=k, inner_folds=inner_folds, epochs=epochs, hidden=hidden,
             engine=EngineConfig(engine, address=address, workers=engine_workers, partition_size=partition_size),
         )

@@ -31,7 +31,7 @@ from collections import defaultdict
 
 from geopin.evidence.base import Clue, Reading
 from geopin.evidence.registry import register_source
-from geopin.evidence.script import dominant_script, script_counts
+from geopin.evidence.script import distinctive, dominant_script, script_counts
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class LanguageEvidence:
                 if found is None:
                     continue
                 label, s = ("language", found[0]), found[1] * (ENGLISH_STRENGTH if found[0] == "en" else 1.0)
-            elif script_countries(script) and n >= MIN_LETTERS.get(script, 3):
+            elif script_countries(script) and n >= MIN_LETTERS.get(script, 3) and distinctive(line.text, script):
                 label, s = ("script", script), 1.0
             else:
                 continue

@@ -72,4 +72,23 @@ def dominant_script(text: str) -> str:
     return counts.most_common(1)[0][0]
 
 
-__all__ = ["char_script", "script_counts", "dominant_script"]
+#: Greek and Cyrillic letters that look like Latin ones: an OCR engine taught several scripts reads Latin signs
+#: as these (THANK YOU -> ΤΗΑΝΚ YOU, TOK -> ток), so text made of them alone says nothing about its script.
+_LATIN_LOOKALIKES = set("ΑΒΕΖΗΙΚΜΝΟΡΤΥΧαβεικνορτυχΆΈΉΊΌΎ" "АВЕЗІЈКМНОРСТУХЅаеіјкморсухѕтпгиь")
+
+
+def distinctive(text: str, script: str) -> bool:
+    """Whether `text` shows letters of `script` that no Latin letter looks like, and no Latin letter itself.
+
+    For Greek and Cyrillic readings of a photo: ΑΘΗΝΑ (Θ) and ВЛАДИВОСТОК (Л, Д, И) are distinctive; ΡΑΜ and
+    'ΤΗΑΝΚ YOU' are Latin text read in the wrong script. Other scripts share no letters with Latin: always True.
+    """
+    if script not in ("Greek", "Cyrillic"):
+        return True
+    letters = [ch for ch in text if char_script(ch)]
+    if any(char_script(ch) == "Latin" for ch in letters):
+        return False
+    return any(char_script(ch) == script and ch not in _LATIN_LOOKALIKES for ch in letters)
+
+
+__all__ = ["char_script", "script_counts", "dominant_script", "distinctive"]

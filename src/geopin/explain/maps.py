@@ -146,7 +146,10 @@ def _explain_parts(
         reading = predictor.reading_or_none(img, row)
         readings = [reading]
         lines = [line.to_dict() for line in reading.lines] if reading is not None else []
-    prediction = model.predict_embeddings(emb, top_k=predictor.cfg.top_k, clues=None if readings is None else predictor.clues_of(readings))[0]
+    from geopin.locate.scene import image_information
+
+    prediction = model.predict_embeddings(emb, top_k=predictor.cfg.top_k, clues=None if readings is None else predictor.clues_of(readings),
+                                          information=[image_information(img)])[0]
     prediction["path"] = name
     ev, cell, nb = posterior(model, emb)
     seconds["predict"] = time.perf_counter() - t0

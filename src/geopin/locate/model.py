@@ -49,6 +49,7 @@ from geopin.locate.heads import (
     write_index,
 )
 from geopin.locate.clues import applied, apply_clues
+from geopin.locate.scene import SceneProbe, information_keep, scene_words, widen
 from geopin.locate.posterior import (
     CONFIDENCE_KM,
     Calibration,
@@ -112,6 +113,7 @@ class GeoModel:
     # from a format 3 folder (see format_version).
     backbone_config: BackboneConfig | None = None
     format_version: int = FORMAT_VERSION  # the format of the folder it was read from
+    scene: SceneProbe | None = None  # indoor / natural / urban from the embedding, where the training data had scene labels
 
     # ---------------------------------------------------------------- prediction
 
@@ -119,19 +121,24 @@ class GeoModel:
         """Evidence, posterior (places, neighbours and named spots), decision and calibrated confidences."""
         return self.decide_all(emb, clues)[:5]
 
-    def decide_all(self, emb: np.ndarray, clues: Sequence[Sequence[Clue]] | None = None):
-        """As `decide`, plus each photo's clues as applied (geopin.locate.clues.ClueEffect)."""
+    def decide_all(self, emb: np.ndarray, clues: Sequence[Sequence[Clue]] | None = None, information=None):
+        """As `decide`, plus each photo's clues as applied (geopin.locate.clues.ClueEffect) and how much of the
+        photo's own posterior was kept (`information`: geopin.locate.scene.image_information of each photo;
+        a blank or tiny image keeps none of it and answers with the prior, before any clue is weighed)."""
         ev = self.heads.evidence(emb)
         cell, nb = mixture(self.heads.places, ev, self.params)
+        keep = np.ones(len(ev)) if information is None else information_keep(np.asarray(information, dtype=float))
+        if (keep < 1).any():
+            cell, nb = widen(cell, nb, self.heads.places.prior, keep)
         ev, cell, nb, effects = apply_clues(self.heads.places, ev, cell, nb, clues, self.params.clue_weights, self.params.clue_reach_km)
-        # the prior's constant answer stands unless a clue moved the posterior
-        prior_only = np.array([self.params.prior_only and not applied(e) for e in effects], dtype=bool)
+        # the prior's constant answer stands (the model's, or a photo that shows nothing) unless a clue moved the posterior
+        prior_only = np.array([(self.params.prior_only or k == 0) and not applied(e) for k, e in zip(keep, effects)], dtype=bool)
         dec = decide(self.heads.places, ev, cell, nb, prior_only=prior_only)
         conf = self.calibration.apply(dec.raw_within)
-        return ev, cell, nb, dec, conf, effects
+        return ev, cell, nb, dec, conf, effects, keep
 
     def predict_embeddings(self, emb: np.ndarray, top_k: int = 5, region_mass: tuple[float, ...] = (0.5, 0.9),
-                           clues: Sequence[Sequence[Clue]] | None = None) -> list[dict]:
+                           clues: Sequence[Sequence[Clue]] | None = None, information=None) -> list[dict]:
         """Best guess, top-k places (the guess first), region, words, within-km confidences and the evidence
         weighed (`clues`: per photo, what geopin.evidence read off it) per photo.
 
@@ -142,11 +149,13 @@ class GeoModel:
         if len(emb) > _PREDICT_CHUNK:  # the posterior over every place is (photos x places) floats: bounded
             return [r for s in range(0, len(emb), _PREDICT_CHUNK)
                     for r in self.predict_embeddings(emb[s : s + _PREDICT_CHUNK], top_k, region_mass,
-                                                     None if clues is None else clues[s : s + _PREDICT_CHUNK])]
+                                                     None if clues is None else clues[s : s + _PREDICT_CHUNK],
+                                                     None if information is None else information[s : s + _PREDICT_CHUNK])]
         from geopin.countries import continent_of, country_name, country_of
         from geopin.locate import answer
 
-        ev, cell, nb, dec, conf, effects = self.decide_all(emb, clues)
+        ev, cell, nb, dec, conf, effects, keep = self.decide_all(emb, clues, information)
+        indoor = self.scene.indoor(emb) if self.scene is not None and self.scene.fits(emb) else None
         guess_cc = country_of(dec.lat, dec.lon)
         tokens, containing = self._fine_cells_of(dec.lat, dec.lon)
         need_mass = max(region_mass, default=0.0)
@@ -171,11 +180,16 @@ class GeoModel:
                     **guess,
                     "within_km": {f"{int(r)}": float(conf[i, r_i]) for r_i, r in enumerate(CONFIDENCE_KM)},
                     "region": region,
-                    "summary": answer.summary(conf[i], region, cc, effects[i]),
+                    "summary": answer.summary(conf[i], region, cc, effects[i]) + scene_words(keep[i]),
                     "top_k": answer.top_places(places, guess, key, top_k),
                     "regions": answer.confidence_regions(by_mass, region_mass),
                     "expected_geoscore": float(dec.expected_geoscore[i]),
                     "evidence": [e.to_dict() for e in effects[i]],
+                    "scene": {
+                        "information": None if information is None else round(float(information[i]), 4),
+                        "kept": round(float(keep[i]), 4),
+                        "indoor": None if indoor is None else round(float(indoor[i]), 4),
+                    },
                 }
             )
         return out
@@ -371,6 +385,8 @@ class GeoModel:
             "files": files,
             "meta": self.meta,
         }
+        if self.scene is not None:
+            doc["scene"] = self.scene.to_dict()
         write_json(doc, folder / MODEL_JSON)
         _file_digest(folder / MODEL_JSON)  # fsync
         _fsync_dir(folder)
@@ -442,7 +458,11 @@ class GeoModel:
             gallery_country=g["country"],
             k=k,
         )
-        return cls(heads, params, calibration, doc.get("meta", {}), _backbone_config(doc, model_dir), int(doc["format_version"]))
+        scene = None
+        if doc.get("scene") is not None:
+            with _reading(model_dir / MODEL_JSON):
+                scene = SceneProbe.from_dict(doc["scene"], f"{model_dir / MODEL_JSON}: scene")
+        return cls(heads, params, calibration, doc.get("meta", {}), _backbone_config(doc, model_dir), int(doc["format_version"]), scene)
 
 
 # -------------------------------------------------------------------- model folders: checks and swaps

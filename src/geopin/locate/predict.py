@@ -132,9 +132,13 @@ class Predictor:
         read_text found on each photo, None where nothing was read) become the answer's evidence."""
         from geopin.features.embed import embed_images
 
+        from geopin.locate.scene import image_information
+
         emb = embed_images(images, self.backbone, self.embed_cfg)
         clues = self.clues_of(readings) if readings is not None else None
-        results = self.model.predict_embeddings(emb, top_k=self.cfg.top_k if top_k is None else top_k, clues=clues)
+        information = [image_information(img) for img in images]  # a blank or tiny image answers with the prior
+        results = self.model.predict_embeddings(emb, top_k=self.cfg.top_k if top_k is None else top_k, clues=clues,
+                                                information=information)
         for name, r in zip(names, results):
             r["path"] = name
         return results

@@ -32,7 +32,7 @@ from geopin.scale.engine import EngineConfig
 log = logging.getLogger(__name__)
 
 BUILD_FILE = "build.json"
-STAGES = ("ingest", "cells", "split", "embed", "train", "evaluate")
+STAGES = ("ingest", "cells", "split", "embed", "read", "train", "evaluate")
 DEFAULT_GROUP_COL = "author"
 SPLIT_LABELS = {"group": "by photographer (new photographers)", "random": "random (archive completion)"}
 
@@ -67,6 +67,8 @@ class BuildConfig:
     batch_size: int = EmbedConfig.batch_size
     cache_dir: Path | None = EmbedConfig.cache_dir
     shard_size: int = EmbedConfig.shard_size
+    # read: the text on every photo (OCR), whose evidence sources train then weighs out of fold
+    read_text: bool = True
     # train
     k: int = TrainConfig.k
     inner_folds: int = TrainConfig.inner_folds
@@ -156,7 +158,7 @@ def build(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: BuildConfi
     out_dir.mkdir(parents=True, exist_ok=True)
     ledger = _Ledger(out_dir)
     paths = {"dataset": out_dir / "dataset", "cells": out_dir / "cells", "split": out_dir / "split.parquet",
-             "emb": out_dir / "emb", "model": out_dir / "model", "eval": out_dir / "eval"}
+             "emb": out_dir / "emb", "readings": out_dir / "readings", "model": out_dir / "model", "eval": out_dir / "eval"}
     manifest = paths["dataset"] / "manifest.parquet"
     result: dict[str, Any] = {"source": str(source), "out": str(out_dir), "stages": {}}
 
@@ -227,21 +229,36 @@ def build(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: BuildConfi
     if emb["n_failed"] >= emb["n"]:
         raise BuildStopped(f"embed failed on every photo ({emb['n']}); see {paths['emb'] / 'embeddings.json'}")
 
-    # 5. train: the final model learns from every photo; the posterior is fitted by the split's scenario
+    # 5. read: the text on every photo, once (OCR is the slow part; the sources that use it are cheap)
+    readings = None
+    if cfg.read_text:
+        from geopin.evidence.ocr import OcrConfig
+        from geopin.evidence.readings import READINGS_FILE, ocr_fingerprint
+
+        ocr_cfg = OcrConfig()
+        stage("read", {"manifest": man_sha}, ocr_fingerprint(ocr_cfg), [paths["readings"] / READINGS_FILE],
+              lambda: _run_read(manifest, paths["readings"], ocr_cfg, cfg.engine))
+        readings = paths["readings"]
+        readings_sha = sha256_file(paths["readings"] / READINGS_FILE)
+    else:
+        result["stages"]["read"] = {"status": "off", "seconds": 0.0, "summary": {}}
+
+    # 6. train: the final model learns from every photo; the posterior is fitted by the split's scenario
     train_cfg = TrainConfig(granularities=list(cfg.granularities) if cfg.granularities else None,
                             classifier=ClassifierConfig(epochs=cfg.epochs, hidden=cfg.hidden, seed=cfg.seed),
                             k=cfg.k, scenario=by, inner_folds=cfg.inner_folds, seed=cfg.seed)
-    stage("train", {"manifest": man_sha, "embeddings": emb_sha}, _train_conf(train_cfg),
-          [paths["model"]], lambda: _run_train(manifest, paths["emb"], paths["model"], train_cfg))
+    text_inputs = {"readings": readings_sha} if readings is not None else {}
+    stage("train", {"manifest": man_sha, "embeddings": emb_sha, **text_inputs}, _train_conf(train_cfg),
+          [paths["model"]], lambda: _run_train(manifest, paths["emb"], paths["model"], train_cfg, readings))
     result["model"] = str(paths["model"])
 
-    # 6. evaluate: cross-validated, with the folds the data allows
+    # 7. evaluate: cross-validated, with the folds the data allows
     if cfg.evaluate:
         scenarios = ("group", "random") if has_groups else ("random",)
-        ev = stage("evaluate", {"manifest": man_sha, "embeddings": emb_sha},
+        ev = stage("evaluate", {"manifest": man_sha, "embeddings": emb_sha, **text_inputs},
                    {"scenarios": scenarios, "folds": cfg.folds, "seed": cfg.seed, "train": _train_conf(train_cfg)},
                    [paths["eval"] / "report.json", paths["eval"] / "summary.txt"],
-                   lambda: _run_evaluate(manifest, paths["emb"], paths["eval"], scenarios, train_cfg, cfg))
+                   lambda: _run_evaluate(manifest, paths["emb"], paths["eval"], scenarios, train_cfg, cfg, readings))
         result["evaluation"] = ev
         result["evaluation_text"] = (paths["eval"] / "summary.txt").read_text()
     result["seconds"] = round(time.perf_counter() - started, 3)
@@ -259,22 +276,29 @@ def _run_embed(manifest: Path, emb_dir: Path, embed_cfg: EmbedConfig, engine: En
     return embed_manifest_engine(manifest, emb_dir, embed_cfg, engine).to_dict()
 
 
+def _run_read(manifest: Path, readings_dir: Path, ocr_cfg, engine: EngineConfig | None) -> dict:
+    from geopin.evidence.readings import read_manifest_engine
+
+    return read_manifest_engine(manifest, readings_dir, ocr_cfg, engine=engine or EngineConfig("local")).to_dict()
+
+
 def _train_conf(train_cfg) -> dict:
     from geopin.locate.train import config_dict
 
     return config_dict(train_cfg)
 
 
-def _run_train(manifest: Path, emb_dir: Path, model_dir: Path, train_cfg) -> dict:
+def _run_train(manifest: Path, emb_dir: Path, model_dir: Path, train_cfg, readings: Path | None = None) -> dict:
     from geopin.locate.train import train
 
-    model = train(manifest, emb_dir, model_dir, train_cfg)
+    model = train(manifest, emb_dir, model_dir, train_cfg, readings=readings)
     return {"model": str(model_dir), "n_train": model.meta["n_train"],
             "classes": {g: int((model.heads.cells.granularity == g).sum()) for g in model.heads.granularities},
             "seconds": model.meta["seconds"]}
 
 
-def _run_evaluate(manifest: Path, emb_dir: Path, eval_dir: Path, scenarios, train_cfg, cfg: BuildConfig) -> dict:
+def _run_evaluate(manifest: Path, emb_dir: Path, eval_dir: Path, scenarios, train_cfg, cfg: BuildConfig,
+                  readings: Path | None = None) -> dict:
     import numpy as np
 
     from geopin.dataset.manifest import read_manifest
@@ -290,7 +314,12 @@ def _run_evaluate(manifest: Path, emb_dir: Path, eval_dir: Path, scenarios, trai
     man = man[ok].reset_index(drop=True)
     groups = man["group"].to_numpy() if man["group"].notna().all() else None
     ecfg = EvalConfig(scenarios=tuple(scenarios), folds=cfg.folds, seed=cfg.seed, train=train_cfg)
-    report = evaluate_cv(emb[ok], man.lat.to_numpy(), man.lon.to_numpy(), groups, ecfg)
+    clues = None
+    if readings is not None:
+        from geopin.locate.train import manifest_clues
+
+        clues = manifest_clues(man["id"].astype(str).tolist(), readings)[0]
+    report = evaluate_cv(emb[ok], man.lat.to_numpy(), man.lon.to_numpy(), groups, ecfg, clues=clues)
     # do photos near each other look alike to the model? (a property of the embeddings, once on all photos)
     report["similarity_km"] = similarity_by_distance(emb[ok], man.lat.to_numpy(), man.lon.to_numpy(), groups)
     _, plots, html = write_evaluation(report, man, eval_dir)
