@@ -417,25 +417,6 @@ def print_table(title: str, rep: dict) -> None:
 # ------------------------------------------------------------------------------------------ empty images
 
 
-class WidenedModel(GeoModel):
-    """The loaded model with each photo's posterior widened by `keep` before the clues and the decision: what
-    GeoModel.decide_all would do with geopin.locate.scene integrated, so the answer is read out as predict's."""
-
-    keep: np.ndarray = np.ones(1)
-
-    def decide_all(self, emb, clues=None):
-        from geopin.locate.clues import applied, apply_clues
-
-        ev = self.heads.evidence(emb)
-        cell, nb = mixture(self.heads.places, ev, self.params)
-        cell, nb = widen(cell, nb, self.heads.places.prior, self.keep)
-        ev, cell, nb, effects = apply_clues(self.heads.places, ev, cell, nb, clues, self.params.clue_weights,
-                                            self.params.clue_reach_km)
-        prior_only = np.array([(self.params.prior_only or k == 0) and not applied(e) for k, e in zip(self.keep, effects)])
-        dec = decide(self.heads.places, ev, cell, nb, prior_only=prior_only)
-        return ev, cell, nb, dec, self.calibration.apply(dec.raw_within), effects
-
-
 def bundled_answers(work: Path) -> list[dict]:
     """What the bundled model answers today for a blank PNG, a 4x4 PNG and a mid-grey JPEG, and after widening."""
     from PIL import Image
@@ -451,19 +432,19 @@ def bundled_answers(work: Path) -> list[dict]:
     paths = sorted(folder.iterdir())
     predictor = Predictor(PredictConfig(text="never"))
     predictor.embed_cfg.threads = 1
-    today = list(predictor.predict_paths(paths))
+    today = list(predictor.predict_paths(paths))  # predict widens them itself now
     m = predictor.model
-    widened = WidenedModel(m.heads, m.params, m.calibration, m.meta, m.backbone_config, m.format_version)
     cfg = predictor.embed_cfg
     imgs = [load_image(p, cfg.mode, cfg.long_side, predictor.backbone.native_size) for p in paths]
     info = np.array([image_information(img) for img in imgs])
-    widened.keep, reasons = scene_keep(info)
-    after = widened.predict_embeddings(embed_images(imgs, predictor.backbone, cfg))
+    keep, reasons = scene_keep(info)
+    emb = embed_images(imgs, predictor.backbone, cfg)
+    before = m.predict_embeddings(emb)  # without the photos' information: the answer before widening
     out = []
-    for p, i, k, why, res, new in zip(paths, info, widened.keep, reasons, today, after):
+    for p, i, k, res, old in zip(paths, info, keep, today, before):
         out.append({"image": p.name, "information": round(float(i), 4), "keep": float(k),
-                    "today": {"summary": res.get("summary"), "lat": res.get("lat"), "lon": res.get("lon")},
-                    "widened": {"summary": new["summary"] + (f"; {why}" if why else ""), "lat": new["lat"], "lon": new["lon"]}})
+                    "before": {"summary": old.get("summary"), "lat": old.get("lat"), "lon": old.get("lon")},
+                    "widened": {"summary": res["summary"], "lat": res["lat"], "lon": res["lon"]}})
     return out
 
 
@@ -554,7 +535,7 @@ def main() -> None:
     print("\n== the bundled model on empty images")
     for e in doc["empty_images"]:
         print(f"  {e['image']} (information {e['information']}, keep {e['keep']}):\n"
-              f"     today:    {e['today']['summary']}\n     widened:  {e['widened']['summary']}")
+              f"     before:   {e['before']['summary']}\n     widened:  {e['widened']['summary']}")
     doc["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(doc, args.out / "scene.json")
     print(f"\nwrote {args.out / 'scene.json'} ({doc['seconds']} s)")

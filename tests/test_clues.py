@@ -88,7 +88,7 @@ def test_weights_are_earned_on_held_out_photographers():
 
 
 def test_fit_leaves_unfired_sources_alone():
-    assert fit_clue_weights([]) == ({}, {})
+    assert fit_clue_weights([]) == ({}, 0.0, {"spot_floor": 0.0})
 
 
 def _with_weights(model, **weights):

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cells": ("cells", "cells_cmd"),
     "split": ("splits", "split_cmd"),
     "embed": ("embed", "embed"),
+    "read": ("read", "read_cmd"),
     "backbones": ("embed", "backbones"),
     "train": ("train", "train_cmd"),
     "predict": ("predict", "predict_cmd"),

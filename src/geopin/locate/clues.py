@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 #: Within this distance of a clue's spots the posterior mass is "where the clue points" (before/after).
 SPOT_KM = 25.0
 
+#: Support floors tried for the spots clues name (0: only where the photo model already puts mass).
+SPOT_FLOOR_GRID: tuple[float, ...] = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1)
+
 #: Weights tried per source when fitting (0: the source does not count).
 LAMBDA_GRID: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 
@@ -64,9 +67,14 @@ def _country_likelihood(clue: Clue, codes: np.ndarray) -> np.ndarray:
 
 
 def apply_clues(places: Places, ev: Evidence, cell: np.ndarray, nb: np.ndarray, clues: Sequence[PhotoClues] | None,
-                weights: dict[str, float], reach_km: float = CLUE_REACH_KM) -> tuple[Evidence, np.ndarray, np.ndarray, list[list[ClueEffect]]]:
+                weights: dict[str, float], reach_km: float = CLUE_REACH_KM, floor: float = 0.0,
+                ) -> tuple[Evidence, np.ndarray, np.ndarray, list[list[ClueEffect]]]:
     """The posterior (cell, nb) of a batch after each photo's clues; spots named by clues are appended to the
-    neighbour arrays (nb_place -1, their name in nb_name). Photos without clues keep their rows exactly."""
+    neighbour arrays (nb_place -1, their name in nb_name). Photos without clues keep their rows exactly.
+
+    `floor` is added to the posterior's own support for every spot: the training photos are not the world, and a
+    town far from all of them (Vladivostok, for photos taken mostly in Europe and America) still has photos taken
+    in it. It is fit out of fold with the weights."""
     b = len(ev)
     effects: list[list[ClueEffect]] = [[] for _ in range(b)]
     if not clues or not any(clues):
@@ -117,7 +125,7 @@ def apply_clues(places: Places, ev: Evidence, cell: np.ndarray, nb: np.ndarray, 
                 near = lambda d: d.min(0) <= SPOT_KM if d.shape[1] else np.zeros(0, bool)  # noqa: E731
                 before = float(c[near(d_cells)].sum() + n[near(d_nb)].sum() + (a_m[near(d_sp)].sum() if len(a_m) else 0.0))
                 if lam > 0:
-                    support = np.exp(-d_cells / reach_km) @ c + np.exp(-d_nb / reach_km) @ n
+                    support = np.exp(-d_cells / reach_km) @ c + np.exp(-d_nb / reach_km) @ n + floor
                     if len(a_m):
                         support = support + np.exp(-d_sp / reach_km) @ a_m
                     extra = lam * w * support  # (S,)
@@ -204,10 +212,12 @@ class FoldPosterior:
     groups: np.ndarray | None = None
 
 
-def _score_rows(fold: FoldPosterior, weights: dict[str, float], rows: np.ndarray, reach_km: float, floor: float) -> np.ndarray:
+def _score_rows(fold: FoldPosterior, weights: dict[str, float], rows: np.ndarray, reach_km: float, floor: float,
+                spot_floor: float = 0.0) -> np.ndarray:
     """Per photo (of `rows`), the summed log-probability of the truth's neighbourhoods under `weights`."""
     ev = _take(fold.ev, rows)
-    ev2, c2, n2, _ = apply_clues(fold.places, ev, fold.cell[rows], fold.nb[rows], [fold.clues[r] for r in rows], weights, reach_km)
+    ev2, c2, n2, _ = apply_clues(fold.places, ev, fold.cell[rows], fold.nb[rows], [fold.clues[r] for r in rows], weights, reach_km,
+                                 spot_floor)
     m = truth_mass(fold.places, ev2, c2, n2, fold.t_lat[rows], fold.t_lon[rows])
     return np.log(np.clip(m, 0.0, 1.0) + floor).sum(1)
 
@@ -220,11 +230,13 @@ def _take(ev: Evidence, rows: np.ndarray) -> Evidence:
 
 
 def fit_clue_weights(folds: Sequence[FoldPosterior], sources: Sequence[str] | None = None, grid: Sequence[float] = LAMBDA_GRID,
-                     reach_km: float = CLUE_REACH_KM, floor: float = 1e-4, rounds: int = 2) -> tuple[dict[str, float], dict]:
-    """Each source's weight, by coordinate ascent over `grid` on the held-out photos where any clue fired.
+                     reach_km: float = CLUE_REACH_KM, floor: float = 1e-4, rounds: int = 2,
+                     spot_floors: Sequence[float] = SPOT_FLOOR_GRID) -> tuple[dict[str, float], float, dict]:
+    """Each source's weight, by coordinate ascent over `grid` on the held-out photos where any clue fired, and the
+    spots' support floor (apply_clues' `floor`) over `spot_floors` on the photos with a spot clue.
 
-    Returns the weights (sources that did not help: 0) and a report per source: photos it fired on, the gain
-    in mean log-probability over weight 0 and that gain's standard error over photographers.
+    Returns the weights (sources that did not help: 0), the spot floor, and a report: per source the photos it
+    fired on, the gain in mean log-probability over weight 0 and that gain's standard error over photographers.
     """
     names = sorted({c.source for f in folds for cl in f.clues for c in cl} if sources is None else set(sources))
     weights = {s: 0.0 for s in names}
@@ -232,15 +244,23 @@ def fit_clue_weights(folds: Sequence[FoldPosterior], sources: Sequence[str] | No
     fires = {s: [np.array([i for i, cl in enumerate(f.clues) if any(c.source == s for c in cl)], dtype=np.int64) for f in folds]
              for s in names}
 
-    def total(w: dict[str, float], s: str) -> np.ndarray:  # per photo the source fires on, all folds
-        return np.concatenate([_score_rows(f, w, r, reach_km, floor) for f, r in zip(folds, fires[s]) if len(r)] or [np.zeros(0)])
+    spotted = [np.array([i for i, cl in enumerate(f.clues) if any(c.spots for c in cl)], dtype=np.int64) for f in folds]
+    spot_floor = 0.0
+
+    def total(w: dict[str, float], s: str | None, sf: float | None = None) -> np.ndarray:  # per photo s fires on (None: any spot)
+        rows_of = fires[s] if s is not None else spotted
+        sf = spot_floor if sf is None else sf
+        return np.concatenate([_score_rows(f, w, r, reach_km, floor, sf) for f, r in zip(folds, rows_of) if len(r)] or [np.zeros(0)])
 
     for _ in range(rounds):
         for s in names:
             scores = [(float(total({**weights, s: lam}, s).mean()), lam) for lam in grid]
             best = max(scores, key=lambda t: (t[0], -t[1]))
             weights[s] = best[1]
-    report = {}
+        if any(len(r) for r in spotted):
+            scores = [(float(total(weights, None, sf).mean()), sf) for sf in spot_floors]
+            spot_floor = max(scores, key=lambda t: (t[0], -t[1]))[1]
+    report: dict = {"spot_floor": spot_floor}
     for s in names:
         gain = total(weights, s) - total({**weights, s: 0.0}, s)
         grp = np.concatenate([f.groups[r] if f.groups is not None else np.arange(len(r)) + 10**6 * k
@@ -248,7 +268,7 @@ def fit_clue_weights(folds: Sequence[FoldPosterior], sources: Sequence[str] | No
         report[s] = {"weight": weights[s], "photos": int(len(gain)), "gain": round(float(gain.mean()), 4) if len(gain) else 0.0,
                      "se": round(_group_se(gain, grp), 4)}
     log.info("clue weights fit on %d held-out photos with clues: %s", sum(len(r) for r in rows), report)
-    return weights, report
+    return weights, spot_floor, report
 
 
 def _group_se(values: np.ndarray, groups: np.ndarray) -> float:

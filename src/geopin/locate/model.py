@@ -130,7 +130,8 @@ class GeoModel:
         keep = np.ones(len(ev)) if information is None else information_keep(np.asarray(information, dtype=float))
         if (keep < 1).any():
             cell, nb = widen(cell, nb, self.heads.places.prior, keep)
-        ev, cell, nb, effects = apply_clues(self.heads.places, ev, cell, nb, clues, self.params.clue_weights, self.params.clue_reach_km)
+        ev, cell, nb, effects = apply_clues(self.heads.places, ev, cell, nb, clues, self.params.clue_weights, self.params.clue_reach_km,
+                                            self.params.clue_floor)
         # the prior's constant answer stands (the model's, or a photo that shows nothing) unless a clue moved the posterior
         prior_only = np.array([(self.params.prior_only or k == 0) and not applied(e) for k, e in zip(keep, effects)], dtype=bool)
         dec = decide(self.heads.places, ev, cell, nb, prior_only=prior_only)

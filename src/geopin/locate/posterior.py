@@ -104,6 +104,7 @@ class MixParams:
     # weight of each evidence source (geopin.evidence), fit out of fold; a source not named here counts for nothing
     clue_weights: dict[str, float] = field(default_factory=dict)
     clue_reach_km: float = CLUE_REACH_KM
+    clue_floor: float = 0.0  # support every spot a clue names gets beyond the posterior's own (fit with the weights)
 
     @property
     def prior_only(self) -> bool:

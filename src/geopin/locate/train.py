@@ -242,8 +242,8 @@ def fit_posterior(oof: OutOfFold, cfg: TrainConfig) -> tuple[MixParams, Calibrat
         for k, (places, ev, (t_lat, t_lon), fold_clues) in enumerate(zip(oof.places, oof.evidence, oof.truth, oof.clues)):
             cell, nb = mixture(places, ev, params)
             folds.append(FoldPosterior(places, ev, cell, nb, t_lat, t_lon, fold_clues, oof.groups[k] if oof.groups else None))
-        weights, report["clue_weights"] = fit_clue_weights(folds, reach_km=params.clue_reach_km)
-        params = replace(params, clue_weights=weights)
+        weights, spot_floor, report["clue_weights"] = fit_clue_weights(folds, reach_km=params.clue_reach_km)
+        params = replace(params, clue_weights=weights, clue_floor=spot_floor)
         decisions = _oof_decisions(oof, params)  # the calibration sees the clues as predict will
     raw, hit = [], []
     for (dec, km) in decisions:
@@ -260,7 +260,8 @@ def _oof_decisions(oof: OutOfFold, params: MixParams) -> list[tuple[Decision, np
     for k, (places, ev, (t_lat, t_lon)) in enumerate(zip(oof.places, oof.evidence, oof.truth)):
         cell, nb = mixture(places, ev, params)
         fold_clues = oof.clues[k] if oof.clues and params.clue_weights else None
-        ev2, cell, nb, effects = apply_clues(places, ev, cell, nb, fold_clues, params.clue_weights, params.clue_reach_km)
+        ev2, cell, nb, effects = apply_clues(places, ev, cell, nb, fold_clues, params.clue_weights, params.clue_reach_km,
+                                             params.clue_floor)
         prior_only = np.array([params.prior_only and not applied(e) for e in effects], dtype=bool)
         dec = decide(places, ev2, cell, nb, prior_only=prior_only)
         out.append((dec, haversine_km(dec.lat, dec.lon, t_lat, t_lon)))
