@@ -17,11 +17,8 @@ import argparse
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from geopin.dataset.ingest import IngestConfig, ingest
-from geopin.dataset.manifest import read_manifest
 from geopin.evaluation.crossval import EvalConfig, evaluate_cv
 from geopin.evaluation.plots import write_plots
 from geopin.evaluation.tables import (
@@ -30,9 +27,9 @@ from geopin.evaluation.tables import (
     paired_lines,
     report_for_json,
 )
-from geopin.features.embed import EmbedConfig, embed_manifest, load_embeddings
-from geopin.io import write_json, write_parquet
+from geopin.io import write_json
 from geopin.log import setup_logging
+from shared_photos import shared_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_accuracy")
@@ -79,25 +76,9 @@ def main() -> None:
         args.out = ROOT / "bench" / "results" if args.limit is None else args.work / f"results_limit{args.limit}"
     setup_logging()
     logging.getLogger("geopin.dataset.cells").setLevel(logging.WARNING)
-    labels = args.shared / "labels.csv"
-    if not labels.exists():
-        raise SystemExit(f"skipped: {labels} not found (the benchmark needs the shared Im2GPS3k photos)")
-    summary = ingest(labels, args.work / "dataset", IngestConfig(group_col="author"))
-    manifest_path, emb_dir = summary.manifest_path, args.work / "emb"
-    if args.limit is not None:
-        full = read_manifest(manifest_path)
-        pick = np.sort(np.random.default_rng(args.seed).permutation(len(full))[: args.limit])
-        manifest_path = args.work / f"subset_{args.limit}" / "manifest.parquet"
-        write_parquet(full.iloc[pick].reset_index(drop=True), manifest_path)
-        emb_dir = manifest_path.parent / "emb"
-        log.warning("--limit %d: %d of %d photos (a quick check, not the benchmark)", args.limit, len(pick), len(full))
-    embed_manifest(manifest_path, emb_dir, EmbedConfig())
-    man = read_manifest(manifest_path)
-    emb, meta = load_embeddings(emb_dir, man)
-    ok = np.isfinite(emb).all(axis=1)
-    man = man[ok].reset_index(drop=True)
+    _, man, emb, meta = shared_embedded(args.shared, args.work, args.limit, args.seed)
     report = evaluate_cv(
-        emb[ok], man.lat.to_numpy(), man.lon.to_numpy(), man.group.to_numpy(), EvalConfig(folds=args.folds, seed=args.seed)
+        emb, man.lat.to_numpy(), man.lon.to_numpy(), man.group.to_numpy(), EvalConfig(folds=args.folds, seed=args.seed)
     )
     plots = write_plots(report, args.out / "accuracy")
     doc = report_for_json(report)

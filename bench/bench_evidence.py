@@ -33,17 +33,15 @@ import numpy as np
 import pandas as pd
 
 from geopin.countries import country_of
-from geopin.dataset.ingest import IngestConfig, ingest
-from geopin.dataset.manifest import read_manifest
 from geopin.dataset.splits import group_kfold
 from geopin.evidence.readings import read_manifest_engine
-from geopin.features.embed import EmbedConfig, embed_manifest, load_embeddings
 from geopin.geo import haversine_km
 from geopin.io import write_json
 from geopin.locate.model import GeoModel
 from geopin.locate.posterior import CONFIDENCE_KM
 from geopin.locate.train import TrainConfig, manifest_clues, train_model
 from geopin.log import setup_logging
+from shared_photos import shared_embedded
 from geopin.metrics import BootstrapDraws, bootstrap_ece, bootstrap_mean, geoscore
 from geopin.scale.engine import EngineConfig
 
@@ -182,19 +180,11 @@ def main() -> None:
     args = ap.parse_args()
     setup_logging()
     logging.getLogger("geopin.dataset.cells").setLevel(logging.WARNING)
-    labels = args.shared / "labels.csv"
-    if not labels.exists():
-        raise SystemExit(f"skipped: {labels} not found (the benchmark needs the shared Im2GPS3k photos)")
-    summary = ingest(labels, args.work / "dataset", IngestConfig(group_col="author"))
-    embed_manifest(summary.manifest_path, args.work / "emb", EmbedConfig())
+    manifest_path, man, emb, _ = shared_embedded(args.shared, args.work)
     readings = args.readings
     if readings is None:
         readings = args.work / "readings"
-        read_manifest_engine(summary.manifest_path, readings, engine=EngineConfig("local"))
-    man = read_manifest(summary.manifest_path)
-    emb, _ = load_embeddings(args.work / "emb", man)
-    ok = np.isfinite(emb).all(axis=1)
-    man, emb = man[ok].reset_index(drop=True), np.asarray(emb[ok])
+        read_manifest_engine(manifest_path, readings, engine=EngineConfig("local"))
     clues, info = manifest_clues(man["id"].astype(str).tolist(), readings)
     t0 = time.perf_counter()
     df, weights = run_folds(emb, man, clues, args.folds, args.seed)

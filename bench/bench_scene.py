@@ -34,18 +34,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geopin.dataset.ingest import IngestConfig, ingest
-from geopin.dataset.manifest import read_manifest
 from geopin.dataset.splits import group_codes
 from geopin.evaluation.crossval import EvalConfig, evaluate_cv, plan_folds
 from geopin.features.embed import (
     EmbedConfig,
-    embed_manifest,
-    load_embeddings,
     load_image,
 )
 from geopin.geo import haversine_km
-from geopin.io import write_json, write_parquet
+from geopin.io import write_json
 from geopin.locate.model import GeoModel
 from geopin.locate.posterior import (
     CONFIDENCE_KM,
@@ -78,6 +74,7 @@ from geopin.locate.train import (
     out_of_fold,
 )
 from geopin.log import setup_logging
+from shared_photos import shared_embedded
 from geopin.metrics import (
     BootstrapDraws,
     bootstrap_ece,
@@ -112,22 +109,7 @@ def set_one_thread() -> None:
 def load_data(args) -> tuple[pd.DataFrame, np.ndarray, dict]:
     """The shared photos' manifest (with the scene shares joined by image name) and their embeddings."""
     labels = args.shared / "labels.csv"
-    if not labels.exists():
-        raise SystemExit(f"skipped: {labels} not found (the benchmark needs the shared Im2GPS3k photos)")
-    summary = ingest(labels, args.work / "dataset", IngestConfig(group_col="author"))
-    manifest_path, emb_dir = summary.manifest_path, args.work / "emb"
-    if args.limit is not None:
-        full = read_manifest(manifest_path)
-        pick = np.sort(np.random.default_rng(args.seed).permutation(len(full))[: args.limit])
-        manifest_path = args.work / f"subset_{args.limit}" / "manifest.parquet"
-        write_parquet(full.iloc[pick].reset_index(drop=True), manifest_path)
-        emb_dir = manifest_path.parent / "emb"
-        log.warning("--limit %d: %d of %d photos (a quick check, not the benchmark)", args.limit, len(pick), len(full))
-    embed_manifest(manifest_path, emb_dir, EmbedConfig(threads=1))
-    man = read_manifest(manifest_path)
-    emb, meta = load_embeddings(emb_dir, man)
-    ok = np.isfinite(emb).all(axis=1)
-    man, emb = man[ok].reset_index(drop=True), emb[ok]
+    _, man, emb, meta = shared_embedded(args.shared, args.work, args.limit, args.seed, EmbedConfig(threads=1))
     # the manifest id is labels.csv's `image` column as written there ('images/NAME.jpg')
     scene = pd.read_csv(labels, usecols=["image", "prob_indoor", "prob_natural", "prob_urban"]).drop_duplicates("image")
     joined = man[["id"]].merge(scene, left_on="id", right_on="image", how="left")

@@ -105,3 +105,21 @@ def test_each_source_moves_the_answer_towards_its_country(reading_predictor, tmp
     wanted = (country,) if isinstance(country, str) else country
     assert r["country"] in wanted or r["region"]["country"] in wanted, r["summary"]
     assert mine[0]["probability_after"] > mine[0]["probability_before"]
+
+
+def test_explain_shows_the_text_it_read(reading_predictor, tmp_path):
+    """`geopin explain`'s files: the prediction with its evidence, and text.png with the lines' boxes."""
+    import json
+
+    from PIL import Image
+
+    from geopin.explain.maps import explain_with_maps, write_explanation
+
+    result, maps = explain_with_maps(reading_predictor, sign_photo("PRAIANO", (900, 600)), occlusion=False, name="sign.jpg")
+    files = write_explanation(result, maps, tmp_path / "why")
+    doc = json.loads(files["json"].read_text())
+    assert any(line["text"] == "PRAIANO" for line in doc["text"]["lines"])
+    assert doc["text"]["png"] == "text.png" and "png_base64" not in doc["text"]
+    assert any(e["read"] == "PRAIANO" for e in doc["prediction"]["evidence"])
+    with Image.open(files["text"]) as shown:  # the photo with the boxes drawn: not the photo itself
+        assert shown.size[0] > 0 and shown.convert("RGB").getpixel((0, 0)) != maps["image"].convert("RGB").getpixel((0, 0))

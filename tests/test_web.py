@@ -307,6 +307,35 @@ def test_upload_a_photo_and_see_guess_regions_words_and_exif_on_the_map(server, 
     assert shot.stat().st_size > 20_000
 
 
+def test_a_sign_is_read_and_shown_as_evidence_in_words_list_and_map(server, browser, tmp_path):
+    """The text read off the photo reads the same in the JSON, the words, the evidence list and on the map."""
+    from selenium.webdriver.common.by import By
+
+    from signs import sign_photo
+
+    drv = browser
+    drv.get(f"{server}/?token={TOKEN}")
+    _wait(drv, "the base map", lambda: drv.execute_script("return document.body.dataset.mapReady === '1'"), 60)
+    photo = tmp_path / "praiano_sign.jpg"
+    sign_photo("PRAIANO", (1200, 800)).save(photo, quality=92)
+    drv.find_element(By.ID, "photo-input").send_keys(str(photo))
+    state = _wait(drv, "the answer", lambda: drv.execute_script(
+        "var s=document.getElementById('status').dataset.state; return (s==='done'||s==='error') && s;"))
+    assert state == "done", drv.find_element(By.ID, "status").text
+    res = drv.execute_script("return window.geopinLast;")
+    named = [e for e in res["evidence"] if e["source"] == "placename"]
+    assert named and named[0]["weight"] > 0, res["evidence"]
+    assert 'read "PRAIANO"' in drv.find_element(By.ID, "summary").text
+    items = [li.text for li in drv.find_elements(By.CSS_SELECTOR, "#evidence-list li")]
+    assert drv.find_element(By.ID, "evidence").is_displayed()
+    assert len(items) == len(res["evidence"]) and any("PRAIANO" in t and "Praiano" in t for t in items), items
+    assert drv.find_elements(By.CSS_SELECTOR, ".leaflet-marker-pane .evidence-marker")
+    assert "Praiano" in drv.find_element(By.ID, "topk").text
+    shot = _artifacts(tmp_path) / "web_page_sign.png"
+    drv.save_screenshot(str(shot))
+    print(f"screenshot: {shot}")
+
+
 def test_a_bad_upload_is_said_on_the_page_and_the_next_photo_works(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
 

@@ -51,6 +51,12 @@ def explain_cmd(
     typer.echo(f"  in words     {p['summary']}")
     typer.echo(f"  target       {t['kind']} {t['value']} ({t['lat']:.4f}, {t['lon']:.4f}); "
                f"classifier P = {result['gradcam']['probability']:.1%}")
+    for e in p.get("evidence") or []:
+        weighed = f"weight {e['weight']:g}" if e["weight"] > 0 else "not weighed"
+        typer.echo(f"  evidence     {e['source']}: read \"{e['read']}\" -> {e['points_to']} ({weighed})")
+    if result.get("text"):
+        typer.echo("  text read    " + "; ".join(f"{i}. {line['text']}" for i, line in enumerate(result["text"]["lines"], 1))
+                   + "  (numbered boxes in text.png)")
     occ = result.get("occlusion")
     if occ:
         typer.echo(f"  occlusion    {occ['quantity']} = {occ['base']:.1%} (raw posterior mass); hiding these drops it most:")

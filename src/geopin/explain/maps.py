@@ -84,6 +84,9 @@ def explain_with_maps(predictor, image: Image.Image, target: str = "guess", *, o
     else:
         result["occlusion"] = None
     result["prediction"] = parts["prediction"]
+    # the text read off the photo, each line's box numbered in reading order: evidence the pixel maps do not show
+    lines = parts["text_lines"]
+    result["text"] = {"lines": lines, "png_base64": png_b64(text_overlay(img, lines))} if lines else None
     seconds = parts["seconds"]
     seconds["render"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
@@ -92,15 +95,23 @@ def explain_with_maps(predictor, image: Image.Image, target: str = "guess", *, o
     return result, maps
 
 
+def text_overlay(img: Image.Image, lines: list[dict]) -> Image.Image:
+    """The photo with each line of text read outlined and numbered (the numbers are the lines' order in the JSON)."""
+    return overlay(img, np.zeros((img.height, img.width)), [line["box"] for line in lines])
+
+
 def write_explanation(result: dict, maps: dict, out_dir: str | Path) -> dict[str, Path]:
-    """gradcam.png, occlusion.png (when computed) and explain.json (without the base64 images) in out_dir."""
+    """gradcam.png, occlusion.png (when computed), text.png (when text was read) and explain.json (without the
+    base64 images) in out_dir."""
     out_dir = Path(out_dir)
     files = {"gradcam": save_png(overlay(maps["image"], maps["gradcam"]), out_dir / "gradcam.png")}
     if result.get("occlusion"):
         boxes = [c["box"] for c in result["occlusion"]["crops"]]
         files["occlusion"] = save_png(overlay(maps["image"], occlusion_display(maps["occlusion"]), boxes), out_dir / "occlusion.png")
+    if result.get("text"):
+        files["text"] = save_png(text_overlay(maps["image"], result["text"]["lines"]), out_dir / "text.png")
     doc = json.loads(json.dumps(result))
-    for key in ("gradcam", "occlusion"):
+    for key in ("gradcam", "occlusion", "text"):
         if doc.get(key):
             doc[key].pop("png_base64", None)
             doc[key].pop("layer_png_base64", None)
@@ -156,7 +167,7 @@ def _explain_parts(
     tgt = resolve_target(model, target, (prediction["lat"], prediction["lon"]), cell[0])
     # Grad-CAM and occlusion explain the pixels' part of the posterior; the text read (and its boxes) is the rest
     out: dict[str, Any] = {"target": tgt.to_dict(), "prediction": prediction, "shape": [img.height, img.width],
-                           "text_lines": lines}
+                           "text_lines": lines}  # boxes in the coordinates of `img`, as the maps
     if want_gradcam:
         t = time.perf_counter()
         out["_gradcam"], out["gradcam"] = _gradcam_part(predictor, feats, tgt, box, img)
