@@ -251,3 +251,12 @@ def test_blank_and_tiny_photos_get_the_priors_answer_and_say_why(predictor, tmp_
         assert r["scene"]["kept"] == 0.0 and r["scene"]["information"] < 0.05, r["scene"]
         assert EMPTY_REASON in r["summary"]
         assert (r["lat"], r["lon"]) == pytest.approx(const)
+
+
+def test_scene_words_say_what_was_done_and_why():
+    from geopin.locate.scene import EMPTY_REASON, THIN_REASON, scene_words
+
+    assert scene_words(1.0) == "" and scene_words(1.0, 0.2) == ""
+    assert scene_words(0.0, 0.9) == "; " + EMPTY_REASON  # nothing shown beats indoors
+    assert scene_words(0.5) == "; " + THIN_REASON
+    assert "indoors (90%)" in scene_words(1.0, 0.9)

@@ -181,7 +181,8 @@ class GeoModel:
                     **guess,
                     "within_km": {f"{int(r)}": float(conf[i, r_i]) for r_i, r in enumerate(CONFIDENCE_KM)},
                     "region": region,
-                    "summary": answer.summary(conf[i], region, cc, effects[i]) + scene_words(keep[i]),
+                    "summary": answer.summary(conf[i], region, cc, effects[i])
+                    + scene_words(keep[i], None if indoor is None else float(indoor[i])),
                     "top_k": answer.top_places(places, guess, key, top_k),
                     "regions": answer.confidence_regions(by_mass, region_mass),
                     "expected_geoscore": float(dec.expected_geoscore[i]),

@@ -288,11 +288,15 @@ def fit_keep(post_within: np.ndarray, prior_within: np.ndarray, floor: float = 1
     return float(keeps[j]), {"keep": float(keeps[j]), "loglik": float(ll[j]), "loglik_keep_1": ll_one, "n": int(post.shape[0])}
 
 
-def scene_words(keep: float) -> str:
-    """What the answer's words add when a photo showed too little to keep all of its own posterior."""
-    if keep >= 1.0:
-        return ""
-    return "; " + (EMPTY_REASON if keep <= 0.0 else THIN_REASON)
+def scene_words(keep: float, indoor: float | None = None) -> str:
+    """What the answer's words add: that a photo showed too little to keep all of its own posterior, or that it
+    was taken indoors (said, not acted on: widening indoor photos did not help on held-out photographers,
+    and their confidences were already honest; docs/scene.md)."""
+    if keep < 1.0:
+        return "; " + (EMPTY_REASON if keep <= 0.0 else THIN_REASON)
+    if indoor is not None and indoor > INDOOR:
+        return f"; indoors ({indoor:.0%}): little of the place shows, and the confidences above already allow for it"
+    return ""
 
 
 def scene_keep(information, indoor=None, keep_indoor: float = 1.0, indoor_threshold: float = INDOOR) -> tuple[np.ndarray, list[str]]:
