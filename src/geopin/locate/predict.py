@@ -104,6 +104,14 @@ class Predictor:
 
         return TextReader(), create_sources()
 
+    def prepare_text(self) -> None:
+        """Load what reading costs on first use (the OCR models, the town index, the language models), so that
+        a server's first photo with text does not wait for them."""
+        from geopin.evidence.base import Reading, TextLine
+
+        sample = Reading((TextLine("Benvenuti a Praiano, la perla della costiera", 1.0, (0, 0, 1, 1)),), 1, 1)
+        self.clues_of([sample])
+
     def read_text(self, source) -> "Reading":
         """What the photo says, read at its own full resolution (a path, bytes, or a decoded image)."""
         from geopin.dataset.images import decode_rgb

@@ -269,6 +269,8 @@ class Service:
         loop = asyncio.get_running_loop()
         image = await loop.run_in_executor(self.decode_pool, self._decode, data)
         await loop.run_in_executor(self.model_pool, lambda: (self.predictor.predict_images([image], ["warm-up"]), exif_info(data)))
+        if self.predictor.reads_text:  # the OCR models, the gazetteer and the language models load once, now
+            await loop.run_in_executor(self.model_pool, self.predictor.prepare_text)
         log.info("model warmed up in %.1f s", time.monotonic() - t0)
 
     async def run(self, data: bytes, name: str, work: Callable) -> Any:
