@@ -137,6 +137,17 @@ def top_places(places: dict[int, Place], guess: dict, key: int | None, k: int) -
     return out
 
 
+def most_likely(place: Place) -> dict:
+    """The single most probable place of the posterior (a fine cell's point, a training photo's spot, or a
+    town a clue named). The best guess (`lat`, `lon`) is the point of least expected distance, which under a
+    spread-out posterior can lie between candidates; this is where the posterior itself puts most mass."""
+    out = {"lat": place.lat, "lon": place.lon, "cell": place.cell, "country": place.country,
+           "country_name": country_name(place.country) if place.country else "", "probability": place.mass}
+    if place.name:
+        out["name"] = place.name
+    return out
+
+
 def confidence_regions(order: list[Place], targets: tuple[float, ...]) -> dict[str, list[str]]:
     """Smallest sets of places, by mass, that hold each target share of the posterior (e.g. 50 %, 90 %)."""
     regions: dict[str, list[str]] = {}
@@ -159,5 +170,6 @@ __all__ = [
     "summary",
     "evidence_words",
     "top_places",
+    "most_likely",
     "confidence_regions",
 ]

@@ -186,6 +186,7 @@ class GeoModel:
                     "top_k": answer.top_places(places, guess, key, top_k),
                     "regions": answer.confidence_regions(by_mass, region_mass),
                     "expected_geoscore": float(dec.expected_geoscore[i]),
+                    "most_likely": answer.most_likely(by_mass[0]) if by_mass else None,
                     "evidence": [e.to_dict() for e in effects[i]],
                     "scene": {
                         "information": None if information is None else round(float(information[i]), 4),

@@ -218,7 +218,7 @@ def exif_info(path: Path) -> dict:
     return {"exif_gps": None if gps is None else {"lat": gps[0], "lon": gps[1]}}
 
 
-_KEY_ORDER = ["path", "lat", "lon", "country", "country_name", "continent", "cell", "within_km", "summary", "evidence", "top_k",
+_KEY_ORDER = ["path", "lat", "lon", "country", "country_name", "continent", "cell", "within_km", "summary", "most_likely", "evidence", "top_k",
               "regions", "exif_gps"]
 
 
