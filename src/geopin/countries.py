@@ -32,6 +32,7 @@ class _Places:
     lat: np.ndarray
     lon: np.ndarray
     cc: np.ndarray  # str codes, one per place
+    name: np.ndarray  # the town's name, one per place
 
 
 def places_file() -> Path:
@@ -52,7 +53,7 @@ def _places() -> _Places:
     path = places_file()
     # keep_default_na=False: "NA" is Namibia, not a missing value.
     table = pd.read_csv(
-        path, usecols=["lat", "lon", "cc"], dtype={"lat": np.float64, "lon": np.float64, "cc": str},
+        path, usecols=["lat", "lon", "cc", "name"], dtype={"lat": np.float64, "lon": np.float64, "cc": str, "name": str},
         keep_default_na=False, na_values={"lat": [""], "lon": [""]},
     )
     table = table.dropna(subset=["lat", "lon"])
@@ -64,8 +65,9 @@ def _places() -> _Places:
         lat=table["lat"].to_numpy().copy(),
         lon=table["lon"].to_numpy().copy(),
         cc=table["cc"].to_numpy(dtype=object).astype(str),
+        name=table["name"].to_numpy(dtype=object).astype(str),
     )
-    for arr in (places.lat, places.lon, places.cc):
+    for arr in (places.lat, places.lon, places.cc, places.name):
         arr.flags.writeable = False  # shared by every caller through the cache
     return places
 
@@ -103,6 +105,20 @@ def country_of(lat, lon, max_km: float = DEFAULT_MAX_KM) -> np.ndarray:
         codes = places.cc[idx]
         out[ok] = np.where(km <= max_km, codes, UNKNOWN)
     return out.reshape(shape)
+
+
+def nearest_town(lat, lon, max_km: float = 50.0) -> np.ndarray:
+    """Name of the nearest town of 1,000+ people per point ('' where none lies within `max_km`): how a place is
+    named to a person ('near Nara') instead of by its coordinates."""
+    lat_a, lon_a = np.broadcast_arrays(np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64))
+    out = np.full(lat_a.shape, "", dtype=object)
+    ok = np.isfinite(lat_a) & np.isfinite(lon_a)
+    if ok.any():
+        places = _places()
+        chord, idx = places.tree.query(to_xyz(lat_a[ok], lon_a[ok]), k=1)
+        km = 2.0 * EARTH_RADIUS_KM * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0))
+        out[ok] = np.where(km <= max_km, places.name[idx], "")
+    return out
 
 
 @functools.lru_cache(maxsize=1)

@@ -48,7 +48,9 @@ SCENARIO_LABELS = {
 
 # Shares whose intervals are reported beside GeoScore: city and region scale.
 INTERVAL_KM: tuple[int, ...] = (25, 750)
-NOT_BASELINES = ("model", "oracle")  # the oracle is a ceiling, not an answer anyone can give
+# the oracle is a ceiling, not an answer anyone can give; the model's other decision rule and its pixel-only twin
+# are the model itself, not baselines to beat
+NOT_BASELINES = ("model", "oracle", "model_most_likely", "model_pixels_only")
 ROUGH_BELOW = 10  # a percentile bootstrap over fewer units than this says little
 
 
@@ -116,10 +118,14 @@ def predict_fold(model, emb_test: np.ndarray, train_lat: np.ndarray, train_lon: 
     heads = model.heads
     ev, cell, nb, dec, conf = model.decide(emb_test)
     preds: dict[str, tuple[np.ndarray, np.ndarray]] = {"model": (dec.lat, dec.lon)}
+    most = model.most_likely_points(ev, cell, nb)
     if clues is not None:
-        _, _, _, dec_clues, conf = model.decide(emb_test, clues)
+        ev_c, cell_c, nb_c, dec_clues, conf = model.decide(emb_test, clues)
         preds = {"model": (dec_clues.lat, dec_clues.lon), "model_pixels_only": (dec.lat, dec.lon)}
         dec = dec_clues
+        most = model.most_likely_points(ev_c, cell_c, nb_c)
+    # the other decision rule: the most probable place, which the page and the words show first
+    preds["model_most_likely"] = most
     cells = heads.cells
     for name, lg in zip(heads.granularities, ev.logits):
         t = cells[cells.granularity == name].sort_values("class_id")

@@ -66,12 +66,21 @@ def read_region_masses(by_cc: dict[str, float], guess_cc: str) -> dict:
     }
 
 
-def summary(conf_row: np.ndarray, region: dict, guess_cc: str, effects=()) -> str:
+def summary(conf_row: np.ndarray, region: dict, guess_cc: str, effects=(), most: dict | None = None) -> str:
     """The answer in words, e.g. 'Europe (64%), most likely France (22%), best guess in France; low
     confidence: 3% within 25 km, 31% within 750 km', then what was read off the photo and where it points
     (`effects`: the ClueEffects of geopin.locate.clues). Never names a place that the JSON does not."""
     words = _posterior_words(conf_row, region, guess_cc)
-    return words + evidence_words(effects)
+    return most_likely_words(most) + words + evidence_words(effects)
+
+
+def most_likely_words(most: dict | None) -> str:
+    """'Most probable place: near Nara, Japan (6%); ': the single most probable place first, as a person would say it."""
+    if not most:
+        return ""
+    where = ", ".join(x for x in (f"near {most['near']}" if most.get("near") else "", most.get("country_name") or "") if x)
+    where = where or f"{most['lat']:.2f}, {most['lon']:.2f}"
+    return f"Most probable place: {where} ({most['probability']:.0%}); "
 
 
 def evidence_words(effects) -> str:
@@ -169,6 +178,7 @@ __all__ = [
     "read_region_masses",
     "summary",
     "evidence_words",
+    "most_likely_words",
     "top_places",
     "most_likely",
     "confidence_regions",

@@ -138,6 +138,23 @@ class GeoModel:
         conf = self.calibration.apply(dec.raw_within)
         return ev, cell, nb, dec, conf, effects, keep
 
+    def most_likely_points(self, ev: Evidence, cell: np.ndarray, nb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The most probable place of each posterior (B,): as predict's `most_likely`, a neighbour's mass counted
+        in its fine place, a spot outside every place (or a town a clue named) as a place of its own."""
+        places = self.heads.places
+        mass = np.array(cell, dtype=np.float64, copy=True)
+        inside = ev.nb_place >= 0
+        rows = np.repeat(np.arange(len(mass))[:, None], ev.nb_place.shape[1], axis=1)
+        np.add.at(mass, (rows[inside], ev.nb_place[inside]), nb[inside])
+        j = mass.argmax(1)
+        own = np.where(ev.nb_place == -1, nb, -1.0)
+        jo = own.argmax(1)
+        r = np.arange(len(mass))
+        use_own = own[r, jo] > mass[r, j]
+        lat = np.where(use_own, ev.nb_lat[r, jo], places.lat[j])
+        lon = np.where(use_own, ev.nb_lon[r, jo], places.lon[j])
+        return lat, lon
+
     def predict_embeddings(self, emb: np.ndarray, top_k: int = 5, region_mass: tuple[float, ...] = (0.5, 0.9),
                            clues: Sequence[Sequence[Clue]] | None = None, information=None) -> list[dict]:
         """Best guess, top-k places (the guess first), region, words, within-km confidences and the evidence
@@ -176,17 +193,20 @@ class GeoModel:
             }
             region = answer.read_region_masses(by_cc, cc)
             by_mass = sorted(places.values(), key=lambda p: -p.mass)
+            listed = answer.top_places(places, guess, key, top_k)
+            most = answer.most_likely(by_mass[0]) if by_mass else None
+            _name_towns(listed + ([most] if most else []))
             out.append(
                 {
                     **guess,
                     "within_km": {f"{int(r)}": float(conf[i, r_i]) for r_i, r in enumerate(CONFIDENCE_KM)},
                     "region": region,
-                    "summary": answer.summary(conf[i], region, cc, effects[i])
+                    "summary": answer.summary(conf[i], region, cc, effects[i], most)
                     + scene_words(keep[i], None if indoor is None else float(indoor[i])),
-                    "top_k": answer.top_places(places, guess, key, top_k),
+                    "top_k": listed,
                     "regions": answer.confidence_regions(by_mass, region_mass),
                     "expected_geoscore": float(dec.expected_geoscore[i]),
-                    "most_likely": answer.most_likely(by_mass[0]) if by_mass else None,
+                    "most_likely": most,
                     "evidence": [e.to_dict() for e in effects[i]],
                     "scene": {
                         "information": None if information is None else round(float(information[i]), 4),
@@ -466,6 +486,16 @@ class GeoModel:
             with _reading(model_dir / MODEL_JSON):
                 scene = SceneProbe.from_dict(doc["scene"], f"{model_dir / MODEL_JSON}: scene")
         return cls(heads, params, calibration, doc.get("meta", {}), _backbone_config(doc, model_dir), int(doc["format_version"]), scene)
+
+
+def _name_towns(rows: list[dict]) -> None:
+    """Each listed place's nearest town (`near`, '' where none within 50 km) and country name, for people."""
+    from geopin.countries import country_name, nearest_town
+
+    towns = nearest_town([r["lat"] for r in rows], [r["lon"] for r in rows])
+    for r, town in zip(rows, towns):
+        r["near"] = str(town)
+        r["country_name"] = country_name(r["country"]) if r.get("country") else ""
 
 
 # -------------------------------------------------------------------- model folders: checks and swaps
