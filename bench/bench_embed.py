@@ -1,14 +1,17 @@
-"""Is the embed pipeline limited by the network? Forward pass alone vs decode + preprocess + forward.
+"""Embed throughput on PyTorch and on ONNX Runtime, and is the pipeline limited by the network?
 
     python bench/bench_embed.py                       # first 512 photos of the shared Im2GPS3k labels
-    python bench/bench_embed.py --n 2652 --compare ""  # all photos, no Lite2 comparison
+    python bench/bench_embed.py --n 2652               # all photos
+    python bench/bench_embed.py --compare efficientnet_lite2  # also another backbone's forward (both runtimes)
     python bench/bench_embed.py --manifest M.parquet   # any manifest (id, path[, sha256])
     python bench/bench_embed.py --folder DIR           # every JPEG/PNG under a folder
 
-(1) forward pass alone on pre-decoded tensors, batched by the same shape buckets, with the same threads;
-(2) the full `embed_manifest` (cache disabled) on the same photos. Target: (2) >= 0.8 x (1).
-Optionally (3) forward throughput of another backbone (default EfficientNet-Lite2) on the same photos.
-Prints a table and writes bench/results/embed.json. Photos are read in place, never copied.
+For each runtime ("torch", "onnx": EmbedConfig.runtime): (1) the forward pass alone on pre-decoded tensors,
+batched by the same shape buckets, with the same threads; (2) the full `embed_manifest` (cache disabled) on the
+same photos. Target: (2) >= 0.8 x (1), and ONNX Runtime's (2) >= 2 x PyTorch's (issue 23). Repeats interleave
+the runtimes, so that load drifting over time hits each alike; the best repeat is reported. The largest
+difference between the two runtimes' embeddings is reported too. The ONNX export is made (or read from the
+cache) before timing. Prints a table and writes bench/results/embed.json. Photos are read in place, never copied.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("GEOPIN_SHARED_IM2GPS", HERE.parent.parent / "shared" / "data" / "im2gps3k"))
+RUNTIMES = ("torch", "onnx")
 
 
 def _manifest(args):
@@ -71,25 +75,31 @@ def prepare_batches(backbone, df, cfg) -> tuple[dict, list]:
 
 
 def time_forward(backbone, buckets: dict, batches: list, cfg) -> float:
-    """Seconds for the network alone over the pre-stacked batches (after one warm-up batch per shape)."""
+    """Seconds for the network alone (on cfg.runtime) over the pre-stacked batches, after one warm-up per shape."""
     import torch
 
+    from geopin.features.embed import batch_forward
     from geopin.runtime import keep_freed_memory, torch_threads
 
+    forward = batch_forward(backbone, cfg)
     with torch_threads(cfg.threads), keep_freed_memory(), torch.inference_mode():
-        for shape in buckets:  # oneDNN builds its kernels once per input shape; the pipeline pays this too
-            backbone.model(torch.zeros((min(2, cfg.batch_size), *shape)))
+        for shape in buckets:  # oneDNN and ONNX Runtime prepare kernels per input shape; the pipeline pays this too
+            forward(torch.zeros((min(2, cfg.batch_size), *shape)))
         t0 = time.perf_counter()
         for batch in batches:
-            backbone.model(batch)
+            forward(batch)
         return time.perf_counter() - t0
 
 
 def time_pipeline(backbone, df, cfg):
+    """(summary, embeddings) of the full embed_manifest on cfg.runtime (cache off)."""
+    import numpy as np
+
     from geopin.features.embed import embed_manifest
 
     with tempfile.TemporaryDirectory(prefix="geopin-bench-embed-") as tmp:
-        return embed_manifest(df, Path(tmp) / "out", cfg, backbone=backbone)
+        summary = embed_manifest(df, Path(tmp) / "out", cfg, backbone=backbone)
+        return summary, np.array(np.load(summary.embeddings_path))
 
 
 def _forward_row(buckets: dict, batches: list, times: list[float], threads: int) -> dict:
@@ -114,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--folder", type=Path, help="folder of photos")
     parser.add_argument("--n", type=int, default=512, help="number of photos")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    parser.add_argument("--compare", default="efficientnet_lite2", help="second backbone for forward throughput ('' to skip)")
+    parser.add_argument("--compare", default="", help="second backbone for forward throughput on both runtimes (default: none)")
     parser.add_argument("--mode", default="whole")
     parser.add_argument("--long-side", type=int, default=DEFAULT_LONG_SIDE)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -133,81 +143,105 @@ def main(argv: list[str] | None = None) -> int:
         print("skipped: no photos found", file=sys.stderr)
         return 2
 
+    import dataclasses
+
+    import numpy as np
+    import onnxruntime
     import torch
 
     from geopin.features.backbones import BackboneUnavailable, create_backbone
-    from geopin.features.embed import EmbedConfig
+    from geopin.features.embed import EmbedConfig, batch_forward
     from geopin.io import write_json
 
-    cfg = EmbedConfig(
+    base = EmbedConfig(
         backbone=args.backbone, mode=args.mode, long_side=args.long_side, batch_size=args.batch_size,
         threads=args.threads, workers=args.workers, use_cache=False,
     )
+    cfgs = {r: dataclasses.replace(base, runtime=r) for r in RUNTIMES}
     load_before = os.getloadavg()[0]
     backbone = create_backbone(args.backbone)
-    threads = cfg.threads or os.cpu_count() or 1
-    buckets, batches = prepare_batches(backbone, df, cfg)
-    other = ocfg = None
+    threads = base.threads or os.cpu_count() or 1
+    for r, cfg in cfgs.items():
+        if batch_forward(backbone, cfg).resolve() != r:  # exports (or loads) the ONNX file outside the timings
+            print(f"error: runtime {r} is not available for {args.backbone}", file=sys.stderr)
+            return 2
+    buckets, batches = prepare_batches(backbone, df, base)
+    other = None
     if args.compare:
         try:
             other = create_backbone(args.compare)
         except BackboneUnavailable as exc:
             print(f"comparison skipped: {exc}", file=sys.stderr)
         else:
-            ocfg = EmbedConfig(**{**cfg.to_dict(), "backbone": args.compare, "cache_dir": None, "tta": ()})
-            obuckets, obatches = prepare_batches(other, df, ocfg)
-    # Repeats interleave the runs, so that load from other processes drifting over time hits each alike.
-    fwd_times, other_times, pipes = [], [], []
-    for _ in range(args.repeats):
-        fwd_times.append(time_forward(backbone, buckets, batches, cfg))
-        pipes.append(time_pipeline(backbone, df, cfg))
+            ocfgs = {r: dataclasses.replace(c, backbone=args.compare) for r, c in cfgs.items()}
+            obuckets, obatches = prepare_batches(other, df, ocfgs["torch"])
+    # Repeats interleave the runs (and alternate which runtime goes first), so that load from other processes
+    # drifting over time hits each alike.
+    fwd_times = {r: [] for r in RUNTIMES}
+    other_times = {r: [] for r in RUNTIMES}
+    pipes = {r: [] for r in RUNTIMES}
+    for rep in range(args.repeats):
+        for r in (RUNTIMES if rep % 2 == 0 else RUNTIMES[::-1]):
+            fwd_times[r].append(time_forward(backbone, buckets, batches, cfgs[r]))
+            pipes[r].append(time_pipeline(backbone, df, cfgs[r]))
+            if other is not None:
+                other_times[r].append(time_forward(other, obuckets, obatches, ocfgs[r]))
+    result = {"photos": len(df), "config": base.to_dict(), "runtimes": {}}
+    rows = []
+    for r in RUNTIMES:
+        fwd = _forward_row(buckets, batches, fwd_times[r], threads)
+        best, _ = min(pipes[r], key=lambda p: p[0].embed_seconds)
+        pipe = {
+            "photos": best.n_embedded,
+            "failed": best.n_failed,
+            "seconds": round(best.embed_seconds, 3),
+            "seconds_all": [round(p[0].embed_seconds, 3) for p in pipes[r]],
+            "forward_seconds_inside": round(best.forward_seconds, 3),
+            "photos_per_s": round(best.photos_per_s, 2),
+        }
+        ratio = pipe["photos_per_s"] / fwd["photos_per_s"]
+        result["runtimes"][r] = {"forward_alone": fwd, "pipeline": pipe, "pipeline_over_forward": round(ratio, 3)}
+        rows.append((f"{args.backbone} forward alone", r, fwd["photos"], fwd["seconds"], fwd["photos_per_s"]))
+        rows.append((f"{args.backbone} full pipeline", r, pipe["photos"], pipe["seconds"], pipe["photos_per_s"]))
         if other is not None:
-            other_times.append(time_forward(other, obuckets, obatches, ocfg))
-    fwd = _forward_row(buckets, batches, fwd_times, threads)
-    best = min(pipes, key=lambda s: s.embed_seconds)
-    pipe = {
-        "photos": best.n_embedded,
-        "failed": best.n_failed,
-        "seconds": round(best.embed_seconds, 3),
-        "seconds_all": [round(s.embed_seconds, 3) for s in pipes],
-        "forward_seconds_inside": round(best.forward_seconds, 3),
-        "photos_per_s": round(best.photos_per_s, 2),
+            ofwd = _forward_row(obuckets, obatches, other_times[r], threads)
+            result["runtimes"][r]["compare_forward_alone"] = {"backbone": args.compare, **ofwd}
+            rows.append((f"{args.compare} forward alone", r, ofwd["photos"], ofwd["seconds"], ofwd["photos_per_s"]))
+    t, o = result["runtimes"]["torch"], result["runtimes"]["onnx"]
+    emb_t, emb_o = pipes["torch"][0][1], pipes["onnx"][0][1]
+    both = np.isfinite(emb_t).all(axis=1) & np.isfinite(emb_o).all(axis=1)
+    max_diff = float(np.abs(emb_t[both] - emb_o[both]).max()) if both.any() else None
+    speedup = {
+        "forward_alone": round(o["forward_alone"]["photos_per_s"] / t["forward_alone"]["photos_per_s"], 3),
+        "pipeline": round(o["pipeline"]["photos_per_s"] / t["pipeline"]["photos_per_s"], 3),
     }
-    ratio = pipe["photos_per_s"] / fwd["photos_per_s"]
-    rows = [
-        (f"{args.backbone} forward alone", fwd["photos"], fwd["seconds"], fwd["photos_per_s"], 1.0),
-        (f"{args.backbone} full pipeline", pipe["photos"], pipe["seconds"], pipe["photos_per_s"], ratio),
-    ]
-    result = {
-        "photos": len(df),
-        "config": cfg.to_dict(),
-        "forward_alone": fwd,
-        "pipeline": pipe,
-        "pipeline_over_forward": round(ratio, 3),
-        "target": 0.8,
-        "meets_target": ratio >= 0.8,
-    }
-    if other is not None:
-        ofwd = _forward_row(obuckets, obatches, other_times, threads)
-        result["compare_forward_alone"] = {"backbone": args.compare, **ofwd}
-        rows.append((f"{args.compare} forward alone", ofwd["photos"], ofwd["seconds"], ofwd["photos_per_s"],
-                     ofwd["photos_per_s"] / fwd["photos_per_s"]))
+    result.update({
+        "onnx_over_torch": speedup,
+        "max_abs_embedding_difference": max_diff,
+        "targets": {"pipeline_over_forward": 0.8, "onnx_over_torch_pipeline": 2.0},
+        "meets_targets": {"pipeline_over_forward": {r: result["runtimes"][r]["pipeline_over_forward"] >= 0.8 for r in RUNTIMES},
+                          "onnx_over_torch_pipeline": speedup["pipeline"] >= 2.0},
+    })
     result["machine"] = {
         "cpu_count": os.cpu_count(),
         "loadavg_1min_before": round(load_before, 2),
         "loadavg_1min_after": round(os.getloadavg()[0], 2),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
     write_json(result, args.out)
 
-    print(f"{'run':<36} {'photos':>7} {'seconds':>9} {'photos/s':>9} {'ratio':>6}")
-    for name, n, sec, pps, r in rows:
-        print(f"{name:<36} {n:>7} {sec:>9.2f} {pps:>9.2f} {r:>6.2f}")
-    print(f"pipeline / forward = {ratio:.2f} (target >= 0.8) ; {args.mode} mode, long side {args.long_side}, "
-          f"batch {args.batch_size}, {fwd['threads']} torch threads ; load avg {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(f"{'run':<36} {'runtime':<8} {'photos':>7} {'seconds':>9} {'photos/s':>9}")
+    for name, r, n, sec, pps in rows:
+        print(f"{name:<36} {r:<8} {n:>7} {sec:>9.2f} {pps:>9.2f}")
+    print(f"onnx / torch photos/s: forward alone {speedup['forward_alone']:.2f}, full pipeline {speedup['pipeline']:.2f} "
+          f"(target >= 2) ; pipeline / forward: torch {t['pipeline_over_forward']:.2f}, onnx {o['pipeline_over_forward']:.2f} "
+          f"(target >= 0.8)")
+    print(f"max |embedding difference| between runtimes: {max_diff:.2g} ; {args.mode} mode, long side {args.long_side}, "
+          f"batch {args.batch_size}, {threads} threads ; load avg {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"wrote {args.out}")
     return 0
 

@@ -227,10 +227,11 @@ def test_build_on_the_engine_runs_to_a_model_and_its_fingerprint_ignores_the_eng
     args = ["build", str(url_table), "--out", str(out), "--cache-dir", str(cache), "--json", "--no-evaluate", *FAST]
     summary = _invoke([*args, "--engine", "ray", "--engine-workers", "2", "--partition-size", "8"])
     assert {s: r["status"] for s, r in summary["stages"].items()} == {
-        "ingest": "done", "cells": "done", "split": "done", "embed": "done", "train": "done"}
+        "ingest": "done", "cells": "done", "split": "done", "embed": "done", "read": "done", "train": "done"}
     assert summary["stages"]["ingest"]["summary"]["n_kept"] == 24
     assert (out / "dataset" / PARTS_DIR / "part-00002.parquet").exists()  # ingest ran on the engine
     assert json.loads((out / "emb" / "embeddings.json").read_text())["engine"]["n_partitions"] == 3  # so did embed
+    assert (out / "readings" / PARTS_DIR / "part-00002.parquet").exists()  # and the text reading
     assert (out / "model" / "model.json").exists()
     again = _invoke(args)  # the local engine: same results, so nothing to redo
     assert {r["status"] for r in again["stages"].values()} == {"skipped"}

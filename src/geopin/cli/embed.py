@@ -23,6 +23,7 @@ from geopin.features.embed import (
     embed_manifest,
     embed_manifest_engine,
 )
+from geopin.features.onnx_forward import ExportFailed
 from geopin.scale.engine import EngineConfig, EngineUnavailable
 
 
@@ -38,6 +39,7 @@ def embed(
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the cache."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads for the forward pass (default: all cores)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode threads (default: min(4, cores))."),
+    runtime: str = typer.Option(EmbedConfig.runtime, "--runtime", help="Forward pass: onnx (ONNX Runtime; the network is exported once and cached under $GEOPIN_CACHE/onnx), torch, or auto (onnx when the export works and agrees with PyTorch, else torch, saying why)."),
     shard_size: int = typer.Option(EmbedConfig.shard_size, "--shard-size", help="Photos per cache shard (the most an interruption can lose)."),
     json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary to stdout."),
     engine: str = typer.Option(EngineConfig.name, "--engine", help="local: this process (cached by content). ray: partitions on a Ray cluster, one backbone per worker, written to <out>/parts/part-NNNNN.parquet (a rerun skips finished parts), then the same embeddings.npy/.json. Needs `pip install 'geopin\\[cluster]'`; see docs/cluster.md."),
@@ -47,11 +49,11 @@ def embed(
 ) -> None:
     """Compute backbone features for every photo of a manifest (cached by content; resumable)."""
     _sleeping_openmp_threads()
-    with input_errors("embed", ValueError, FileNotFoundError, BackboneUnavailable, EngineUnavailable):
+    with input_errors("embed", ValueError, FileNotFoundError, BackboneUnavailable, EngineUnavailable, ExportFailed):
         cfg = EmbedConfig(
             backbone=backbone, mode=mode, long_side=long_side, batch_size=batch_size,
             tta=tuple(t.strip() for t in tta.split(",") if t.strip()), cache_dir=cache_dir,
-            threads=threads, workers=workers, shard_size=shard_size, use_cache=not no_cache,
+            threads=threads, workers=workers, shard_size=shard_size, use_cache=not no_cache, runtime=runtime,
         )
         engine_cfg = EngineConfig(engine, address=address, workers=engine_workers, partition_size=partition_size)
         try:

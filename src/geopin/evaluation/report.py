@@ -11,10 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -99,8 +99,7 @@ def _lines(df: pd.DataFrame, ids: Sequence[str] | None, max_lines: int) -> tuple
     t_lat, t_lon = df.true_lat.to_numpy(float), df.true_lon.to_numpy(float)
     p_lat, p_lon = df.model_lat.to_numpy(float), df.model_lon.to_numpy(float)
     err = haversine_km(t_lat, t_lon, p_lat, p_lon)
-    # the short way round: a line from 170 E to 170 W crosses the antimeridian, not the whole map
-    p_lon = p_lon + 360.0 * np.round((t_lon - p_lon) / 360.0)
+    t_lon, p_lon = short_way(t_lon, p_lon)
     rows = df["row"].to_numpy() if "row" in df else np.arange(len(df))
     keep = np.arange(len(df))
     note = ""
@@ -113,6 +112,19 @@ def _lines(df: pd.DataFrame, ids: Sequence[str] | None, max_lines: int) -> tuple
         out.append({"t": [round(t_lat[i], 5), round(t_lon[i], 5)], "p": [round(p_lat[i], 5), round(p_lon[i], 5)],
                     "e": round(float(err[i]), 1), "id": name})
     return out, note
+
+
+def short_way(a_lon: np.ndarray, b_lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Longitudes of line ends drawn the short way round, each line's midpoint kept on [-180, 180].
+
+    A line from 170 E to 170 W crosses the antimeridian (b becomes 190), not the whole map; a line whose
+    midpoint then lies past 180 is moved a whole turn west, so no end lies beyond 270 degrees: well within
+    the base map's pan limit (basemap.js PAN_LON, 540, with the world drawn three times)."""
+    a_lon = np.asarray(a_lon, dtype=float)
+    b_lon = np.asarray(b_lon, dtype=float)
+    b_lon = b_lon + 360.0 * np.round((a_lon - b_lon) / 360.0)
+    turn = 360.0 * np.round((a_lon + b_lon) / 720.0)
+    return a_lon - turn, b_lon - turn
 
 
 def _section(report: dict, sc: str, out_dir: Path, note: str) -> str:
@@ -237,4 +249,4 @@ everything is inside this file. Country borders: Natural Earth (public domain) v
 </html>
 """
 
-__all__ = ["write_evaluation", "write_report", "ReportConfig", "WEB_DIR"]
+__all__ = ["WEB_DIR", "ReportConfig", "short_way", "write_evaluation", "write_report"]

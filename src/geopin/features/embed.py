@@ -44,6 +44,7 @@ from geopin.features.backbones import (
     create_backbone,
     relative_name,
 )
+from geopin.features.onnx_forward import RUNTIMES, BatchForward
 from geopin.io import atomic_path, cache_root, sha256_file, write_json
 from geopin.log import progress
 from geopin.runtime import keep_freed_memory, keep_freed_memory_for_life, torch_threads
@@ -89,10 +90,15 @@ class EmbedConfig:
     shard_size: int = 256  # photos per cache shard: what an interruption can lose at most
     use_cache: bool = True
     device: str = "cpu"
+    # the forward pass: "onnx" (ONNX Runtime, exported once and cached), "torch", or "auto": ONNX Runtime when the
+    # export works and agrees with PyTorch, else PyTorch with a warning saying why (see geopin.features.onnx_forward)
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}")
         if isinstance(self.tta, str):
             self.tta = tuple(t for t in self.tta.split(",") if t.strip())
         tta = {t.strip() for t in self.tta}
@@ -162,6 +168,8 @@ def cache_key(backbone: Backbone | BackboneConfig, cfg: EmbedConfig) -> str:
 
 
 def cache_spec(backbone: Backbone | BackboneConfig, cfg: EmbedConfig) -> dict[str, Any]:
+    # cfg.runtime is left out on purpose: ONNX Runtime's features are checked to agree with PyTorch's within
+    # 1e-4 (geopin.features.onnx_forward), so vectors from either runtime are interchangeable.
     return {
         "backbone": backbone.name,
         "version": backbone.version,
@@ -332,8 +340,8 @@ class _Batcher:
     runs early so memory stays bounded whatever the mix of aspect ratios.
     """
 
-    def __init__(self, model, batch_size: int, max_pending: int | None = None):
-        self.model = model
+    def __init__(self, forward: Callable[[Any], np.ndarray], batch_size: int, max_pending: int | None = None):
+        self.forward = forward  # (B, 3, H, W) tensor -> (B, dim) float32 array: a BatchForward
         self.batch_size = batch_size
         self.max_pending = max_pending or 4 * batch_size
         self.buckets: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
@@ -371,7 +379,7 @@ class _Batcher:
         items = self.buckets.pop(shape)
         self.n_pending -= len(items)
         t0 = time.perf_counter()
-        feats = self.model(torch.stack([v for _, v in items])).float().cpu().numpy()
+        feats = self.forward(torch.stack([v for _, v in items]))
         self.forward_seconds += time.perf_counter() - t0
         done = []
         for (key, _), vec in zip(items, feats):
@@ -398,7 +406,7 @@ def embed_images(images: Sequence[Image.Image | Path | str], backbone: Backbone,
     cfg = cfg or EmbedConfig(backbone=backbone.name)
     check_embed_backbone(backbone, cfg)
     out = np.full((len(images), backbone.dim), np.nan, dtype=np.float32)
-    batcher = _Batcher(backbone.model, cfg.batch_size)
+    batcher = _Batcher(batch_forward(backbone, cfg), cfg.batch_size)
     with torch_threads(cfg.threads), torch.inference_mode():
         for i, image in enumerate(images):
             try:
@@ -451,7 +459,7 @@ def embed_rows(rows: Sequence[dict], backbone: Backbone, cfg: EmbedConfig, pool:
     for i, reason in failures.items():
         out[i]["error"] = reason
     todo = [(s, Path(out[rows[0]]["path"]), s) for s, rows in rows_of.items()]
-    batcher = _Batcher(backbone.model, cfg.batch_size)
+    batcher = _Batcher(batch_forward(backbone, cfg), cfg.batch_size)
     with torch_threads(cfg.threads), torch.inference_mode():
         for s, result in embed_stream(todo, backbone, cfg, pool, batcher):
             for i in rows_of[s]:
@@ -530,7 +538,7 @@ def _embed_locked(df: pd.DataFrame, out_dir: Path, cfg: EmbedConfig, backbone: B
                 forward_seconds=run["forward_seconds"], photos_per_s=run["photos_per_s"], cache_key=key,
                 cache_dir=str(cfg.resolved_cache_dir() / key) if cache is not None else None,
             )
-            out.finish(summary, torch_threads=run["torch_threads"], decode_threads=workers)
+            out.finish(summary, torch_threads=run["torch_threads"], decode_threads=workers, runtime=run["runtime"])
     logger.info(
         "embedded %d new photos in %.1f s (%.1f photos/s; forward %.1f s), %d from cache, %d failed -> %s",
         summary.n_embedded, summary.embed_seconds, summary.photos_per_s, summary.forward_seconds, summary.n_cached,
@@ -561,8 +569,11 @@ def _embed_missing(todo: list[tuple[str, Path]], rows_of: dict[str, list[int]], 
     """Embed the photos not in the cache into their rows of `out` (and the cache); the run's figures."""
     import torch
 
+    forward = batch_forward(backbone, cfg)
+    if todo:
+        logger.info("forward pass of %s on %s", backbone.name, forward.resolve())  # an export is not embedding time
     t_embed = time.perf_counter()
-    batcher = _Batcher(backbone.model, cfg.batch_size)
+    batcher = _Batcher(forward, cfg.batch_size)
     n_embedded = 0
     with torch_threads(cfg.threads) as n_threads, keep_freed_memory(), torch.inference_mode():
         bar = progress(total=len(todo), desc=f"embed {backbone.name}", unit="photo")
@@ -588,6 +599,7 @@ def _embed_missing(todo: list[tuple[str, Path]], rows_of: dict[str, list[int]], 
     return {
         "n_embedded": n_embedded, "embed_seconds": embed_seconds, "forward_seconds": batcher.forward_seconds,
         "photos_per_s": n_embedded / embed_seconds if n_embedded and embed_seconds > 0 else 0.0, "torch_threads": n_threads,
+        "runtime": forward.runtime,  # None when every photo came from the cache
     }
 
 
@@ -599,6 +611,13 @@ def _failure_rows(df: pd.DataFrame, failures: dict[int, str], listed_in: Path) -
     if len(rows) > 20:
         logger.warning("... and %d more failed photos (listed in %s)", len(rows) - 20, listed_in)
     return rows
+
+
+def batch_forward(backbone: Backbone, cfg: EmbedConfig) -> BatchForward:
+    """The forward pass of cfg.runtime with cfg.threads (chosen, and exported if needed, on the first batch)."""
+    if cfg.device != "cpu" and cfg.runtime == "auto":
+        return BatchForward(backbone, "torch", cfg.threads)  # ONNX Runtime runs on the CPU here
+    return BatchForward(backbone, cfg.runtime, cfg.threads)
 
 
 def decode_workers(cfg: EmbedConfig) -> int:
@@ -629,8 +648,9 @@ class _EmbeddingsOut:
     run: dict | None = None
 
     def finish(self, summary: EmbedSummary, *, torch_threads: int | None, decode_threads: int,
-               engine: dict | None = None) -> None:
+               engine: dict | None = None, runtime: str | None = None) -> None:
         self.run = {
+            "runtime": runtime,  # what ran the forward pass: "onnx", "torch", or None (nothing embedded here)
             "torch_threads": torch_threads,
             "decode_threads": decode_threads,
             "n_cached": summary.n_cached,

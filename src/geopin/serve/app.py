@@ -3,40 +3,61 @@
 Why it is built this way:
 - the model is loaded once, in `create_app`, so a damaged model folder stops the server at start
   with the CLI's message, not at the first request;
-- torch runs in ONE worker thread (a single-thread executor): on a 2-core machine parallel forward
-  passes only fight over the cores, and the event loop stays free to accept and reject uploads;
-  decoding runs in a small pool of its own (Pillow releases the GIL);
+- predictions run on ONE model thread, concurrent ones gathered for a few milliseconds into one batch
+  (geopin.serve.work.PredictBatcher): on a 2-core machine parallel forward passes only fight over the
+  cores, while a batch of B photos costs much less than B passes; the event loop stays free to accept
+  and reject uploads; decoding runs in a small pool of its own (Pillow releases the GIL);
+- explanations run on a thread of their own, bounded (503 beyond `max_explain_pending`), and yield to
+  predictions before every forward pass; one whose client disconnected is stopped at its next pass;
+- `timeout_s` counts from the request's arrival: a body that does not arrive in time is 408, work that
+  does not finish in time (queueing included) is 504;
 - an upload is counted while it streams in and cut off at the limit (413), so an oversized body never
   sits whole in memory or on disk; its type is judged from its bytes by the same decoder, pixel limit
   and `ImageError` reasons as `geopin predict`, never from its name or Content-Type;
 - every error is JSON `{"error": reason_code, "detail": message}`; one bad upload costs one request;
-- binding to anything but loopback needs a token, checked on every /api route.
+- binding to anything but loopback needs a token, checked on every /api route; the access log never shows
+  a `?token=` the page passed in its address;
+- /docs and /redoc load their scripts from this server (src/geopin/web/vendor/docs), never from a CDN.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import io
 import ipaddress
 import json
 import logging
 import os
+import re
+import socket
+import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from geopin.dataset.images import ImageError
+from geopin.dataset.images import PILLOW_MAX_PIXELS, ImageError
 from geopin.io import json_default
 from geopin.locate.predict import PredictConfig, Predictor
+from geopin.serve.schemas import Explanation, Health, Prediction, error_responses
+from geopin.serve.work import (
+    ExplainCancelled,
+    ExplainJob,
+    PredictBatcher,
+    PredictJob,
+    hook_forward_passes,
+    run_explain_job,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +67,8 @@ WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 TOKEN_ENV = "GEOPIN_TOKEN"
 #: Room for the multipart envelope and the small form fields around the photo itself.
 MULTIPART_OVERHEAD = 64 * 1024
+#: The swagger-ui and redoc files /docs and /redoc load (vendored: they must work offline).
+DOCS_ASSETS = WEB_DIR / "vendor" / "docs"
 
 #: HTTP status for each geopin.dataset.images reason: bytes that are no image are the wrong media type, a
 #: decompression bomb is too large, a broken or empty photo cannot be processed.
@@ -72,6 +95,10 @@ class ServeConfig:
     max_pending: int = 64  # requests in flight beyond this get 503 (bounds memory under a flood)
     decode_workers: int = 2
     web_dir: Path | None = None  # None: WEB_DIR
+    batch_window_ms: float = 5.0  # how long a prediction waits for others to share its batch
+    max_batch: int = 8  # photos per prediction batch
+    max_explain_pending: int = 2  # explanations queued or running beyond this get 503
+    explain_yield_s: float = 1.0  # how long an explanation waits for predictions before each forward pass
 
     @property
     def max_upload_bytes(self) -> int:
@@ -95,6 +122,11 @@ class ServeConfig:
             raise ValueError(f"--timeout-s {self.timeout_s}: must be positive")
         if not 1 <= self.top_k <= self.max_k:
             raise ValueError(f"top_k {self.top_k}: must be between 1 and {self.max_k}")
+        if self.batch_window_ms < 0 or self.max_batch < 1:
+            raise ValueError(f"batch window {self.batch_window_ms} ms, max batch {self.max_batch}: "
+                             f"the window must be >= 0 and the batch >= 1")
+        if self.max_explain_pending < 1:
+            raise ValueError(f"max_explain_pending {self.max_explain_pending}: must be at least 1")
 
 
 def is_loopback(host: str) -> bool:
@@ -127,33 +159,58 @@ async def _send_error(send: Callable, status: int, error: str, detail: str,
     await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(StarletteHTTPException):
-    """Raised from `receive` past the cap; an HTTPException so FastAPI's body parsing passes it on."""
+class _GuardError(StarletteHTTPException):
+    """Raised from `receive`; an HTTPException so FastAPI's body parsing passes it on unchanged."""
+
+    error = "bad_request"
+
+
+class _BodyTooLarge(_GuardError):
+    error = "upload_too_large"
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body passed the limit of {limit} bytes while streaming")
 
 
+class _BodyTimeout(_GuardError):
+    error = "upload_timeout"
+
+    def __init__(self, timeout_s: float, seen: int) -> None:
+        super().__init__(408, f"the request body did not arrive within the server's limit of {timeout_s:g} s "
+                              f"({seen} bytes received); send it faster or raise --timeout-s")
+
+
+#: Where ApiGuard leaves the request's deadline (time.monotonic()) for the handlers, in scope["state"].
+DEADLINE_KEY = "geopin_deadline"
+
+
 class ApiGuard:
-    """ASGI middleware for /api: the token check first, then the body cap, counted as it streams in.
+    """ASGI middleware for /api: the token check first, then the body cap and the time limit, as it streams in.
 
     It sits outside FastAPI so that a request without a token never has its body read, and a body
     over the cap is refused (413) at the first chunk past it, whatever the Content-Length said; no
     handler runs. The rest of such a body is read and dropped (never kept) up to `drain_factor` times
     the cap, because common clients send the whole body before reading the answer and would see a
     reset connection instead of the 413; beyond that the connection is simply closed.
+    The request's deadline (`timeout_s` from now) covers reading the body: a slow or stalled upload
+    gets 408 and its connection closed, instead of holding a connection open for ever. The handlers
+    find the same deadline in scope["state"][DEADLINE_KEY].
     """
 
-    def __init__(self, app: Callable, token: str | None, max_body: int, drain_factor: int = 4) -> None:
+    def __init__(self, app: Callable, token: str | None, max_body: int, drain_factor: int = 4,
+                 timeout_s: float | None = None) -> None:
         self.app = app
         self.token = token
         self.max_body = max_body
         self.drain_limit = drain_factor * max_body
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/api"):
             await self.app(scope, receive, send)
             return
+        deadline = time.monotonic() + self.timeout_s if self.timeout_s else None
+        scope["state"] = {**scope.get("state", {}), DEADLINE_KEY: deadline}
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if self.token and not self._authorized(headers, scope.get("query_string", b"")):
             await _send_error(send, 401, "unauthorized",
@@ -163,21 +220,26 @@ class ApiGuard:
         length = headers.get("content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.max_body:
             if int(length) <= self.drain_limit:
-                await self._drain(receive, 0)
+                with contextlib.suppress(_BodyTimeout):
+                    await self._drain(self._timed(receive, deadline), 0)
             await _send_error(send, 413, "upload_too_large",
                               f"request body of {int(length)} bytes is over the limit of {self.max_body} bytes")
             return
         seen = 0
         started = False
+        body_done = False
+        timed_receive = self._timed(receive, deadline, lambda: seen)
 
         async def limited_receive() -> dict:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            message = await (receive() if body_done else timed_receive())  # after the body: waits for a disconnect
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > self.max_body:
                     if message.get("more_body", False):
-                        await self._drain(receive, seen)
+                        with contextlib.suppress(_BodyTimeout):
+                            await self._drain(timed_receive, seen)
                     raise _BodyTooLarge(self.max_body)
             return message
 
@@ -189,10 +251,26 @@ class ApiGuard:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge as exc:  # raised outside FastAPI's own handlers
+        except _GuardError as exc:  # raised outside FastAPI's own handlers
             if started:
                 raise
-            await _send_error(send, 413, "upload_too_large", str(exc.detail))
+            await _send_error(send, exc.status_code, exc.error, str(exc.detail))
+
+    def _timed(self, receive: Callable, deadline: float | None, seen: Callable[[], int] = lambda: 0) -> Callable:
+        """`receive` that raises _BodyTimeout once the request's deadline has passed."""
+        if deadline is None:
+            return receive
+
+        async def timed() -> dict:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                return await asyncio.wait_for(receive(), left)
+            except TimeoutError:
+                raise _BodyTimeout(self.timeout_s, seen()) from None
+
+        return timed
 
     async def _drain(self, receive: Callable, seen: int) -> None:
         """Read and drop the rest of the body, up to drain_limit bytes in all."""
@@ -220,18 +298,30 @@ class ApiGuard:
 
 
 class Service:
-    """The shared predictor and the two executors; every request goes through here."""
+    """The shared predictor, the batcher and the three pools; every request goes through here."""
 
     def __init__(self, cfg: ServeConfig, predictor: Predictor) -> None:
         self.cfg = cfg
         self.predictor = predictor
         self.model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geopin-model")
+        self.explain_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geopin-explain")
         self.decode_pool = ThreadPoolExecutor(max_workers=max(1, cfg.decode_workers), thread_name_prefix="geopin-decode")
-        self.pending = 0
+        self.batcher = PredictBatcher(self._predict_batch, self.model_pool, cfg.batch_window_ms / 1000.0, cfg.max_batch)
+        self.pending = 0  # requests in flight (decoding, queued or running)
+        self.predictions = 0  # predictions in flight; explanations yield while there are any
+        self.predictions_idle = threading.Event()
+        self.predictions_idle.set()
+        self.explanations = 0  # explanations queued or running (until the worker is done with them)
+        self.explain_cancelled = 0  # explanations stopped because their client left (for tests and logs)
+        hook_forward_passes(predictor.backbone.model)
 
-    def close(self) -> None:
-        self.model_pool.shutdown(wait=False, cancel_futures=True)
-        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+    async def start(self) -> None:
+        self.batcher.start()
+
+    async def close(self) -> None:
+        await self.batcher.stop()
+        for pool in (self.model_pool, self.explain_pool, self.decode_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     async def _in(self, pool: ThreadPoolExecutor, deadline: float, fn: Callable, *args: Any) -> Any:
         """fn(*args) in `pool`, given up with 504 at the deadline (a queued job is then never started)."""
@@ -241,7 +331,7 @@ class Service:
         fut = asyncio.get_running_loop().run_in_executor(pool, fn, *args)
         try:
             return await asyncio.wait_for(fut, remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise self._timeout() from None
 
     def _timeout(self) -> ApiError:
@@ -260,35 +350,135 @@ class Service:
         matrix) is then neither paid by the first user nor compiled inside a request (_warm_up_imports)."""
         from PIL import Image
 
-        from geopin.locate.predict import exif_info
-
         buf = io.BytesIO()
         Image.new("RGB", (64, 48), (90, 140, 200)).save(buf, format="JPEG")
         data = buf.getvalue()
         t0 = time.monotonic()
         loop = asyncio.get_running_loop()
         image = await loop.run_in_executor(self.decode_pool, self._decode, data)
-        await loop.run_in_executor(self.model_pool, lambda: (self.predictor.predict_images([image], ["warm-up"]), exif_info(data)))
+        await loop.run_in_executor(self.model_pool, self._predict_batch, [PredictJob(image, data, "warm-up", 1)])
         if self.predictor.reads_text:  # the OCR models, the gazetteer and the language models load once, now
             await loop.run_in_executor(self.model_pool, self.predictor.prepare_text)
         log.info("model warmed up in %.1f s", time.monotonic() - t0)
 
-    async def run(self, data: bytes, name: str, work: Callable) -> Any:
-        """Decode the upload, then run `work(image)` on the model thread, all within the timeout."""
+    def _predict_batch(self, jobs: list[PredictJob]) -> list[Any]:
+        """On the model thread: each photo read for text on its own, then one predict_images call per k;
+        a result dict or an ApiError per job, in order."""
+        from geopin.locate.predict import exif_info, ordered_result
+
+        p = self.predictor
+        rows: list[dict] = [{"path": job.name} for job in jobs]
+        readings = [p.reading_or_none(job.data, row) if p.reads_text else None for job, row in zip(jobs, rows)]
+        out: list[Any] = [None] * len(jobs)
+        for k in sorted({job.k for job in jobs}):
+            idx = [i for i, job in enumerate(jobs) if job.k == k]
+            try:
+                results = p.predict_images([jobs[i].image for i in idx], [jobs[i].name for i in idx], top_k=k,
+                                           readings=[readings[i] for i in idx] if p.reads_text else None)
+            except Exception as exc:  # noqa: BLE001 - one photo must not fail the others: retry them one by one
+                if len(idx) == 1:
+                    out[idx[0]] = _unexpected("prediction", exc)
+                    continue
+                results = []
+                for i in idx:
+                    try:
+                        results += p.predict_images([jobs[i].image], [jobs[i].name], top_k=k,
+                                                    readings=[readings[i]] if p.reads_text else None)
+                    except Exception as exc:  # noqa: BLE001 - this request fails with 500, the server goes on
+                        results.append(_unexpected("prediction", exc))
+            for i, res in zip(idx, results):
+                if isinstance(res, ApiError):
+                    out[i] = res
+                    continue
+                row = rows[i]
+                row.update(exif_info(jobs[i].data))  # EXIF reading accepts bytes: no temp file needed
+                row.update(res)
+                out[i] = ordered_result(row)
+        return out
+
+    def _admit(self) -> None:
         if self.pending >= self.cfg.max_pending:
             raise ApiError(503, "busy", f"{self.pending} requests are already waiting; retry shortly",
                            headers={"Retry-After": "1"})
-        self.pending += 1
-        deadline = time.monotonic() + self.cfg.timeout_s
+
+    async def _decode_upload(self, data: bytes, name: str, deadline: float):
         try:
+            return await self._in(self.decode_pool, deadline, self._decode, data)
+        except ImageError as exc:
+            raise ApiError(_IMAGE_STATUS.get(exc.reason, 422), exc.reason,
+                           f"{name}: not a usable image ({exc.reason}: {_one_pixel_limit(exc.detail)})") from None
+
+    async def predict(self, data: bytes, name: str, k: int, deadline: float) -> dict:
+        """Decode the upload, then predict it in the next batch, all before the deadline."""
+        self._admit()
+        self.pending += 1
+        self.predictions += 1
+        self.predictions_idle.clear()
+        try:
+            image = await self._decode_upload(data, name, deadline)
+            fut = self.batcher.submit(PredictJob(image, data, name, k))
             try:
-                image = await self._in(self.decode_pool, deadline, self._decode, data)
-            except ImageError as exc:
-                raise ApiError(_IMAGE_STATUS.get(exc.reason, 422), exc.reason,
-                               f"{name}: not a usable image ({exc.reason}: {exc.detail})") from None
-            return await self._in(self.model_pool, deadline, work, image)
+                return await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))  # cancels (drops) the job
+            except TimeoutError:
+                raise self._timeout() from None
         finally:
             self.pending -= 1
+            self.predictions -= 1
+            if self.predictions == 0:
+                self.predictions_idle.set()
+
+    async def explain(self, request: Request, data: bytes, name: str, work: Callable, deadline: float) -> Any:
+        """Decode the upload, then `work(image)` on the explanation thread, yielding to predictions;
+        stopped when the client disconnects or the deadline passes."""
+        self._admit()
+        if self.explanations >= self.cfg.max_explain_pending:
+            raise ApiError(503, "busy", f"{self.explanations} explanations are already queued or running; "
+                                        f"retry shortly", headers={"Retry-After": "2"})
+        self.pending += 1
+        self.explanations += 1
+        counted = True
+        try:
+            image = await self._decode_upload(data, name, deadline)
+            job = ExplainJob(self.predictions_idle, self.cfg.explain_yield_s)
+            fut = asyncio.get_running_loop().run_in_executor(self.explain_pool, run_explain_job, job, lambda: work(image))
+            fut.add_done_callback(lambda _f: self._explain_done())  # counted until the worker lets go of it
+            counted = False
+            while True:
+                done, _ = await asyncio.wait({fut}, timeout=0.1)
+                if done:
+                    try:
+                        return fut.result()
+                    except ExplainCancelled:  # only when cancelled below; the request is gone by then
+                        raise self._timeout() from None
+                if time.monotonic() > deadline:
+                    job.cancel.set()
+                    raise self._timeout()
+                if await request.is_disconnected():
+                    job.cancel.set()
+                    fut.cancel()  # not started yet: never starts
+                    self.explain_cancelled += 1
+                    log.info("%s: explanation stopped, its client disconnected", name)
+                    raise _ClientGone()
+        finally:
+            self.pending -= 1
+            if counted:
+                self.explanations -= 1
+
+    def _explain_done(self) -> None:
+        self.explanations -= 1
+
+
+class _ClientGone(Exception):
+    """The client left before its answer was ready: nothing to send."""
+
+
+_PILLOW_BOMB = re.compile(r"Image size \((\d+) pixels\) exceeds limit of \d+ pixels.*", re.DOTALL)
+
+
+def _one_pixel_limit(detail: str) -> str:
+    """Pillow refuses headers over twice its own limit with its own figure; say the one limit geopin applies."""
+    m = _PILLOW_BOMB.search(detail)
+    return detail if m is None else _PILLOW_BOMB.sub(f"{m.group(1)} pixels > {PILLOW_MAX_PIXELS}", detail)
 
 
 def create_app(cfg: ServeConfig | None = None, predictor: Predictor | None = None):
@@ -306,22 +496,31 @@ def create_app(cfg: ServeConfig | None = None, predictor: Predictor | None = Non
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await _warm_up_imports()
+        await service.start()
         await service.warm_up()
         yield
-        service.close()
+        await service.close()
 
     app = FastAPI(
         title="geopin",
         version=geopin.__version__,
-        description="Where on Earth was this photo taken? Upload a photo to /api/predict.",
+        description="Where on Earth was this photo taken? Upload a photo to /api/predict. Every error is JSON "
+                    "`{\"error\": reason_code, \"detail\": message}`."
+                    + (" Every /api route needs the token: `Authorization: Bearer <token>`." if cfg.token else ""),
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     _add_error_handlers(app)
     _add_api_routes(app, service)
     _add_cells_route(app)
+    _add_docs(app)
+    _document_truthfully(app, cfg)
     _add_web_page(app, cfg.web_dir or WEB_DIR)
-    app.add_middleware(ApiGuard, token=cfg.token, max_body=cfg.max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(ApiGuard, token=cfg.token, max_body=cfg.max_upload_bytes + MULTIPART_OVERHEAD,
+                       timeout_s=cfg.timeout_s)
+    _hide_tokens_in_access_log()
     return app
 
 
@@ -337,6 +536,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         log.info("%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.error, exc.detail)
         return _error_response(exc.status, exc.error, exc.detail, exc.headers)
 
+    @app.exception_handler(_ClientGone)
+    async def _gone(request: Request, exc: _ClientGone) -> Response:
+        return Response(status_code=499)  # nobody reads it (nginx's "client closed request")
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
@@ -351,9 +554,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                 413: "upload_too_large"}
-        return _error_response(exc.status_code, codes.get(exc.status_code, f"http_{exc.status_code}"), str(exc.detail),
-                               getattr(exc, "headers", None))
+                 408: "upload_timeout", 413: "upload_too_large"}
+        error = getattr(exc, "error", None) or codes.get(exc.status_code, f"http_{exc.status_code}")
+        headers = dict(getattr(exc, "headers", None) or {})
+        if isinstance(exc, _GuardError):
+            headers["Connection"] = "close"  # the rest of the body is not read
+        return _error_response(exc.status_code, error, str(exc.detail), headers or None)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
@@ -367,11 +573,17 @@ def _unexpected(what: str, exc: Exception) -> ApiError:
     return ApiError(500, "internal_error", f"{what} failed: {type(exc).__name__}: {exc}")
 
 
+def _deadline(request: Request, cfg: ServeConfig) -> float:
+    """The request's deadline, set by ApiGuard when the request arrived (body reading counts)."""
+    return request.scope.get("state", {}).get(DEADLINE_KEY) or time.monotonic() + cfg.timeout_s
+
+
 def _add_api_routes(app: FastAPI, service: Service) -> None:
     """GET /api/health, POST /api/predict and POST /api/explain."""
     import geopin
 
     cfg = service.cfg
+    upload_errors = (400, 408, 413, 415, 422, 500, 503, 504)
 
     async def read_upload(photo: UploadFile) -> tuple[bytes, str]:
         name = os.path.basename(photo.filename or "") or "upload"
@@ -380,11 +592,11 @@ def _add_api_routes(app: FastAPI, service: Service) -> None:
             raise ApiError(413, "upload_too_large", f"{name}: over the limit of {cfg.max_upload_mb:g} MB")
         return data, name
 
-    @app.get("/api/health")
-    async def health() -> dict:
+    @app.get("/api/health", response_model=Health, responses=error_responses(500))
+    async def health() -> JSONResponse:
         """Is the model loaded, which backbone and how many classes; the geopin version."""
         p = service.predictor
-        return {
+        return JSONResponse({
             "status": "ok",
             "model_loaded": True,
             "backbone": p.embed_cfg.backbone,
@@ -394,41 +606,34 @@ def _add_api_routes(app: FastAPI, service: Service) -> None:
             "version": geopin.__version__,
             "explain": _explain_function() is not None,
             "max_upload_mb": cfg.max_upload_mb,
-        }
+        })
 
-    @app.post("/api/predict")
+    @app.post("/api/predict", response_model=Prediction, responses=error_responses(*upload_errors))
     async def predict(
-        photo: UploadFile = File(..., description="The photo (any format geopin reads; judged by its bytes)."),
+        request: Request,
+        photo: UploadFile = File(..., description="The photo (any format geopin reads; judged by its bytes). "
+                                                  "An empty or truncated file is 422, bytes that are no photo 415."),
         k_form: int | None = Form(None, alias="k", ge=1, le=cfg.max_k, description="How many places to list."),
-        k_query: int | None = Query(None, alias="k", ge=1, le=cfg.max_k),
+        k_query: int | None = Query(None, alias="k", ge=1, le=cfg.max_k, description="How many places to list."),
     ) -> JSONResponse:
-        """One element of `geopin predict --json`: best guess, top-k places, within-km confidences, exif_gps."""
-        from geopin.locate.predict import exif_info, ordered_result
-
+        """One element of `geopin predict --json`: best guess, most likely place, top-k places, regions,
+        within-km confidences, evidence read off the photo, exif_gps."""
         data, name = await read_upload(photo)
         k = k_form if k_form is not None else k_query
         k = cfg.top_k if k is None else k
+        return JSONResponse(await service.predict(data, name, k, _deadline(request, cfg)))
 
-        def work(image) -> dict:
-            row: dict = {"path": name}
-            reading = service.predictor.reading_or_none(data, row) if service.predictor.reads_text else None
-            try:
-                res = service.predictor.predict_images([image], [name], top_k=k, readings=None if reading is None else [reading])[0]
-            except Exception as exc:  # noqa: BLE001 - one request fails with 500, the server goes on
-                raise _unexpected("prediction", exc) from None
-            row.update(exif_info(data))  # EXIF reading accepts bytes: no temp file needed
-            row.update(res)
-            return ordered_result(row)
-
-        return JSONResponse(await service.run(data, name, work))
-
-    @app.post("/api/explain")
+    @app.post("/api/explain", response_model=Explanation, responses=error_responses(*upload_errors, 501))
     async def explain(
-        photo: UploadFile = File(...),
-        target: str = Form("guess", description="'guess', an ISO country code or an S2 cell token."),
+        request: Request,
+        photo: UploadFile = File(..., description="The photo (judged by its bytes)."),
+        target: str = Form("guess", description="'guess', an ISO country code or an S2 cell token "
+                                                "(one that names no place is 422)."),
         occlusion: bool = Form(True, description="Also the occlusion map (slower: tens of forward passes)."),
     ) -> JSONResponse:
-        """What in the photo points to the target (Grad-CAM and occlusion overlays as base64 PNG)."""
+        """What in the photo points to the target (Grad-CAM and occlusion overlays as base64 PNG).
+
+        Explanations run one at a time beside predictions, never ahead of them; disconnecting stops one."""
         fn = _explain_function()
         if fn is None:
             raise ApiError(501, "not_implemented", "explanations are not installed in this geopin (no geopin.explain.maps)")
@@ -437,14 +642,105 @@ def _add_api_routes(app: FastAPI, service: Service) -> None:
         def work(image) -> dict:
             try:
                 out = fn(service.predictor, image, target=target, occlusion=occlusion, name=name)
+            except ExplainCancelled:
+                raise
             except ValueError as exc:  # a target that names no country or cell
                 raise ApiError(422, "invalid_target", str(exc)) from None
             except Exception as exc:  # noqa: BLE001 - one request fails with 500, the server goes on
                 raise _unexpected("explanation", exc) from None
             return {"path": name, **out}
 
-        out = await service.run(data, name, work)
+        out = await service.explain(request, data, name, work, _deadline(request, cfg))
         return JSONResponse(json.loads(json.dumps(out, default=json_default)))  # numpy values from the explainer
+
+
+def _add_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc from the vendored assets, so they render with no network."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    if not (DOCS_ASSETS / "swagger-ui-dist" / "swagger-ui-bundle.js").is_file():
+        log.warning("no API docs page: %s is missing (the OpenAPI document is still at /openapi.json)", DOCS_ASSETS)
+        return
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=f"{app.title} - API",
+            swagger_js_url="/docs-assets/swagger-ui-dist/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui-dist/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/swagger-ui-dist/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # the validator badge is fetched from swagger.io
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> Response:
+        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - API",
+                              redoc_js_url="/docs-assets/redoc/redoc.standalone.js",
+                              redoc_favicon_url="/docs-assets/swagger-ui-dist/favicon-32x32.png",
+                              with_google_fonts=False)
+
+
+def _document_truthfully(app: FastAPI, cfg: ServeConfig) -> None:
+    """The OpenAPI document says what the server does: with a token, every /api route needs HTTP bearer
+    auth and may answer 401; FastAPI's default validation-error schema never occurs (ours is {error, detail})."""
+    from fastapi.openapi.utils import get_openapi
+
+    from geopin.serve.schemas import ERROR_MEANINGS
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas = doc.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        for name, schema in schemas.items():  # an empty photo is refused (422 empty_file): say so
+            photo = schema.get("properties", {}).get("photo") if name.startswith("Body_") else None
+            if photo is not None:
+                photo["minLength"] = 1
+        for ops in doc["paths"].values():  # the photo part is an image (its type is judged by its bytes)
+            for op in ops.values():
+                form = op.get("requestBody", {}).get("content", {}).get("multipart/form-data")
+                if form is not None:
+                    form["encoding"] = {"photo": {"contentType": "image/*"}}
+        if cfg.token:
+            doc.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "The server's --token (or GEOPIN_TOKEN); also accepted as X-Geopin-Token."}}
+            for path, ops in doc["paths"].items():
+                if not path.startswith("/api"):
+                    continue
+                for op in ops.values():
+                    op["security"] = [{"bearer": []}]
+                    op["responses"]["401"] = {
+                        "description": ERROR_MEANINGS[401],
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi
+
+
+_TOKEN_IN_QUERY = re.compile(r"(?<=[?&])(token=)[^&#\s]*", re.IGNORECASE)
+
+
+class _HideTokens(logging.Filter):
+    """Blanks `token=...` in uvicorn's access log lines (the page may carry the token in its address)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_TOKEN_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = _TOKEN_IN_QUERY.sub(r"\1***", record.msg)
+        return True
+
+
+def _hide_tokens_in_access_log() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _HideTokens) for f in access.filters):
+        access.addFilter(_HideTokens())
 
 
 def _add_cells_route(app: FastAPI) -> None:
@@ -505,15 +801,41 @@ def _explain_function() -> Callable | None:
     return explain_photo
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now: a port in use is a ValueError (exit 2) before the model loads."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ValueError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT of a previous run is no obstacle
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        reason = "already in use (another server is listening there)" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise ValueError(f"--host {host} --port {port}: cannot listen there: {reason}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(cfg: ServeConfig) -> None:
-    """Check the configuration, load the model, then serve until interrupted."""
+    """Check the configuration, take the port, load the model, then serve until interrupted."""
     import uvicorn
 
     cfg.check()
-    app = create_app(cfg)
-    log.info("geopin serve: http://%s:%d/ (API docs at /docs)%s", cfg.host, cfg.port,
-             "; token required" if cfg.token else "")
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", timeout_keep_alive=5)
+    sock = bind_socket(cfg.host, cfg.port)
+    try:
+        app = create_app(cfg)
+        port = sock.getsockname()[1]
+        log.info("geopin serve: http://%s:%d/ (API docs at /docs)%s", cfg.host, port,
+                 "; token required" if cfg.token else "")
+        server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=port, log_level="info", timeout_keep_alive=5))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
 
 
-__all__ = ["ServeConfig", "ApiError", "ApiGuard", "create_app", "serve", "is_loopback", "TOKEN_ENV", "WEB_DIR"]
+__all__ = ["TOKEN_ENV", "WEB_DIR", "ApiError", "ApiGuard", "ServeConfig", "bind_socket", "create_app", "is_loopback", "serve"]

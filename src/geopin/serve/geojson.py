@@ -17,6 +17,15 @@ MAX_TOKENS = 2000
 EDGE_POINTS = 8
 
 _TOKEN = re.compile(r"^[0-9a-f]{1,16}$")
+
+#: Exactly the tokens cell_feature accepts, for the API's OpenAPI document and its own validation: an S2
+#: token (face 0-5 in the first 3 bits; its lowest set bit at an even position, as S2's is_valid wants;
+#: no trailing zeros, as S2 writes them) or near:lat,lon within range; comma-separated, no spaces.
+_S2_TOKEN = r"(?:[13579b]|[0-9ab][0-9a-f]{0,14}[13579bdf4c])"
+_LAT = r"-?(?:90(?:\.0+)?|[1-8]?[0-9](?:\.[0-9]+)?)"
+_LON = r"-?(?:180(?:\.0+)?|(?:1[0-7][0-9]|[1-9]?[0-9])(?:\.[0-9]+)?)"
+_ONE = rf"(?:{_S2_TOKEN}|near:{_LAT},{_LON})"
+TOKENS_PATTERN = rf"^{_ONE}(?:,{_ONE})*$"
 _SPLIT = re.compile(r"near:\s*-?[\d.]+\s*,\s*-?[\d.]+|[^,]+")
 _NEAR = re.compile(r"^near:(-?\d+(?:\.\d+)?),(-?\d+(?:\.\d+)?)$")
 
@@ -123,15 +132,18 @@ def _make_router():
         from fastapi.responses import JSONResponse
     except ImportError:
         return None
+    from geopin.serve.schemas import CellCollection, error_responses
+
     r = APIRouter()
 
-    @r.get("/api/cells", summary="S2 cells (or near:lat,lon spots) as a GeoJSON FeatureCollection")
-    def cells(tokens: str = Query("", description="comma-separated S2 tokens, as in a prediction's `regions`")):
-        wanted = split_tokens(tokens)
-        if not wanted:
-            return JSONResponse({"error": "no_tokens", "detail": "tokens: give at least one S2 cell token, e.g. ?tokens=89c259c,0d3"}, 422)
+    @r.get("/api/cells", summary="S2 cells (or near:lat,lon spots) as a GeoJSON FeatureCollection",
+           response_model=CellCollection, responses=error_responses(422, 500))
+    def cells(tokens: str = Query(..., pattern=TOKENS_PATTERN,
+                                  description=f"Comma-separated S2 tokens or near:lat,lon spots, as in a prediction's "
+                                              f"`regions` (no spaces; at most {MAX_TOKENS} different ones).",
+                                  examples=["89c259c,0d3,near:58.2027,-6.3816"])):
         try:
-            return cell_polygons(wanted)
+            return JSONResponse(cell_polygons(split_tokens(tokens)))
         except CellTokenError as exc:
             return JSONResponse({"error": "bad_token", "detail": str(exc)}, 422)
 
@@ -140,4 +152,4 @@ def _make_router():
 
 router = _make_router()
 
-__all__ = ["cell_feature", "cell_polygons", "split_tokens", "CellTokenError", "MAX_TOKENS", "router"]
+__all__ = ["MAX_TOKENS", "TOKENS_PATTERN", "CellTokenError", "cell_feature", "cell_polygons", "router", "split_tokens"]

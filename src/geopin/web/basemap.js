@@ -3,14 +3,21 @@
 (function () {
   "use strict";
 
-  /** Make a Leaflet map in `el` showing the countries of `topology` (world-atlas TopoJSON). */
+  /** Longitudes the map can be panned over: three copies of the world, so that a place near the
+   * antimeridian can be looked at with both its sides on screen (Fiji, Kamchatka, Alaska). */
+  var PAN_LON = 540;
+  var COPIES = [-360, 0, 360];
+
+  /** Make a Leaflet map in `el` showing the countries of `topology` (world-atlas TopoJSON).
+   * Longitudes are continuous: the world is drawn at -360, 0 and +360, so what lies past 180 degrees
+   * (an answer drawn the short way across the antimeridian) has land under it and can be panned to. */
   function geopinBaseMap(el, topology) {
     var map = L.map(el, {
       worldCopyJump: false,
       minZoom: 1,
       maxZoom: 12,
       zoomSnap: 0.25,
-      maxBounds: [[-90, -250], [90, 250]],
+      maxBounds: [[-90, -PAN_LON], [90, PAN_LON]],
       maxBoundsViscosity: 0.8,
       preferCanvas: false,
     });
@@ -18,22 +25,48 @@
     map.attributionControl.setPrefix("Leaflet");
     map.attributionControl.addAttribution("borders: Natural Earth");
     map.createPane("countries").style.zIndex = 250;
+    L.control.scale({ position: "bottomleft", maxWidth: 140 }).addTo(map);
     if (topology && window.topojson) {
       var countries = flatRings(topojson.feature(topology, topology.objects.countries));
-      L.geoJSON(countries, {
-        pane: "countries",
-        interactive: false,
-        style: function () {
-          return { className: "country", color: "#7d8797", weight: 0.7, fillColor: "#fbfaf5", fillOpacity: 1 };
-        },
-      }).addTo(map);
+      COPIES.forEach(function (offset) {
+        L.geoJSON(shifted(countries, offset), {
+          pane: "countries",
+          interactive: false,
+          offset: offset, // which copy of the world: for tests and the console
+          style: function () {
+            return { className: offset ? "country country-copy" : "country", color: "#7d8797", weight: 0.7,
+              fillColor: "#fbfaf5", fillOpacity: 1 };
+          },
+        }).addTo(map);
+      });
     }
     // graticule every 30 degrees: orientation when zoomed in on the sea
     var lines = [];
-    for (var lat = -60; lat <= 60; lat += 30) lines.push([[lat, -180], [lat, 180]]);
-    for (var lon = -180; lon <= 180; lon += 30) lines.push([[-85, lon], [85, lon]]);
+    for (var lat = -60; lat <= 60; lat += 30) lines.push([[lat, -PAN_LON], [lat, PAN_LON]]);
+    for (var lon = -PAN_LON; lon <= PAN_LON; lon += 30) lines.push([[-85, lon], [85, lon]]);
     L.polyline(lines, { pane: "countries", interactive: false, color: "#9fb8cc", weight: 0.5, dashArray: "2 4", className: "graticule" }).addTo(map);
     return map;
+  }
+
+  /** A copy of a FeatureCollection of (Multi)Polygons moved by `offset` degrees of longitude. */
+  function shifted(fc, offset) {
+    if (!offset) return fc;
+    function ring(r) { return r.map(function (p) { return [p[0] + offset, p[1]]; }); }
+    return {
+      type: "FeatureCollection",
+      features: fc.features.map(function (f) {
+        var g = f.geometry;
+        if (!g) return f;
+        var c = g.type === "Polygon" ? g.coordinates.map(ring)
+          : g.type === "MultiPolygon" ? g.coordinates.map(function (poly) { return poly.map(ring); }) : g.coordinates;
+        return { type: "Feature", properties: f.properties, geometry: { type: g.type, coordinates: c } };
+      }),
+    };
+  }
+
+  /** `lon` moved by whole turns to lie within 180 degrees of `ref`: the short way from ref to lon. */
+  function nearLon(lon, ref) {
+    return lon + 360 * Math.round((ref - lon) / 360);
   }
 
   /** World-atlas rings live on the sphere: Russia and Fiji cross the antimeridian, Antarctica winds
@@ -78,5 +111,7 @@
   }
 
   window.geopinBaseMap = geopinBaseMap;
+  window.geopinNearLon = nearLon;
+  window.geopinPanLon = PAN_LON;
   window.geopinHaversineKm = haversineKm;
 })();

@@ -10,7 +10,6 @@ import functools
 import importlib
 import importlib.metadata
 import importlib.util
-import math
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -89,6 +88,16 @@ def load_efficientnet_lite(variant: int):
     return net.eval()
 
 
+def same_pad(size, stride: int, kernel: int):
+    """Total TF "same" padding of one axis, max((ceil(size / stride) - 1) * stride + kernel - size, 0).
+
+    Written with integer remainders only: when the network is traced for export (ONNX), `size` is a traced
+    value and the padding is then computed from each input's size, instead of being frozen at the size of the
+    example input (math.ceil would freeze it).
+    """
+    return max(kernel - (size - 1) % stride - 1, 0)
+
+
 @functools.lru_cache(maxsize=1)
 def _fused_classes():
     """The fused modules, defined on first use so that importing geopin does not import torch."""
@@ -119,8 +128,7 @@ def _fused_classes():
         def forward(self, x):
             if self.stride != 1:
                 ih, iw = x.shape[-2:]
-                ph = max((math.ceil(ih / self.stride) - 1) * self.stride + self.kernel - ih, 0)
-                pw = max((math.ceil(iw / self.stride) - 1) * self.stride + self.kernel - iw, 0)
+                ph, pw = same_pad(ih, self.stride, self.kernel), same_pad(iw, self.stride, self.kernel)
                 if ph or pw:
                     x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
             x = self.conv(x)
