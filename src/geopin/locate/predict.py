@@ -107,8 +107,14 @@ class Predictor:
     def prepare_text(self) -> None:
         """Load what reading costs on first use (the OCR models, the town index, the language models), so that
         a server's first photo with text does not wait for them."""
+        from PIL import Image, ImageDraw
+
         from geopin.evidence.base import Reading, TextLine
 
+        reader, _ = self._text
+        page = Image.new("RGB", (240, 64), (255, 255, 255))
+        ImageDraw.Draw(page).text((10, 20), "PRAIANO 40 MPH", fill=(0, 0, 0))
+        reader.read(page)  # loads the detector, the recogniser and (where installed) tesseract
         sample = Reading((TextLine("Benvenuti a Praiano, la perla della costiera", 1.0, (0, 0, 1, 1)),), 1, 1)
         self.clues_of([sample])
 
