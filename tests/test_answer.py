@@ -103,6 +103,13 @@ def check_coherent(r: dict) -> None:
     for t in top:
         cont = continent_of([t["country"]])[0] if t["country"] else ""
         assert t["country"] == "" or cont, t  # every country named has a continent
+        assert t["country_name"] == (country_name(t["country"]) if t["country"] else "") and "near" in t
+    # the most probable place leads the words, named as the JSON names it, and no listed place outweighs it
+    most = r["most_likely"]
+    assert most["probability"] >= max(t["probability"] for t in top) - 1e-9
+    assert words.startswith("Most probable place: ")
+    if most["near"]:
+        assert words.startswith(f"Most probable place: near {most['near']}")
     json.dumps(r)
 
 

@@ -567,6 +567,7 @@ def test_a_batch_of_three_photos_gets_three_answers_history_export_and_truth(ser
     drv.get(f"{server}/?token={TOKEN}")
     _wait(drv, "the base map", lambda: drv.execute_script("return document.body.dataset.mapReady === '1'"), 60)
     assert drv.find_element(By.ID, "photo-input").get_attribute("multiple") is not None
+    drv.get_log("browser")  # what earlier tests left in the console
     tiny = _small_png(tmp_path / "tiny.png", 480)
     second = _photo_with_gps(tmp_path / "second.jpg")
     third = tmp_path / "third.jpg"
@@ -636,6 +637,39 @@ def test_a_batch_of_three_photos_gets_three_answers_history_export_and_truth(ser
     assert "from your history" in drv.find_element(By.ID, "photo-name").text
     drv.find_element(By.ID, "clear-history").click()
     assert drv.execute_script("return JSON.parse(localStorage.getItem('geopin.history.v1'));") == []
+    severe = [e["message"] for e in drv.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe
+
+
+def test_photos_dropped_on_the_page_each_get_an_answer(server, browser):
+    """A drop of two photos (made in the page: a drag from the desktop cannot be scripted) gives two answers."""
+    from selenium.webdriver.common.by import By
+
+    drv = browser
+    drv.get(f"{server}/?token={TOKEN}")
+    drv.execute_script("localStorage.clear();")
+    drv.get(f"{server}/?token={TOKEN}")
+    _wait(drv, "the base map", lambda: drv.execute_script("return document.body.dataset.mapReady === '1'"), 60)
+    drv.execute_async_script("""
+        var done = arguments[0];
+        function photo(colour, name) {
+          var c = document.createElement('canvas'); c.width = 320; c.height = 240;
+          var g = c.getContext('2d'); g.fillStyle = colour; g.fillRect(0, 0, 320, 240);
+          g.fillStyle = '#3c7a3c'; g.fillRect(0, 160, 320, 80);
+          return new Promise(function (ok) { c.toBlob(function (b) { ok(new File([b], name, {type: 'image/png'})); }, 'image/png'); });
+        }
+        Promise.all([photo('#8ab4e6', 'dropped_a.png'), photo('#e6c38a', 'dropped_b.png')]).then(function (files) {
+          var dt = new DataTransfer();
+          files.forEach(function (f) { dt.items.add(f); });
+          document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+          done(1);
+        });""")
+    state = _wait(drv, "two answers", lambda: drv.execute_script(
+        "var s=document.getElementById('status').dataset.state; return (s==='done'||s==='error') && s;"))
+    assert state == "done", drv.find_element(By.ID, "status").text
+    rows = drv.find_elements(By.CSS_SELECTOR, "#answers li")
+    assert [r.find_element(By.CSS_SELECTOR, ".item-name").text for r in rows] == ["dropped_a.png", "dropped_b.png"]
+    assert [r.get_attribute("data-status") for r in rows] == ["done", "done"]
 
 
 def test_the_favicon_is_shipped_and_served(server):
