@@ -696,10 +696,18 @@ def _document_truthfully(app: FastAPI, cfg: ServeConfig) -> None:
         schemas = doc.get("components", {}).get("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
-        for name, schema in schemas.items():  # an empty photo is refused (422 empty_file): say so
-            photo = schema.get("properties", {}).get("photo") if name.startswith("Body_") else None
-            if photo is not None:
-                photo["minLength"] = 1
+        for name, schema in schemas.items():
+            if not name.startswith("Body_"):
+                continue
+            props = schema.get("properties", {})
+            if "photo" in props:  # an empty photo is refused (422 empty_file): say so
+                props["photo"]["minLength"] = 1
+            for key, prop in props.items():
+                props[key] = _not_null(prop)
+        for ops in doc["paths"].values():
+            for op in ops.values():
+                for param in op.get("parameters", []):
+                    param["schema"] = _not_null(param["schema"])
         for ops in doc["paths"].values():  # the photo part is an image (its type is judged by its bytes)
             for op in ops.values():
                 form = op.get("requestBody", {}).get("content", {}).get("multipart/form-data")
@@ -721,6 +729,15 @@ def _document_truthfully(app: FastAPI, cfg: ServeConfig) -> None:
         return doc
 
     app.openapi = openapi
+
+
+def _not_null(schema: dict) -> dict:
+    """An optional form field or query parameter is left out, never sent as null: `int | None` is an integer
+    here (FastAPI writes anyOf [integer, null], and a client sending k=null gets 422)."""
+    options = [o for o in schema.get("anyOf", ()) if o != {"type": "null"}]
+    if "anyOf" not in schema or len(options) != 1:
+        return schema
+    return {**{k: v for k, v in schema.items() if k != "anyOf"}, **options[0]}
 
 
 _TOKEN_IN_QUERY = re.compile(r"(?<=[?&])(token=)[^&#\s]*", re.IGNORECASE)
