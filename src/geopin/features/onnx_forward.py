@@ -1,0 +1,298 @@
+"""A backbone's forward pass on ONNX Runtime: exported once per weights, cached on disk, checked against PyTorch.
+
+Why ONNX Runtime: on the 2-core reference machine it ran the EfficientNet-Lite0 forward of one 384 px photo in
+10-14 ms against PyTorch's 15-27 ms, within 6e-6 of PyTorch's features (issue 23); and it is already installed,
+for OCR. (OpenVINO was 9 ms at f32 but is a large extra dependency.)
+
+Only the forward pass of `embed`, `predict` and `serve` runs here. PyTorch stays for everything that needs the
+modules or gradients (Grad-CAM, occlusion, fine-tuning): they use `backbone.model`, which is never changed.
+
+How:
+- The network is exported with batch, height and width as dynamic axes (photos keep their aspect ratio, so a
+  batch bucket can have any shape) to `cache_root()/onnx/<name>-<hash>.onnx`, the hash covering the backbone's
+  name and version (weights and inference graph), torch's version and this module's export format. The file
+  is written to a temporary name and renamed, so a reader never sees half of it.
+- Every process checks its session against PyTorch on a few input shapes before trusting it (a landscape and a
+  portrait photo, and the native square): a cached file that cannot be loaded or that disagrees is exported
+  again, with a log line; an export that still disagrees is not used.
+- runtime "auto" falls back to PyTorch with one warning saying why (no `onnx` package to export with, an
+  operator ONNX lacks, a disagreement); runtime "onnx" raises ExportFailed instead.
+- One session per (file, threads) per process, sequential execution, `threads` intra-op threads that sleep
+  when idle (spinning threads steal the cores the decode threads need, as with OMP_WAIT_POLICY=PASSIVE).
+
+The embedding cache key does not name the runtime: features from ONNX Runtime are checked here to agree with
+PyTorch's within TOLERANCE (1e-4; measured ~1e-5 on real photos), far below what changes a guess, so vectors
+from either runtime are interchangeable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import warnings
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from geopin.features.backbones import Backbone, whole_size
+from geopin.io import atomic_path, cache_root
+
+if TYPE_CHECKING:
+    import onnxruntime
+    import torch
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "onnx", "torch")
+#: Bump when the export changes (opset, axes, names): part of every exported file's hash.
+EXPORT_FORMAT = "v1"
+OPSET = 17
+#: Largest absolute difference from PyTorch's features that a session may show on the check inputs.
+TOLERANCE = 1e-4
+INPUT, OUTPUT = "pixels", "features"
+_CHECK_SEED = 0
+
+
+class ExportFailed(RuntimeError):
+    """The backbone cannot run on ONNX Runtime here; the message says why."""
+
+
+def onnx_cache_dir() -> Path:
+    """Where exported networks live: geopin's cache root / onnx."""
+    return cache_root() / "onnx"
+
+
+def export_spec(backbone: Backbone) -> dict[str, Any]:
+    """What decides the exported file: the weights and graph (name, version), the exporter and our format."""
+    import torch
+
+    return {"backbone": backbone.name, "version": backbone.version, "family": backbone.config.family,
+            "torch": torch.__version__, "opset": OPSET, "format": EXPORT_FORMAT,
+            "dynamic_axes": ["batch", "height", "width"]}
+
+
+def export_path(backbone: Backbone, folder: Path | None = None) -> Path:
+    """The cached file of this backbone's export (a hash of export_spec in its name)."""
+    digest = hashlib.sha256(json.dumps(export_spec(backbone), sort_keys=True).encode()).hexdigest()[:16]
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in backbone.name)[:60]  # the hash tells apart
+    return (folder or onnx_cache_dir()) / f"{safe}-{digest}.onnx"
+
+
+def check_shapes(backbone: Backbone) -> list[tuple[int, int, int, int]]:
+    """Inputs (B, 3, H, W) a session is checked on: the native square (batch of 2: the batch axis), and for
+    backbones that take photos at their own aspect ratio, a 4:3 landscape and a 3:4 portrait at the long side."""
+    cfg = backbone.config
+    shapes = [(2, 3, cfg.native_size, cfg.native_size)]
+    if cfg.whole_fit == "resize":
+        w, h = whole_size(4, 3, cfg.long_side, cfg.side_multiple)
+        shapes += [(1, 3, h, w), (1, 3, w, h)]
+    return shapes
+
+
+def export_onnx(backbone: Backbone, path: Path) -> Path:
+    """Export backbone.model to `path` (temp file, then rename); ExportFailed with the exporter's reason."""
+    import torch
+
+    example = torch.zeros(check_shapes(backbone)[-1])
+    try:
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            # The tracer warns about every size it reads; the check against PyTorch is what decides. The
+            # TorchScript exporter is deprecated, but the newer one needs two more packages (onnxscript, onnx).
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                with torch.inference_mode(False), torch.no_grad():
+                    torch.onnx.export(
+                        backbone.model, (example,), str(tmp), dynamo=False, opset_version=OPSET,
+                        input_names=[INPUT], output_names=[OUTPUT],
+                        dynamic_axes={INPUT: {0: "batch", 2: "height", 3: "width"}, OUTPUT: {0: "batch"}},
+                    )
+            except (RuntimeError, TypeError, ValueError) as exc:  # OnnxExporterError is a RuntimeError
+                raise ExportFailed(f"torch.onnx.export failed: {_first_line(exc)}") from exc
+    except OSError as exc:
+        raise ExportFailed(f"cannot write {path}: {exc.strerror or exc}") from exc
+    logger.info("exported %s to ONNX: %s (%.1f MB)", backbone.name, path, path.stat().st_size / 1e6)
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    cause = exc.__cause__
+    if isinstance(cause, ModuleNotFoundError):  # the exporter needs the `onnx` package
+        return f"{cause} (pip install onnx)"
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _ort_errors() -> tuple[type[BaseException], ...]:
+    """ONNX Runtime's load and run errors (they derive from Exception only)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+             "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+    return (OSError, RuntimeError, ValueError) + tuple(getattr(state, n) for n in names if hasattr(state, n))
+
+
+_SESSIONS: dict[tuple[str, int, int], onnxruntime.InferenceSession] = {}
+_LOCK = threading.RLock()  # one export or session load at a time per process (serve calls from many threads)
+
+
+def session(path: Path, threads: int) -> onnxruntime.InferenceSession:
+    """The process's session for this file and thread count (made once; keyed by the file's mtime too, so a
+    rebuilt file gets a new session)."""
+    import onnxruntime as ort
+
+    key = (str(path), path.stat().st_mtime_ns, threads)
+    with _LOCK:
+        if key not in _SESSIONS:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.log_severity_level = 3  # errors only: ORT's own warnings are about graph details we check anyway
+            for old in [k for k in _SESSIONS if k[0] == key[0] and k[2] == threads]:
+                del _SESSIONS[old]
+            _SESSIONS[key] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return _SESSIONS[key]
+
+
+def max_difference(backbone: Backbone, sess: onnxruntime.InferenceSession) -> float:
+    """Largest |ONNX - PyTorch| of the features over the check inputs (seeded noise at the check shapes)."""
+    import torch
+
+    rng = np.random.default_rng(_CHECK_SEED)
+    worst = 0.0
+    for shape in check_shapes(backbone):
+        x = rng.standard_normal(shape, dtype=np.float32)
+        with torch.inference_mode():
+            want = backbone.model(torch.from_numpy(x)).float().cpu().numpy()
+        got = sess.run([OUTPUT], {INPUT: x})[0]
+        if got.shape != want.shape:
+            return float("inf")
+        worst = max(worst, float(np.abs(got - want).max()))
+    return worst
+
+
+def checked_session(backbone: Backbone, threads: int, folder: Path | None = None) -> onnxruntime.InferenceSession:
+    """A session that agrees with backbone.model, exporting (or re-exporting a bad cached file) when needed.
+
+    Raises ExportFailed when the network cannot be exported or its export disagrees with PyTorch.
+    """
+    if any(p.device.type != "cpu" for p in backbone.model.parameters()):
+        raise ExportFailed("the backbone is not on the CPU (ONNX Runtime runs here on the CPU only)")
+    errors = _ort_errors()
+    path = export_path(backbone, folder)
+    with _LOCK:
+        if path.exists():
+            try:
+                sess = session(path, threads)
+                diff = max_difference(backbone, sess)
+            except errors as exc:
+                logger.warning("rebuilding %s: cannot be loaded (%s)", path, _first_line(exc))
+            else:
+                if diff <= TOLERANCE:
+                    return sess
+                logger.warning("rebuilding %s: it differs from PyTorch by %.2g (> %g)", path, diff, TOLERANCE)
+        export_onnx(backbone, path)
+        try:
+            sess = session(path, threads)
+            diff = max_difference(backbone, sess)
+        except errors as exc:
+            raise ExportFailed(f"ONNX Runtime cannot run the export: {_first_line(exc)}") from exc
+        if diff > TOLERANCE:
+            raise ExportFailed(f"the export differs from PyTorch by {diff:.2g} (> {TOLERANCE:g}) on the check inputs")
+        logger.info("%s on ONNX Runtime: within %.1g of PyTorch", backbone.name, diff)
+        return sess
+
+
+# Per backbone model (weakly held): its checked sessions by (threads, folder), or why ONNX Runtime cannot run
+# it, so that each process checks a model once and "auto" warns once.
+_CHECKED: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
+_FAILED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def model_session(backbone: Backbone, threads: int, folder: Path | None = None) -> onnxruntime.InferenceSession:
+    """checked_session, once per backbone model, thread count and folder in this process."""
+    with _LOCK:
+        reason = _FAILED.get(backbone.model)
+        if reason is not None:
+            raise ExportFailed(reason)
+        known = _CHECKED.setdefault(backbone.model, {})
+        key = (threads, str(folder or onnx_cache_dir()))
+        if key not in known:
+            try:
+                known[key] = checked_session(backbone, threads, folder)
+            except ExportFailed as exc:
+                _FAILED[backbone.model] = str(exc)
+                raise
+        return known[key]
+
+
+def torch_forward(model: torch.nn.Module) -> Callable[[torch.Tensor], np.ndarray]:
+    """Batch -> float32 features on PyTorch (the caller sets threads and inference mode)."""
+    return lambda batch: model(batch).float().cpu().numpy()
+
+
+@dataclass
+class BatchForward:
+    """(B, 3, H, W) float tensor -> (B, dim) float32 features, on the runtime asked for.
+
+    Chosen on the first batch, so a run whose photos are all cached never exports. `runtime` says which
+    one ran ("onnx" or "torch"; None before the first batch).
+    """
+
+    backbone: Backbone
+    requested: str = "auto"
+    threads: int | None = None
+    folder: Path | None = None  # where exports are cached; None: onnx_cache_dir()
+    runtime: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.requested not in RUNTIMES:
+            raise ValueError(f"unknown runtime {self.requested!r}; choose one of {', '.join(RUNTIMES)}")
+        self._run: Callable | None = None
+
+    def resolve(self) -> str:
+        """Pick the runtime now (export if needed); the name of the one chosen."""
+        if self._run is None:
+            self._run, self.runtime = self._choose()
+        return self.runtime
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        if self._run is None:
+            self.resolve()
+        return self._run(batch)
+
+    def _choose(self) -> tuple[Callable, str]:
+        if self.requested == "torch":
+            return torch_forward(self.backbone.model), "torch"
+        model = self.backbone.model
+        if model is None:
+            raise ValueError(f"backbone {self.backbone.name!r} has no model")
+        warned = model in _FAILED
+        try:
+            sess = model_session(self.backbone, self.threads or os.cpu_count() or 1, self.folder)
+        except ExportFailed as exc:
+            reason = str(exc)
+            if self.requested == "auto" and not warned:
+                logger.warning("%s runs on PyTorch, not ONNX Runtime: %s", self.backbone.name, reason)
+        else:
+            return _onnx_run(sess), "onnx"
+        if self.requested == "onnx":
+            raise ExportFailed(f"backbone {self.backbone.name!r} cannot run on ONNX Runtime: {reason}")
+        return torch_forward(model), "torch"
+
+
+def _onnx_run(sess: onnxruntime.InferenceSession) -> Callable[[torch.Tensor], np.ndarray]:
+    def run(batch) -> np.ndarray:
+        x = batch.numpy() if hasattr(batch, "numpy") else np.asarray(batch)
+        return sess.run([OUTPUT], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    return run
