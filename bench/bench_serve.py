@@ -1,13 +1,16 @@
 """Load test for `geopin serve`: N concurrent clients on loopback, good and bad uploads mixed.
 
-    python bench/bench_serve.py                       # 16 clients, 60 s, 80 % good uploads
-    python bench/bench_serve.py --seconds 10 --clients 4 --bad-fraction 0.5
+    python bench/bench_serve.py                       # 16 clients, 60 s, 80 % good uploads, 2 explaining
+    python bench/bench_serve.py --seconds 10 --clients 4 --bad-fraction 0.5 --explainers 0
+    python bench/bench_serve.py --src /tmp/before/src  # the same load on another geopin tree (before/after)
 
 Starts a real `geopin serve` subprocess on 127.0.0.1 (a free port, the bundled model unless --model),
 waits for /api/health, then runs the clients for --seconds and stops by itself (the server too).
 Good uploads are generated JPEGs (must all get 200); bad ones cycle through a truncated JPEG, text,
 a 20000x20000 PNG header (decompression bomb), an empty file, a wrong field name and a body over
-the upload limit (each must get its own 4xx). Prints requests/s, p50/p95 latency of good uploads,
+the upload limit (each must get its own 4xx). Beside them, --explainers clients ask for occlusion
+explanations of good photos in a loop (503 "busy" is their bounded queue saying no: they wait its
+Retry-After). Prints requests/s, p50/p95 latency of good uploads,
 errors on good uploads (must be 0), statuses of bad ones and the server's peak RSS (VmHWM), and
 writes bench/results/serve.json.
 """
@@ -40,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled model)")
     ap.add_argument("--max-upload-mb", type=float, default=2.0, help="the server's upload limit")
     ap.add_argument("--timeout-s", type=float, default=30.0, help="the server's per-request time limit")
+    ap.add_argument("--explainers", type=int, default=2, help="clients asking for explanations meanwhile")
+    ap.add_argument("--src", type=Path, default=SRC, help="the geopin source tree the server runs from")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "serve.json")
     return ap.parse_args(argv)
 
@@ -102,7 +107,7 @@ def start_server(args, port: int) -> subprocess.Popen:
         cmd += ["--model", str(args.model)]
     env = {k: v for k, v in os.environ.items() if k != "GEOPIN_TOKEN"}
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(SRC), env.get("PYTHONPATH", "")) if x)
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(args.src), env.get("PYTHONPATH", "")) if x)
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
 
 
@@ -148,6 +153,27 @@ async def client(i: int, url: str, deadline: float, goods: list[bytes], bads: li
                 peak["rss_kb"] = max(peak.get("rss_kb", 0), rss)
 
 
+async def explainer(i: int, url: str, deadline: float, goods: list[bytes], log: list) -> None:
+    """Occlusion explanations in a loop; a 503 (the bounded queue is full) waits for its Retry-After."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=300) as http:
+        n = 0
+        while time.monotonic() < deadline:
+            t = time.perf_counter()
+            try:
+                r = await http.post("/api/explain", files={"photo": ("e.jpg", goods[(i + n) % len(goods)], "image/jpeg")},
+                                    data={"occlusion": "true"})
+                status = r.status_code
+                retry = float(r.headers.get("retry-after", "1")) if status == 503 else 0.0
+            except httpx.HTTPError:
+                status, retry = -1, 1.0
+            log.append((status, (time.perf_counter() - t) * 1e3))
+            n += 1
+            if retry:
+                await asyncio.sleep(retry)
+
+
 def _is_json(r) -> bool:
     try:
         body = r.json()
@@ -156,14 +182,16 @@ def _is_json(r) -> bool:
     return r.status_code == 200 or ("error" in body and "detail" in body)
 
 
-async def run_clients(args, url: str, pid: int, goods, bads) -> tuple[list, dict, float]:
+async def run_clients(args, url: str, pid: int, goods, bads) -> tuple[list, dict, float, list]:
     log: list = []
+    explained: list = []
     peak: dict = {}
     t0 = time.monotonic()
     deadline = t0 + args.seconds
     await asyncio.gather(*(client(i, url, deadline, goods, bads, args.bad_fraction, log, peak, pid)
-                           for i in range(args.clients)))
-    return log, peak, time.monotonic() - t0
+                           for i in range(args.clients)),
+                         *(explainer(i, url, deadline, goods, explained) for i in range(args.explainers)))
+    return log, peak, time.monotonic() - t0, explained
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -185,7 +213,7 @@ def main(argv=None) -> int:
     try:
         startup_s = wait_healthy(proc, url)
         rss_idle = vm_kb(proc.pid, "VmRSS")
-        log, peak, wall = asyncio.run(run_clients(args, url, proc.pid, goods, bads))
+        log, peak, wall, explained = asyncio.run(run_clients(args, url, proc.pid, goods, bads))
         hwm = vm_kb(proc.pid, "VmHWM")
         import httpx
 
@@ -224,6 +252,12 @@ def main(argv=None) -> int:
         "good_latency_ms": {"p50": pct(good_ms, 50), "p95": pct(good_ms, 95), "max": pct(good_ms, 100)},
         "errors_on_good_uploads": len(good_errors),
         "first_good_errors": [x[5] for x in good_errors[:5]],
+        "explainers": args.explainers,
+        "explanations": {"n": len(explained), "ok": sum(1 for st, _ in explained if st == 200),
+                         "statuses": {str(k): sum(1 for st, _ in explained if st == k) for k in sorted({st for st, _ in explained})},
+                         "latency_ms_ok": {"p50": pct([ms for st, ms in explained if st == 200], 50),
+                                           "max": pct([ms for st, ms in explained if st == 200], 100)}},
+        "src": str(args.src),
         "bad_uploads": len(bad),
         "bad_with_unexpected_status": bad_unexpected,
         "bad_by_kind": bad_by_kind,
@@ -247,6 +281,7 @@ def main(argv=None) -> int:
           f"({result['good_per_s']} good/s)")
     print(f"good uploads: {len(good)}, errors {len(good_errors)}; latency p50 {result['good_latency_ms']['p50']} ms, "
           f"p95 {result['good_latency_ms']['p95']} ms")
+    print(f"explanations ({args.explainers} clients): {result['explanations']}")
     print(f"bad uploads: {len(bad)}, with an unexpected status or non-JSON body: {bad_unexpected}")
     for name, k in sorted(bad_by_kind.items()):
         print(f"  {name:13s} n={k['n']:4d} expected {k['expected_status']} got {k['statuses']}")

@@ -35,6 +35,7 @@ class RunningServer:
     """A uvicorn server in a thread on a socket bound here (no race for the port); stopped on close()."""
 
     def __init__(self, app) -> None:
+        self.app = app
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -153,6 +154,23 @@ def test_type_is_judged_by_content_not_by_name(server):
     assert_healthy(server)
 
 
+def same_answer(a: dict, b: dict) -> None:
+    """The same answer: every place, token, name and key alike; probabilities to 1e-6 relative (a batch's
+    posterior is one matrix product, whose float32 rounding depends on how many photos share it)."""
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            same_answer(a[k], b[k])
+    elif isinstance(a, list):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            same_answer(x, y)
+    elif isinstance(a, float) and not isinstance(b, bool):
+        assert b == pytest.approx(a, rel=1e-6, abs=1e-9)
+    else:
+        assert a == b
+
+
 def test_concurrent_requests_share_one_model(server):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -160,7 +178,32 @@ def test_concurrent_requests_share_one_model(server):
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda _: server.client.post("/api/predict", files={"photo": ("c.jpg", data)}), range(6)))
     assert [r.status_code for r in results] == [200] * 6
-    assert len({json.dumps(r.json(), sort_keys=True) for r in results}) == 1  # same photo, same answer
+    for r in results[1:]:  # same photo, same answer
+        same_answer(results[0].json(), r.json())
+
+
+def test_concurrent_predictions_are_batched_and_answer_as_alone(predictor):
+    """Photos sent together run as one batch and each gets the answer it gets when sent alone; different k
+    in one batch each get their own k. The window is long because each photo is read for text first, one
+    at a time (~0.4 s each), so they reach the batcher staggered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = RunningServer(create_app(ServeConfig(batch_window_ms=3000, max_batch=8), predictor))
+    try:
+        photos = [(f"p{i}.jpg", jpeg_bytes(20 + i), 2 + i % 2) for i in range(6)]
+        alone = [s.client.post("/api/predict", files={"photo": (n, d)}, data={"k": str(k)}).json() for n, d, k in photos]
+        service = s.app.state.service
+        service.batcher.batch_sizes.clear()
+        with ThreadPoolExecutor(6) as pool:
+            together = list(pool.map(lambda p: s.client.post("/api/predict", files={"photo": (p[0], p[1])},
+                                                             data={"k": str(p[2])}), photos))
+        assert [r.status_code for r in together] == [200] * 6
+        assert max(service.batcher.batch_sizes) >= 3, service.batcher.batch_sizes
+        for a, r in zip(alone, together):
+            same_answer(a, r.json())
+            assert len(r.json()["top_k"]) == len(a["top_k"])
+    finally:
+        s.close()
 
 
 # --------------------------------------------------------------------------------- bad uploads
@@ -235,9 +278,40 @@ def test_health(server, predictor):
 
 
 def test_request_over_the_time_limit_is_504(predictor):
-    s = RunningServer(create_app(ServeConfig(timeout_s=0.001), predictor))
+    """Queueing counts: with the model thread busy longer than the limit, a prediction gets 504."""
+    s = RunningServer(create_app(ServeConfig(timeout_s=0.5), predictor))
     try:
+        s.app.state.service.model_pool.submit(time.sleep, 1.5)  # the model thread is taken for 1.5 s
+        t0 = time.monotonic()
         assert_error(s.client.post("/api/predict", files={"photo": ("a.jpg", jpeg_bytes())}), 504, "timeout")
+        assert time.monotonic() - t0 < 1.4
+        time.sleep(1.2)
+        assert_healthy(s)
+    finally:
+        s.close()
+
+
+def test_half_sent_upload_times_out_with_408(predictor):
+    """--timeout-s covers reading the body: a client that sends half its photo and stalls gets 408, and
+    its connection is closed, instead of holding it for ever."""
+    s = RunningServer(create_app(ServeConfig(timeout_s=1.0), predictor))
+    try:
+        body = multipart("photo", "slow.jpg", jpeg_bytes())
+        head = (f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+                f"Content-Type: multipart/form-data; boundary=geopinboundary\r\n\r\n").encode()
+        host, port = s.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            t0 = time.monotonic()
+            conn.sendall(head + body[: len(body) // 2])  # ... and nothing more
+            answer = b""
+            while chunk := conn.recv(65536):  # the server closes the connection after its answer
+                answer += chunk
+            waited = time.monotonic() - t0
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert status_line.startswith(b"HTTP/1.1 408"), answer[:300]
+        body_json = json.loads(rest.partition(b"\r\n\r\n")[2])
+        assert body_json["error"] == "upload_timeout" and "1 s" in body_json["detail"]
+        assert 0.9 < waited < 5
         assert_healthy(s)
     finally:
         s.close()
@@ -273,6 +347,67 @@ def test_explain_returns_overlays_and_rejects_bad_input(server):
     assert_error(server.client.post("/api/explain", files={"photo": ("e.txt", b"not a photo at all")}),
                  415, "not_an_image")
     assert_healthy(server)
+
+
+@pytest.mark.skipif(not HAVE_EXPLAIN, reason="geopin.explain.maps is not installed")
+def test_predictions_do_not_wait_behind_explanations(predictor):
+    """Two occlusion maps running (the queue's bound: a third is 503) while predictions keep their latency."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = RunningServer(create_app(ServeConfig(max_explain_pending=2), predictor))
+    service = s.app.state.service
+    try:
+        data = jpeg_bytes(4)
+        s.client.post("/api/predict", files={"photo": ("w.jpg", data)})  # warm
+        t = time.monotonic()
+        assert s.client.post("/api/predict", files={"photo": ("w.jpg", data)}).status_code == 200
+        alone_s = time.monotonic() - t
+        with ThreadPoolExecutor(2) as pool:
+            explaining = [pool.submit(s.client.post, "/api/explain", files={"photo": (f"e{i}.jpg", jpeg_bytes(30 + i))},
+                                      data={"occlusion": "true"}) for i in range(2)]
+            deadline = time.monotonic() + 10
+            while service.explanations < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert_error(s.client.post("/api/explain", files={"photo": ("e.jpg", data)}), 503, "busy")
+            latencies = []
+            for _ in range(5):
+                t = time.monotonic()
+                assert s.client.post("/api/predict", files={"photo": ("p.jpg", data)}).status_code == 200
+                latencies.append(time.monotonic() - t)
+            still_explaining = service.explanations
+            answers = [f.result() for f in explaining]
+        assert [r.status_code for r in answers] == [200, 200], [r.text[:200] for r in answers]
+        assert still_explaining >= 1, "the explanations ended before the predictions: nothing was measured"
+        # before: every prediction waited for the whole explanation (p50 10 s with 4 explaining)
+        assert sorted(latencies)[2] < max(1.5, 4 * alone_s), (latencies, alone_s)
+        assert max(latencies) < max(3.0, 8 * alone_s), (latencies, alone_s)
+        assert service.explain_stats["finished"] == 2
+    finally:
+        s.close()
+
+
+@pytest.mark.skipif(not HAVE_EXPLAIN, reason="geopin.explain.maps is not installed")
+def test_explanation_is_stopped_when_its_client_leaves(predictor):
+    """The page aborts the old request when a new photo comes: the server stops that explanation at its
+    next forward pass (not at its end), and drops a queued one before it starts."""
+    s = RunningServer(create_app(ServeConfig(max_explain_pending=2), predictor))
+    service = s.app.state.service
+    try:
+        impatient = httpx.Client(base_url=s.url, timeout=httpx.Timeout(60, read=0.8))
+        for i in range(2):  # the first starts, the second waits in the queue behind it
+            with pytest.raises(httpx.ReadTimeout):
+                impatient.post("/api/explain", files={"photo": (f"e{i}.jpg", jpeg_bytes(40 + i))},
+                               data={"occlusion": "true"})
+            impatient.close()  # the client gives up: its connection closes
+            impatient = httpx.Client(base_url=s.url, timeout=httpx.Timeout(60, read=0.1))
+        deadline = time.monotonic() + 15
+        while service.explanations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert service.explanations == 0
+        assert service.explain_stats == {"finished": 0, "stopped": 1, "dropped": 1}, service.explain_stats
+        assert_healthy(s)
+    finally:
+        s.close()
 
 
 # --------------------------------------------------------------------------------- tokens
@@ -327,6 +462,51 @@ def test_refuses_a_public_address_without_a_token(tmp_path):
     assert p.returncode == 2
     assert "refusing to listen on 0.0.0.0" in p.stderr and "token" in p.stderr
     assert time.monotonic() - t0 < 30  # refused before loading any model
+
+
+def test_port_in_use_exits_2_before_the_model_loads(tmp_path):
+    """`--help` promises exit 2 for a bad setting: a taken port is one, found before seconds of model loading."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("geopin")
+    cmd = [exe] if exe and not os.environ.get("PYTHONPATH") else [sys.executable, "-m", "geopin"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        p = subprocess.run(cmd + ["serve", "--port", str(port), "--model", str(tmp_path / "no-model-here")],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert f"--port {port}" in p.stderr and "already in use" in p.stderr, p.stderr
+    assert "no-model-here" not in p.stderr  # the port was judged first, before the (missing) model
+
+
+def test_token_in_the_address_stays_out_of_the_access_log():
+    import logging
+
+    from geopin.serve.app import _HideTokens
+
+    # uvicorn.access logs '%s - "%s %s HTTP/%s" %d' with (client, method, full path, http version, status)
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5000", "GET", f"/api/health?k=2&token={TOKEN}&x=1", "1.1", 200), None)
+    assert _HideTokens().filter(record)
+    line = record.getMessage()
+    assert TOKEN not in line and "token=***" in line and "k=2" in line and "x=1" in line
+    assert logging.getLogger("uvicorn.access").filters  # installed by create_app (the module's servers made one)
+
+
+def test_every_bomb_message_names_one_pixel_limit(server):
+    """Pillow refuses headers over twice its limit with its own figure; the answer names geopin's one limit."""
+    from geopin.dataset.images import PILLOW_MAX_PIXELS
+
+    for w, h in ((20000, 20000), (12000, 12000)):  # over twice the limit (Pillow's check), and between
+        body = assert_error(server.client.post("/api/predict", files={"photo": ("b.png", png_header_only(w, h))}),
+                            413, "decompression_bomb")
+        assert f"{w * h} pixels > {PILLOW_MAX_PIXELS}" in body["detail"], body
+        assert "178956970" not in body["detail"]
 
 
 def test_serve_without_page_says_where_the_api_is(predictor, tmp_path):

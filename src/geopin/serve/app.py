@@ -99,6 +99,7 @@ class ServeConfig:
     max_batch: int = 8  # photos per prediction batch
     max_explain_pending: int = 2  # explanations queued or running beyond this get 503
     explain_yield_s: float = 1.0  # how long an explanation waits for predictions before each forward pass
+    occlusion_max_passes: int | None = None  # forward passes per occlusion map; None: geopin.explain's default
 
     @property
     def max_upload_bytes(self) -> int:
@@ -180,6 +181,14 @@ class _BodyTimeout(_GuardError):
                               f"({seen} bytes received); send it faster or raise --timeout-s")
 
 
+def _body_within(headers: dict[str, str], limit: int) -> bool:
+    """A body is coming (chunked, or a Content-Length) and is not announced as over `limit`."""
+    length = headers.get("content-length", "").strip()
+    if length.isdigit():
+        return 0 < int(length) <= limit
+    return "chunked" in headers.get("transfer-encoding", "").lower()
+
+
 #: Where ApiGuard leaves the request's deadline (time.monotonic()) for the handlers, in scope["state"].
 DEADLINE_KEY = "geopin_deadline"
 
@@ -213,6 +222,9 @@ class ApiGuard:
         scope["state"] = {**scope.get("state", {}), DEADLINE_KEY: deadline}
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if self.token and not self._authorized(headers, scope.get("query_string", b"")):
+            if _body_within(headers, self.max_body):  # the client may still be sending it: read and drop it first
+                with contextlib.suppress(_BodyTimeout):
+                    await self._drain(self._timed(receive, deadline), 0, self.max_body)
             await _send_error(send, 401, "unauthorized",
                               "this server needs a token: send 'Authorization: Bearer <token>' "
                               "or 'X-Geopin-Token: <token>'", [(b"www-authenticate", b"Bearer")])
@@ -272,9 +284,10 @@ class ApiGuard:
 
         return timed
 
-    async def _drain(self, receive: Callable, seen: int) -> None:
-        """Read and drop the rest of the body, up to drain_limit bytes in all."""
-        while seen <= self.drain_limit:
+    async def _drain(self, receive: Callable, seen: int, limit: int | None = None) -> None:
+        """Read and drop the rest of the body, up to `limit` (default drain_limit) bytes in all."""
+        limit = self.drain_limit if limit is None else limit
+        while seen <= limit:
             message = await receive()
             if message["type"] != "http.request":
                 return
@@ -305,6 +318,8 @@ class Service:
         self.predictor = predictor
         self.model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geopin-model")
         self.explain_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geopin-explain")
+        # reading text off a photo (OCR, ~0.4 s) runs here, beside the model thread, not in front of it
+        self.read_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geopin-read")
         self.decode_pool = ThreadPoolExecutor(max_workers=max(1, cfg.decode_workers), thread_name_prefix="geopin-decode")
         self.batcher = PredictBatcher(self._predict_batch, self.model_pool, cfg.batch_window_ms / 1000.0, cfg.max_batch)
         self.pending = 0  # requests in flight (decoding, queued or running)
@@ -312,7 +327,8 @@ class Service:
         self.predictions_idle = threading.Event()
         self.predictions_idle.set()
         self.explanations = 0  # explanations queued or running (until the worker is done with them)
-        self.explain_cancelled = 0  # explanations stopped because their client left (for tests and logs)
+        #: how explanations ended: finished, stopped midway (client gone or too late), dropped before they started
+        self.explain_stats = {"finished": 0, "stopped": 0, "dropped": 0}
         hook_forward_passes(predictor.backbone.model)
 
     async def start(self) -> None:
@@ -320,7 +336,7 @@ class Service:
 
     async def close(self) -> None:
         await self.batcher.stop()
-        for pool in (self.model_pool, self.explain_pool, self.decode_pool):
+        for pool in (self.model_pool, self.explain_pool, self.read_pool, self.decode_pool):
             pool.shutdown(wait=False, cancel_futures=True)
 
     async def _in(self, pool: ThreadPoolExecutor, deadline: float, fn: Callable, *args: Any) -> Any:
@@ -359,16 +375,17 @@ class Service:
         await loop.run_in_executor(self.model_pool, self._predict_batch, [PredictJob(image, data, "warm-up", 1)])
         if self.predictor.reads_text:  # the OCR models, the gazetteer and the language models load once, now
             await loop.run_in_executor(self.model_pool, self.predictor.prepare_text)
+            await loop.run_in_executor(self.read_pool, self.predictor.reading_or_none, data, {"path": "warm-up"})
         log.info("model warmed up in %.1f s", time.monotonic() - t0)
 
     def _predict_batch(self, jobs: list[PredictJob]) -> list[Any]:
-        """On the model thread: each photo read for text on its own, then one predict_images call per k;
-        a result dict or an ApiError per job, in order."""
+        """On the model thread: one predict_images call per k, each photo with what was read off it (per photo,
+        on the read thread); a result dict or an ApiError per job, in order."""
         from geopin.locate.predict import exif_info, ordered_result
 
         p = self.predictor
-        rows: list[dict] = [{"path": job.name} for job in jobs]
-        readings = [p.reading_or_none(job.data, row) if p.reads_text else None for job, row in zip(jobs, rows)]
+        rows: list[dict] = [{"path": job.name, **job.row} for job in jobs]
+        readings = [job.reading for job in jobs]
         out: list[Any] = [None] * len(jobs)
         for k in sorted({job.k for job in jobs}):
             idx = [i for i, job in enumerate(jobs) if job.k == k]
@@ -416,7 +433,10 @@ class Service:
         self.predictions_idle.clear()
         try:
             image = await self._decode_upload(data, name, deadline)
-            fut = self.batcher.submit(PredictJob(image, data, name, k))
+            job = PredictJob(image, data, name, k)
+            if self.predictor.reads_text:
+                job.reading = await self._in(self.read_pool, deadline, self.predictor.reading_or_none, data, job.row)
+            fut = self.batcher.submit(job)
             try:
                 return await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))  # cancels (drops) the job
             except TimeoutError:
@@ -440,23 +460,24 @@ class Service:
         try:
             image = await self._decode_upload(data, name, deadline)
             job = ExplainJob(self.predictions_idle, self.cfg.explain_yield_s)
-            fut = asyncio.get_running_loop().run_in_executor(self.explain_pool, run_explain_job, job, lambda: work(image))
-            fut.add_done_callback(lambda _f: self._explain_done())  # counted until the worker lets go of it
+            loop = asyncio.get_running_loop()
+            work_fut = self.explain_pool.submit(run_explain_job, job, lambda: work(image))
+            # counted until the worker lets go of it, whether the request is still there or not
+            work_fut.add_done_callback(lambda f: _call_soon(loop, self._explain_done, f))
             counted = False
+            fut = asyncio.wrap_future(work_fut)
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even when nobody waits
             while True:
                 done, _ = await asyncio.wait({fut}, timeout=0.1)
                 if done:
-                    try:
-                        return fut.result()
-                    except ExplainCancelled:  # only when cancelled below; the request is gone by then
-                        raise self._timeout() from None
+                    return fut.result()
                 if time.monotonic() > deadline:
                     job.cancel.set()
+                    work_fut.cancel()
                     raise self._timeout()
                 if await request.is_disconnected():
                     job.cancel.set()
-                    fut.cancel()  # not started yet: never starts
-                    self.explain_cancelled += 1
+                    work_fut.cancel()  # succeeds only if it has not started: then it never does
                     log.info("%s: explanation stopped, its client disconnected", name)
                     raise _ClientGone()
         finally:
@@ -464,8 +485,20 @@ class Service:
             if counted:
                 self.explanations -= 1
 
-    def _explain_done(self) -> None:
+    def _explain_done(self, work_fut) -> None:
         self.explanations -= 1
+        if work_fut.cancelled():
+            self.explain_stats["dropped"] += 1
+        elif isinstance(work_fut.exception(), ExplainCancelled):
+            self.explain_stats["stopped"] += 1
+        else:
+            self.explain_stats["finished"] += 1
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable, *args: Any) -> None:
+    """fn(*args) on the event loop, from a worker thread; nothing once the server has stopped its loop."""
+    with contextlib.suppress(RuntimeError):  # "Event loop is closed"
+        loop.call_soon_threadsafe(fn, *args)
 
 
 class _ClientGone(Exception):
@@ -516,7 +549,7 @@ def create_app(cfg: ServeConfig | None = None, predictor: Predictor | None = Non
     _add_api_routes(app, service)
     _add_cells_route(app)
     _add_docs(app)
-    _document_truthfully(app, cfg)
+    _document_truthfully(app, cfg, explain_targets(predictor))
     _add_web_page(app, cfg.web_dir or WEB_DIR)
     app.add_middleware(ApiGuard, token=cfg.token, max_body=cfg.max_upload_bytes + MULTIPART_OVERHEAD,
                        timeout_s=cfg.timeout_s)
@@ -584,6 +617,7 @@ def _add_api_routes(app: FastAPI, service: Service) -> None:
 
     cfg = service.cfg
     upload_errors = (400, 408, 413, 415, 422, 500, 503, 504)
+    targets = explain_targets(service.predictor)
 
     async def read_upload(photo: UploadFile) -> tuple[bytes, str]:
         name = os.path.basename(photo.filename or "") or "upload"
@@ -637,21 +671,55 @@ def _add_api_routes(app: FastAPI, service: Service) -> None:
         fn = _explain_function()
         if fn is None:
             raise ApiError(501, "not_implemented", "explanations are not installed in this geopin (no geopin.explain.maps)")
+        if target not in targets:
+            raise ApiError(422, "invalid_target", f"target {target!r}: not 'guess', one of this model's "
+                                                  f"{len(targets.countries)} country codes (e.g. "
+                                                  f"{', '.join(targets.countries[:5])}) or of its {len(targets.cells)} "
+                                                  f"fine cell tokens; the list is in /openapi.json")
         data, name = await read_upload(photo)
+        occlusion_cfg = {}
+        if cfg.occlusion_max_passes is not None:
+            from geopin.explain.occlusion import OcclusionConfig
+
+            occlusion_cfg = {"occlusion_cfg": OcclusionConfig(max_passes=cfg.occlusion_max_passes)}
 
         def work(image) -> dict:
             try:
-                out = fn(service.predictor, image, target=target, occlusion=occlusion, name=name)
+                out = fn(service.predictor, image, target=target, occlusion=occlusion, name=name, **occlusion_cfg)
             except ExplainCancelled:
                 raise
-            except ValueError as exc:  # a target that names no country or cell
-                raise ApiError(422, "invalid_target", str(exc)) from None
+            except ValueError as exc:
+                if str(exc).startswith("target "):  # a target that names no country or cell
+                    raise ApiError(422, "invalid_target", str(exc)) from None
+                raise _unexpected("explanation", exc) from None
             except Exception as exc:  # noqa: BLE001 - one request fails with 500, the server goes on
                 raise _unexpected("explanation", exc) from None
             return {"path": name, **out}
 
         out = await service.explain(request, data, name, work, _deadline(request, cfg))
         return JSONResponse(json.loads(json.dumps(out, default=json_default)))  # numpy values from the explainer
+
+
+@dataclass(frozen=True)
+class ExplainTargets:
+    """What /api/explain can explain with this model: the guess, a country it has places in, one of its fine cells.
+
+    Exactly these strings (case as listed): the OpenAPI document lists them, so the API accepts no other."""
+
+    countries: tuple[str, ...]
+    cells: tuple[str, ...]
+
+    def __contains__(self, target: object) -> bool:
+        return target == "guess" or target in self.countries or target in self.cells
+
+    def all(self) -> list[str]:
+        return ["guess", *self.countries, *self.cells]
+
+
+def explain_targets(predictor: Predictor) -> ExplainTargets:
+    fine = predictor.model.fine_cells
+    countries = tuple(sorted({str(c) for c in fine.country if isinstance(c, str) and len(c) == 2 and c.isalpha()}))
+    return ExplainTargets(countries, tuple(str(t) for t in fine.token))
 
 
 def _add_docs(app: FastAPI) -> None:
@@ -682,7 +750,7 @@ def _add_docs(app: FastAPI) -> None:
                               with_google_fonts=False)
 
 
-def _document_truthfully(app: FastAPI, cfg: ServeConfig) -> None:
+def _document_truthfully(app: FastAPI, cfg: ServeConfig, targets: ExplainTargets) -> None:
     """The OpenAPI document says what the server does: with a token, every /api route needs HTTP bearer
     auth and may answer 401; FastAPI's default validation-error schema never occurs (ours is {error, detail})."""
     from fastapi.openapi.utils import get_openapi
@@ -702,6 +770,8 @@ def _document_truthfully(app: FastAPI, cfg: ServeConfig) -> None:
             props = schema.get("properties", {})
             if "photo" in props:  # an empty photo is refused (422 empty_file): say so
                 props["photo"]["minLength"] = 1
+            if "target" in props:  # the places this model can explain, no others
+                props["target"]["enum"] = targets.all()
             for key, prop in props.items():
                 props[key] = _not_null(prop)
         for ops in doc["paths"].values():
