@@ -131,7 +131,7 @@ def open_image(source: bytes | str | os.PathLike, *, max_pixels: int = PILLOW_MA
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ImageError("decompression_bomb", str(exc), name) from None
+        raise ImageError("decompression_bomb", _bomb_detail(str(exc), max_pixels), name) from None
     except UnidentifiedImageError:
         raise _unidentified(data, name) from None
     except MemoryError:
@@ -179,6 +179,15 @@ def decode_rgb(source: bytes | str | os.PathLike | Image.Image, *, max_pixels: i
         raise ImageError("unsupported_format", f"cannot convert mode {img.mode} to RGB: "
                                                f"{type(exc).__name__}: {exc}", name) from None
     return rgb
+
+
+def _bomb_detail(pillow_message: str, max_pixels: int) -> str:
+    """Pillow's own refusal ("Image size (N pixels) exceeds limit of 178956970 ...") in geopin's words, with
+    geopin's limit: one pixel limit in every message."""
+    import re
+
+    found = re.search(r"\((\d+) pixels\)", pillow_message)
+    return f"{found.group(1)} pixels > {max_pixels}" if found else f"more pixels than {max_pixels}"
 
 
 def _check_size(img: Image.Image, max_pixels: int, name: str) -> None:

@@ -58,8 +58,9 @@ def overlay(img: Image.Image, map01: np.ndarray, boxes: Sequence[Sequence[int]] 
     label_font = default_font(max(12, round(max(out.size) / 28)))
     for rank, b in enumerate(boxes, 1):
         x0, y0, x1, y1 = (round(v * scale) for v in b)
-        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(0, 0, 0), width=width + 2)
-        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(0, 255, 255), width=width)
+        x1, y1 = max(x1 - 1, x0), max(y1 - 1, y0)  # a box on a photo of a few pixels shrinks to nothing: keep a point
+        draw.rectangle((x0, y0, x1, y1), outline=(0, 0, 0), width=width + 2)
+        draw.rectangle((x0, y0, x1, y1), outline=(0, 255, 255), width=width)
         draw.text((x0 + width + 2, y0 + width), str(rank), fill=(0, 255, 255), font=label_font, stroke_width=2, stroke_fill=(0, 0, 0))
     return out
 
