@@ -42,7 +42,7 @@ def _table(results: list[dict]) -> str:
             lines.append(f"  evidence     {r['evidence_error']}")
         for i, t in enumerate(r["top_k"]):
             label = "places       guess" if i == 0 else "             also "
-            name = f"  {t['name']}" if t.get("name") else ""
+            name = f"  {t['name']}" if t.get("name") else (f"  near {t['near']}" if t.get("near") else "")
             lines.append(
                 f"  {label} {t['lat']:9.4f} {t['lon']:10.4f}  {t['country'] or '??':2}  {t['probability']:5.1%}  cell {t['cell'] or '-'}{name}"
             )
