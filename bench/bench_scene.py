@@ -237,6 +237,16 @@ def within_truth(places, ev: Evidence, cell, nb, t_lat, t_lon) -> tuple[np.ndarr
     return post.T, prior.T
 
 
+def oof_raw_hits(oof, by_scene: dict, in_oof: list) -> tuple[np.ndarray, np.ndarray]:
+    """Raw within-km masses and hits of every held-out photo, each decided with its scene's parameters."""
+    raw, hit = [], []
+    for k in range(len(oof.places)):
+        ans = decide_split(oof.places[k], oof.evidence[k], by_scene, in_oof[k])
+        raw.append(ans.raw)
+        hit.append(hits(ans, *oof.truth[k]))
+    return np.concatenate(raw), np.concatenate(hit)
+
+
 def run_fold(emb, lat, lon, groups, y, tr, te, tcfg: TrainConfig) -> tuple[dict[str, Answer], dict]:
     """All variants for one outer fold, on the same inner-fold evidence and the same final heads."""
     e_tr = emb[tr]
@@ -267,12 +277,8 @@ def run_fold(emb, lat, lon, groups, y, tr, te, tcfg: TrainConfig) -> tuple[dict[
     p_in, _, rep_in = fit_posterior(take_oof(oof, in_oof), tcfg)
     p_out, _, rep_out = fit_posterior(take_oof(oof, [~m for m in in_oof]), tcfg)
     by_scene = {True: p_in, False: p_out}
-    raw, hit = [], []
-    for k in range(len(oof.places)):
-        ans = decide_split(oof.places[k], oof.evidence[k], by_scene, in_oof[k])
-        raw.append(ans.raw)
-        hit.append(hits(ans, *oof.truth[k]))
-    calib_b = Calibration.fit(np.concatenate(raw), np.concatenate(hit))
+    raw, hit = oof_raw_hits(oof, by_scene, in_oof)
+    calib_b = Calibration.fit(raw, hit)
     ans = decide_split(heads.places, ev_te, by_scene, in_te)
     ans.conf = calib_b.apply(ans.raw)
     out["b_mix_by_scene"] = ans
@@ -283,12 +289,8 @@ def run_fold(emb, lat, lon, groups, y, tr, te, tcfg: TrainConfig) -> tuple[dict[
 
     # (c) today's posterior, calibration fit per scene
     same = {True: params, False: params}
-    raw, hit = [], []
-    for k in range(len(oof.places)):
-        ans = decide_split(oof.places[k], oof.evidence[k], same, in_oof[k])
-        raw.append(ans.raw)
-        hit.append(hits(ans, *oof.truth[k]))
-    raw, hit, in_all = np.concatenate(raw), np.concatenate(hit), np.concatenate(in_oof)
+    raw, hit = oof_raw_hits(oof, same, in_oof)
+    in_all = np.concatenate(in_oof)
     calib_in, calib_out = Calibration.fit(raw[in_all], hit[in_all]), Calibration.fit(raw[~in_all], hit[~in_all])
     base = out["a_baseline"]
     conf_c = np.where(in_te[:, None], calib_in.apply(base.raw), calib_out.apply(base.raw))
