@@ -578,11 +578,26 @@ def _add_error_handlers(app: FastAPI) -> None:
         parts = []
         for e in exc.errors():
             loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query"))
-            parts.append(f"{loc or 'request'}: {e.get('msg', 'invalid')}")
+            parts.append(f"{loc or 'request'}: {_token_problem(e) or e.get('msg', 'invalid')}")
         detail = "; ".join(parts) or "invalid request"
         if any(tuple(e.get("loc", ()))[-1:] == ("photo",) for e in exc.errors()):
             detail += " (send the photo as multipart/form-data in the field 'photo')"
         return _error_response(422, "invalid_request", detail)
+
+    def _token_problem(e: dict) -> str | None:
+        """For cell tokens that miss the documented pattern: which token, and why (not the pattern itself)."""
+        from geopin.serve.geojson import CellTokenError, cell_polygons, split_tokens
+
+        if tuple(e.get("loc", ()))[-1:] != ("tokens",) or e.get("type") != "string_pattern_mismatch":
+            return None
+        tokens = split_tokens(str(e.get("input", "")))
+        if not tokens:
+            return "give at least one cell token (tokens=TOKEN,TOKEN,...)"
+        try:
+            cell_polygons(tokens)
+        except CellTokenError as bad:
+            return str(bad)
+        return None
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
