@@ -173,11 +173,6 @@ def information_stats(man: pd.DataFrame) -> tuple[dict, np.ndarray]:
 # ------------------------------------------------------------------------------------------ variants
 
 
-def take_evidence(ev: Evidence, idx: np.ndarray) -> Evidence:
-    return Evidence([lg[idx] for lg in ev.logits], ev.nb_sim[idx], ev.nb_lat[idx], ev.nb_lon[idx], ev.nb_place[idx],
-                    None if ev.nb_country is None else ev.nb_country[idx], None if ev.nb_name is None else ev.nb_name[idx])
-
-
 def take_oof(oof: OutOfFold, masks: list[np.ndarray]) -> OutOfFold:
     """The held-out photos where masks[fold] is true (folds left with no photo are dropped)."""
     out = OutOfFold([], [], [], [])
@@ -186,7 +181,7 @@ def take_oof(oof: OutOfFold, masks: list[np.ndarray]) -> OutOfFold:
         if len(idx) == 0:
             continue
         out.places.append(oof.places[k])
-        out.evidence.append(take_evidence(oof.evidence[k], idx))
+        out.evidence.append(oof.evidence[k].rows(idx))
         out.truth.append((oof.truth[k][0][idx], oof.truth[k][1][idx]))
         out.rows.append(oof.rows[k][idx])
         if oof.groups:
@@ -213,7 +208,7 @@ def decide_split(places, ev: Evidence, params_of: dict, is_in: np.ndarray, keep:
         if len(idx) == 0:
             continue
         params = params_of[flag]
-        sub = take_evidence(ev, idx)
+        sub = ev.rows(idx)
         cell, nb = mixture(places, sub, params)
         prior_only = np.full(len(idx), params.prior_only)
         if keep is not None:
@@ -302,7 +297,7 @@ def run_fold(emb, lat, lon, groups, y, tr, te, tcfg: TrainConfig) -> tuple[dict[
         idx = np.flatnonzero(in_oof[k])
         if len(idx) == 0:
             continue
-        sub = take_evidence(oof.evidence[k], idx)
+        sub = oof.evidence[k].rows(idx)
         cell, nb = mixture(oof.places[k], sub, params)
         pw, rw = within_truth(oof.places[k], sub, cell, nb, oof.truth[k][0][idx], oof.truth[k][1][idx])
         post_w.append(pw)

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from geopin.evidence.base import Clue
-from geopin.geo import haversine_km, pairwise_km
-from geopin.locate.posterior import CLUE_REACH_KM, CONFIDENCE_KM, Evidence, Places
+from geopin.geo import pairwise_km
+from geopin.locate.posterior import CLUE_REACH_KM, Evidence, Places, truth_masks
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +193,8 @@ def applied(effects: Sequence[ClueEffect]) -> bool:
 
 def truth_mass(places: Places, ev: Evidence, cell: np.ndarray, nb: np.ndarray, t_lat: np.ndarray, t_lon: np.ndarray) -> np.ndarray:
     """Posterior mass within each CONFIDENCE_KM of the truth, (B, R)."""
-    d_cells = pairwise_km(t_lat, t_lon, places.lat, places.lon)
-    d_nb = haversine_km(t_lat[:, None], t_lon[:, None], ev.nb_lat, ev.nb_lon)
-    return np.stack([(cell * (d_cells <= r)).sum(1) + (nb * (d_nb <= r)).sum(1) for r in CONFIDENCE_KM], axis=1)
+    in_cells, in_nb = truth_masks(places, ev, t_lat, t_lon)
+    return ((in_cells * cell[None]).sum(-1) + (in_nb * nb[None]).sum(-1)).T
 
 
 @dataclass
@@ -215,18 +214,11 @@ class FoldPosterior:
 def _score_rows(fold: FoldPosterior, weights: dict[str, float], rows: np.ndarray, reach_km: float, floor: float,
                 spot_floor: float = 0.0) -> np.ndarray:
     """Per photo (of `rows`), the summed log-probability of the truth's neighbourhoods under `weights`."""
-    ev = _take(fold.ev, rows)
+    ev = fold.ev.rows(rows)
     ev2, c2, n2, _ = apply_clues(fold.places, ev, fold.cell[rows], fold.nb[rows], [fold.clues[r] for r in rows], weights, reach_km,
                                  spot_floor)
     m = truth_mass(fold.places, ev2, c2, n2, fold.t_lat[rows], fold.t_lon[rows])
     return np.log(np.clip(m, 0.0, 1.0) + floor).sum(1)
-
-
-def _take(ev: Evidence, rows: np.ndarray) -> Evidence:
-    return Evidence(
-        [lg[rows] for lg in ev.logits], ev.nb_sim[rows], ev.nb_lat[rows], ev.nb_lon[rows], ev.nb_place[rows],
-        None if ev.nb_country is None else ev.nb_country[rows], None if ev.nb_name is None else ev.nb_name[rows],
-    )
 
 
 def fit_clue_weights(folds: Sequence[FoldPosterior], sources: Sequence[str] | None = None, grid: Sequence[float] = LAMBDA_GRID,

@@ -91,6 +91,11 @@ class Evidence:
     def __len__(self) -> int:
         return self.nb_sim.shape[0]
 
+    def rows(self, idx: np.ndarray) -> "Evidence":
+        """The evidence of some photos of the batch, in the order of `idx`."""
+        return Evidence([lg[idx] for lg in self.logits], self.nb_sim[idx], self.nb_lat[idx], self.nb_lon[idx], self.nb_place[idx],
+                        None if self.nb_country is None else self.nb_country[idx], None if self.nb_name is None else self.nb_name[idx])
+
 
 @dataclass
 class MixParams:
