@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "characterize": ("explain", "characterize_cmd"),
     "build": ("build", "build_cmd"),
     "finetune": ("finetune", "finetune_cmd"),
+    "tag": ("tag", "tag_cmd"),
 }
 
 _LISTING = "geopin.cli.listing"  # ctx.meta key: set while the group's own help lists the commands
