@@ -53,8 +53,16 @@ def tag_cmd(
                         max_int_s=max_int_secs, max_ext_s=max_ext_secs)
         if undo:
             report = undo_last(library, cfg)
-            typer.echo(json.dumps(report, indent=1) if as_json else
-                       f"undid run {report.get('run_id') or report.get('run')}: {report.get('restored', 0)} files restored")
+            if as_json:
+                typer.echo(json.dumps(report, indent=1))
+            else:
+                typer.echo(report["note"] if report.get("run_id") is None else
+                           f"undid run {report['run_id']}: {len(report['restored'])} files restored, "
+                           f"{len(report['already'])} already as before, {len(report['refused'])} refused")
+                for target, why in report["refused"]:
+                    typer.echo(f"  refused {target}: {why}")
+            if report["refused"]:
+                raise typer.Exit(1)
             return
         plan = plan_library(library, cfg)
         reports = write_reports(plan, cfg)
@@ -65,14 +73,19 @@ def tag_cmd(
         else:
             typer.echo(_table(entries))
             for c in plan.cameras:
-                typer.echo(f"clock  {c}")
+                typer.echo(f"clock {c.get('describe') or c}")
             typer.echo(f"{plan.summary['writable']} of {len(entries)} photos would be written; "
                        f"reports: {', '.join(str(p) for p in reports.values())}")
         return
     report = apply_plan(plan, cfg)
     if as_json:
         typer.echo(json.dumps(report, indent=1, default=str))
+    elif report["run"] is None:
+        typer.echo(f"nothing to write: {len(report['not_written'])} photos unplaced or not sure enough "
+                   f"(see {reports['csv']})")
     else:
         typer.echo(f"run {report['run']}: {report.get('written', 0)} written, {report.get('unchanged', 0)} unchanged, "
-                   f"{len(report['skipped'])} skipped, {len(report['not_written'])} not sure enough; "
+                   f"{len(report['skipped'])} skipped, {len(report['not_written'])} unplaced or not sure enough; "
                    f"undo with: geopin tag {library} --undo")
+        for s in report["skipped"]:
+            typer.echo(f"  skipped {s['rel']}: {s['reason']}")

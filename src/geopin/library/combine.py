@@ -23,6 +23,8 @@ class Candidate:
 SOURCE_ORDER = ("gpx", "time", "visual")
 #: A candidate counts as an answer in the race for the smallest disc only when its truth is more likely in than out
 CONFIDENT = 0.5
+#: Two agreeing answers are named together when the wider disc is at most this many times the narrower
+PEER_RATIO = 10.0
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ def combine(rel: str, candidates: dict[str, Candidate], reason_if_none: str = "n
     beats any visual guess (tens of km at best). Sources that agree (overlapping discs) are named together;
     the confidence stays the chosen candidate's own calibrated one, which agreement can only make
     conservative. A visual guess inside a time disc that is wider than itself narrows it ("time+visual"):
-    the model's own calibrated mass is kept as the confidence.
+    the model's own calibrated mass is kept as the confidence. A source that agrees only as a much wider
+    disc is kept in the detail ("other_sources", with "agrees"), not in the name.
     """
     present = [candidates[s] for s in SOURCE_ORDER if candidates.get(s) is not None]
     if not present:
@@ -66,7 +69,10 @@ def combine(rel: str, candidates: dict[str, Candidate], reason_if_none: str = "n
     pool = [c for c in present if c.confidence >= CONFIDENT] or [max(present, key=lambda c: c.confidence)]
     best = min(pool, key=lambda c: (c.radius_km, SOURCE_ORDER.index(c.source)))
     agreeing = [c for c in present if c is not best and _agree(best, c)]
-    names = sorted({best.source, *(c.source for c in agreeing)}, key=SOURCE_ORDER.index)
+    # named in the answer: the sources that agree at a comparable precision (a GPX fix and an interpolation);
+    # a 200 km visual disc around a 100 m interpolation confirms it, but did not place the photo
+    peers = [c for c in agreeing if c.radius_km <= PEER_RATIO * best.radius_km]
+    names = sorted({best.source, *(c.source for c in peers)}, key=SOURCE_ORDER.index)
     others = {c.source: {"lat": c.lat, "lon": c.lon, "radius_km": c.radius_km, "confidence": c.confidence,
                          "agrees": c in agreeing} for c in present if c is not best}
     detail = {"chosen": best.source, **best.detail}

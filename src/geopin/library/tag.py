@@ -345,7 +345,9 @@ def apply_plan(plan: Plan, cfg: TagConfig, decisions: dict[str, Decision] | None
             continue
         todo.append((plan.photos[prop.rel], prop, ""))
     outcomes = []
-    with Journal(state, params={"root": str(plan.root), "config": _cfg_dict(cfg)}) as journal:
+    if not todo:  # nothing to write: no run in the journal (an undo then undoes the last real one)
+        return {"run": None, "state_dir": str(state), "mode": cfg.write, "not_written": skipped, "skipped": []}
+    with Journal(state, plan.root, mode=cfg.write, params={"root": str(plan.root), "config": _cfg_dict(cfg)}) as journal:
         for photo, prop, _ in bar(todo, desc="writing positions", unit="photo", disable=None if progress else True):
             placement = Placement(lat=prop.lat, lon=prop.lon, radius_km=prop.radius_km, confidence=prop.confidence,
                                   source=prop.source, run_id=journal.run_id)
