@@ -100,6 +100,8 @@ class ServeConfig:
     max_explain_pending: int = 2  # explanations queued or running beyond this get 503
     explain_yield_s: float = 1.0  # how long an explanation waits for predictions before each forward pass
     occlusion_max_passes: int | None = None  # forward passes per occlusion map; None: geopin.explain's default
+    library: Path | None = None  # `--library DIR`: the review page of `geopin tag` at /library (geopin.serve.library)
+    library_options: Any = None  # geopin.serve.library.LibraryOptions; None: its defaults
 
     @property
     def max_upload_bytes(self) -> int:
@@ -548,6 +550,10 @@ def create_app(cfg: ServeConfig | None = None, predictor: Predictor | None = Non
     _add_error_handlers(app)
     _add_api_routes(app, service)
     _add_cells_route(app)
+    if cfg.library is not None:  # plans the library now (or reads its plan back) before serving anyone
+        from geopin.serve.library import add_library_routes
+
+        add_library_routes(app, cfg, predictor)
     _add_docs(app)
     _document_truthfully(app, cfg, explain_targets(predictor))
     _add_web_page(app, cfg.web_dir or WEB_DIR)
