@@ -37,8 +37,9 @@ def exiftool_gps(paths: list[Path]) -> dict[str, tuple[float, float]]:
 
 
 def run(*args: str) -> tuple[int, str]:
+    """Exit code and what was printed; with --json, standard output alone (the logs go to standard error)."""
     res = CliRunner().invoke(app, ["tag", *args])
-    return res.exit_code, res.output
+    return res.exit_code, (res.stdout if "--json" in args else res.output)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_dry_run_then_write_then_rerun_then_undo(library):
     before = tree_hashes(root)
     code, out = run(str(root), "--dry-run", "--json", "--gpx", str(truth.gpx_path))
     assert code == 0, out
-    entries = json.loads(out[out.index("["):])
+    entries = json.loads(out)
     without_gps = {r for r, t in truth.photos.items() if not t.has_gps}
     assert {e["rel"] for e in entries} == without_gps  # one entry per photo without GPS, none for the others
     assert tree_hashes(root) == before  # a dry run writes nothing beside the photos
@@ -93,7 +94,7 @@ def test_dry_run_then_write_then_rerun_then_undo(library):
 
     code, out = run(str(root), "--gpx", str(truth.gpx_path), "--json")
     assert code == 0, out
-    report = json.loads(out[out.index("{"):])
+    report = json.loads(out)
     written = [e for e in entries if e.get("write")]
     assert report["written"] == len(written) > 0
     after = tree_hashes(root)
@@ -134,7 +135,7 @@ def test_write_exif_keeps_backups_and_skips_what_it_must(library, tmp_path):
     before = tree_hashes(root)
     code, out = run(str(root), "--write", "exif", "--no-visual", "--json")
     assert code == 0, out
-    report = json.loads(out[out.index("{"):])
+    report = json.loads(out)
     assert report["written"] > 0
     skipped = {s["rel"]: s["reason"] for s in report["skipped"]}
     assert skipped.get(readonly_rel, "").startswith("read_only"), skipped
