@@ -17,7 +17,7 @@ def _table(entries: list[dict]) -> str:
     lines = []
     for e in entries:
         if "lat" in e:
-            mark = "write" if e["write"] else "keep "
+            mark = "write" if e["write"] else "hold "
             why = f"  ({e['why_not']})" if e.get("why_not") else ""
             lines.append(f"{mark} {e['rel']}: {e['lat']:.5f} {e['lon']:.5f} within {e['radius_km']:g} km, "
                          f"{e['confidence']:.0%} sure, from {e['source']}{why}")
@@ -74,6 +74,7 @@ def tag_cmd(
             typer.echo(_table(entries))
             for c in plan.cameras:
                 typer.echo(f"clock {c.get('describe') or c}")
+            typer.echo("write: sure enough to be written; hold: proposed, not written (why in brackets); none: no position")
             typer.echo(f"{plan.summary['writable']} of {len(entries)} photos would be written; "
                        f"reports: {', '.join(str(p) for p in reports.values())}")
         return
