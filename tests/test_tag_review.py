@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from browser import chromium
 from libgen import make_trip_library
 from PIL import Image
 
@@ -245,34 +246,9 @@ def test_accept_reject_move_then_write_then_undo_restores_every_file(server, lib
 # ------------------------------------------------------------------ the page in a browser
 
 
-def _browser(width: int, height: int):
-    """Headless Debian Chromium via chromedriver, or a skip saying what is missing."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install '.[test]')")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("Debian chromium + chromium-driver are not installed (apt-get install chromium chromium-driver; .ci/run does it)")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"geopin-chromium-{os.getpid()}-{time.monotonic_ns()}"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", f"--window-size={width},{height}", f"--user-data-dir={profile}"):
-        opts.add_argument(flag)
-    if width < 500:  # a desktop window is at least 500 px wide: a phone's screen is emulated
-        opts.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": width, "height": height,
-                                                                           "pixelRatio": 1}})
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    drv = webdriver.Chrome(service=Service(driver), options=opts)
-    drv.set_page_load_timeout(60)
-    return drv, profile
-
-
 @pytest.fixture
 def browser():
-    drv, profile = _browser(1400, 900)
+    drv, profile = chromium(1400, 900)
     yield drv
     drv.quit()
     shutil.rmtree(profile, ignore_errors=True)
@@ -370,7 +346,7 @@ def test_the_page_fits_a_phone(server, tmp_path):
     from selenium.webdriver.common.by import By
 
     base, _ = server
-    drv, profile = _browser(390, 844)
+    drv, profile = chromium(390, 844)
     try:
         drv.get(f"{base}/library?token={TOKEN}")
         _wait(drv, "the plan on the page", lambda: drv.execute_script("return document.body.dataset.planLoaded === '1'"))
