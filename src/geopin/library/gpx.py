@@ -29,8 +29,7 @@ from geopin.library.timeline import (
     from_seconds,
     interpolate,
     interpolate_pair,
-    needs_position,
-    photo_utc_how,
+    timed_targets,
     to_seconds,
 )
 
@@ -166,12 +165,7 @@ def gpx_candidates(photos: Sequence[LibraryPhoto], tracks: Sequence[Track], shif
     if not tracks:
         return {}
     fixes = merge_tracks(tracks)
-    todo = []
-    for p in photos:
-        if needs_position(p):
-            utc, how = photo_utc_how(p, shifts)
-            if utc is not None:
-                todo.append((p.rel, utc, how))
+    todo = timed_targets(photos, shifts)
     if not todo:
         return {}
     cal = calibrate_track(fixes, cfg)

@@ -114,7 +114,12 @@ def references(photos: list[LibraryPhoto]) -> list[int]:
 def embed_library(photos: list[LibraryPhoto], predictor, progress: bool = True) -> np.ndarray:
     """L2-normalised features of the readable photos (NaN rows for the rest), cached by content so that
     a rerun, or a second library holding the same files, embeds nothing twice."""
-    from geopin.features.embed import EmbeddingCache, cache_key, cache_spec, embed_images
+    from geopin.features.embed import (
+        EmbeddingCache,
+        cache_key,
+        cache_spec,
+        embed_images,
+    )
     from geopin.log import progress as bar
 
     backbone, ecfg = predictor.backbone, predictor.embed_cfg

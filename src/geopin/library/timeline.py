@@ -330,6 +330,18 @@ def calibrate(fixes: Fixes, cfg: TimeConfig) -> Calibration:
 
 # ---------------------------------------------------------------------------------------------------- candidates
 
+def timed_targets(photos: Sequence[LibraryPhoto], shifts: Mapping) -> list[tuple[str, datetime, str]]:
+    """(rel, UTC, how the UTC was found) of each photo that needs a position and has a time: what the time and
+    the GPX sources place."""
+    todo = []
+    for p in photos:
+        if needs_position(p):
+            utc, how = photo_utc_how(p, shifts)
+            if utc is not None:
+                todo.append((p.rel, utc, how))
+    return todo
+
+
 def time_candidates(photos: Sequence[LibraryPhoto], shifts: Mapping[str, CameraShift],
                     cfg: TimeConfig | None = None) -> dict[str, Candidate]:
     """A "time" Candidate per photo that needs a position and has a UTC, placed on the references by
@@ -338,12 +350,7 @@ def time_candidates(photos: Sequence[LibraryPhoto], shifts: Mapping[str, CameraS
     obtained, the gap between the references, and the calibration. Photos without a time get nothing."""
     cfg = cfg or TimeConfig()
     refs = references(photos, shifts)
-    todo = []
-    for p in photos:
-        if needs_position(p):
-            utc, how = photo_utc_how(p, shifts)
-            if utc is not None:
-                todo.append((p.rel, utc, how))
+    todo = timed_targets(photos, shifts)
     if not todo or len(refs.fixes) == 0:
         return {}
     cal = calibrate(refs.fixes, cfg)

@@ -20,8 +20,16 @@ from geopin import __version__
 from geopin.dataset.exif import coord_problem
 from geopin.io import sha256_file
 from geopin.library.journal import Journal, copy_exact
-from geopin.library.photos import (GEOPIN_PREFIX, LibraryPhoto, exif_gps, exiv2, metadata_of, read_metadata,
-                                   read_photo, xmp_gps)
+from geopin.library.photos import (
+    GEOPIN_PREFIX,
+    LibraryPhoto,
+    exif_gps,
+    exiv2,
+    metadata_of,
+    read_metadata,
+    read_photo,
+    xmp_gps,
+)
 
 log = logging.getLogger(__name__)
 
