@@ -76,6 +76,8 @@ def test_dry_run_then_write_then_rerun_then_undo(library):
     # the photo without time and the broken one: no time source; the visual model still answers, vaguely
     odd = {e["rel"]: e for e in entries if truth.photos[e["rel"]].role in ("no_time", "broken")}
     assert odd and all(e.get("source", "visual") == "visual" and not e.get("write") for e in odd.values())
+    broken = [e for e in odd.values() if truth.photos[e["rel"]].role == "broken"]
+    assert broken and all("EXIF block" in e["note"] for e in broken)  # said, not silently read as "no time"
     # time and GPX answers are near the truth: within their radius as often as they claim, and never far off
     timed = [e for e in placed if e["source"] != "visual"]
     assert len(timed) >= 0.8 * len(without_gps)
@@ -136,6 +138,9 @@ def test_write_exif_keeps_backups_and_skips_what_it_must(library, tmp_path):
     code, out = run(str(root), "--write", "exif", "--no-visual", "--json")
     assert code == 0, out
     report = json.loads(out)
+    reasons = {n["rel"]: n["reason"] for n in report["not_written"]}
+    assert {reasons[r] for r, t in truth.photos.items() if t.role == "broken"} == {"broken_exif"}
+    assert {reasons[r] for r, t in truth.photos.items() if t.role == "no_time"} == {"no_time"}
     assert report["written"] > 0
     skipped = {s["rel"]: s["reason"] for s in report["skipped"]}
     assert skipped.get(readonly_rel, "").startswith("read_only"), skipped

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import piexif
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -242,3 +242,17 @@ def test_no_date(text):
 def test_xmp_coordinates(text, axis, want):
     got = parse_xmp_coord(text, axis)
     assert got == (pytest.approx(want, abs=1e-12) if want is not None else None)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tail=st.binary(max_size=200), count=st.integers(0, 65535))
+def test_any_bytes_behind_an_exif_header_are_read_or_named_never_raised(tmp_path, tail, count):
+    """A JPEG whose EXIF block is garbage: read_photo says so (a note and broken_exif, or a problem), never raises."""
+    tiff = b"II*\x00\x08\x00\x00\x00" + count.to_bytes(2, "little") + tail
+    seg = b"Exif\x00\x00" + tiff
+    data = b"\xff\xd8\xff\xe1" + (len(seg) + 2).to_bytes(2, "big") + seg + b"\xff\xd9"
+    (tmp_path / "g.jpg").write_bytes(data)
+    p = read_photo(tmp_path / "g.jpg", tmp_path)
+    if not p.problem:
+        assert p.broken_exif == (12 * count + 10 > len(tiff)) or p.camera or p.taken
+        assert p.broken_exif == ("EXIF block" in p.note)

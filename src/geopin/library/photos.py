@@ -55,6 +55,7 @@ class LibraryPhoto:
     geopin_run: str = ""  # the run id in geopin's marker on the position, when placed_by_geopin
     gps_tags: bool = False  # the file's EXIF/XMP holds GPS latitude/longitude tags, even if unusable (0/0, garbage)
     note: str = ""  # what was read but ignored (an invalid GPS fix, an unreadable sidecar, a garbled date)
+    broken_exif: bool = False  # an EXIF block exiv2 could not read at all (the pixels may still be fine)
 
     @property
     def has_gps(self) -> bool:
@@ -129,11 +130,37 @@ def read_photo(path: str | os.PathLike, root: str | os.PathLike) -> LibraryPhoto
         words = "metadata unreadable" if problem == "broken_exif" else "not an image exiv2 knows"
         return LibraryPhoto(**base, sha256=sha, camera="", problem=problem, detail=f"{path}: {words}: {exc}")
     notes = [note] if note else []
+    broken = not exif and _exif_block_broken(data)
+    if broken:  # exiv2 read from memory gives up on a corrupt IFD quietly: the pixels may still be fine
+        notes.append("the EXIF block is there but unreadable (no time, camera or GPS could be read from it)")
     fields = _time_fields(exif, xmp, notes)
     fields.update(_position_fields(path, exif, xmp, notes))
     return LibraryPhoto(**base, sha256=sha, camera=camera_name(exif.get("Exif.Image.Make"),
                                                                    exif.get("Exif.Image.Model")),
-                        note="; ".join(notes), **fields)
+                        note="; ".join(notes), broken_exif=broken, **fields)
+
+
+def _exif_block_broken(data: bytes) -> bool:
+    """Whether the file's EXIF block (a JPEG's APP1 "Exif" segment, or a TIFF itself) has a first directory
+    that cannot be read: a bad header, or more entries than the block holds. An empty but valid block is fine."""
+    import struct
+
+    k = data.find(b"Exif\x00\x00", 0, 65536)
+    if k >= 2 and data[k - 4:k - 2] == b"\xff\xe1":
+        (seg_len,) = struct.unpack(">H", data[k - 2:k])
+        tiff = data[k + 6:k - 2 + seg_len]
+    elif data[:4] in (b"II*\x00", b"MM\x00*"):
+        tiff = data
+    else:
+        return False
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return True
+    magic, ifd = struct.unpack(order + "HI", tiff[2:8])
+    if magic != 42 or ifd + 2 > len(tiff):
+        return True
+    (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
+    return ifd + 2 + 12 * count > len(tiff)
 
 
 def scan_library(root: str | os.PathLike, *, progress: bool = True) -> list[LibraryPhoto]:

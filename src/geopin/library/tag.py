@@ -91,6 +91,8 @@ class Plan:
             out["reason"] = prop.reason
         out["camera"] = photo.camera
         out["taken"] = photo.taken.isoformat() if photo.taken else None
+        if photo.note:
+            out["note"] = photo.note
         out["detail"] = prop.detail
         return out
 
@@ -230,6 +232,8 @@ def plan_library(root: str | Path, cfg: TagConfig | None = None, progress: bool 
 def _unplaced_reason(photo: LibraryPhoto, cfg: TagConfig) -> str:
     if photo.problem:
         return photo.problem
+    if photo.taken is None and photo.broken_exif:
+        return "broken_exif"
     if photo.taken is None and not cfg.visual:
         return "no_time"
     if not cfg.visual:
@@ -268,7 +272,8 @@ def write_reports(plan: Plan, cfg: TagConfig, out_dir: Path | None = None) -> di
            "cameras": plan.cameras, "entries": entries}
     paths = {"plan": write_json(doc, out_dir / PLAN_FILE)}
     buf = io.StringIO()
-    cols = ["path", "lat", "lon", "radius_km", "confidence", "source", "write", "why_not", "reason", "camera", "taken"]
+    cols = ["path", "lat", "lon", "radius_km", "confidence", "source", "write", "why_not", "reason", "camera", "taken",
+            "note"]
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for e in entries:
