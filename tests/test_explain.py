@@ -21,7 +21,7 @@ from geopin.cli import app
 from geopin.explain.characterize import CharacterizeConfig, characterize, crop_boxes
 from geopin.explain.maps import explain_photo, explain_with_maps, gradcam, occlusion_map
 from geopin.explain.occlusion import OcclusionConfig
-from geopin.explain.target import fine_places
+from geopin.explain.target import country_weights, fine_places
 from geopin.features.embed import embed_images
 from geopin.io import write_parquet
 from geopin.locate.heads import classifier_logits
@@ -77,9 +77,9 @@ def test_gradcam_scores_exactly_what_the_classifier_says(predictor):
     model = predictor.model
     probs = classifier_probs(model.heads.places, classifier_logits(model.heads.classifier, emb), model.params.t_clf)[0]
     fine = fine_places(model)
-    for target in ("US", "FR"):
+    for target in ("US", "FR", "PL"):  # a country's places weighted by their share of its training photos
         got = explain_photo(predictor, img, target, occlusion=False)["gradcam"]["log_prob"]
-        assert got == pytest.approx(np.log(probs[fine["country"] == target].sum()), abs=1e-4)
+        assert got == pytest.approx(np.log(probs @ country_weights(model, target)), abs=1e-4)
     res = explain_photo(predictor, img, occlusion=False)
     j = int(np.flatnonzero(fine["token"] == res["target"]["value"])[0]) if res["target"]["value"] in fine["token"] else None
     if j is not None:
@@ -178,9 +178,14 @@ def test_explain_photo_is_json_with_pngs(explained):
         for field, mode in (("png_base64", "RGB"), ("layer_png_base64", "RGBA")):
             png = Image.open(io.BytesIO(base64.b64decode(doc[key][field])))
             assert png.format == "PNG" and png.mode == mode
+            if key == "occlusion" and field == "png_base64":  # the photo above its colour scale
+                photo_h = round(png.width * SIZE[1] / SIZE[0])
+                assert png.height > photo_h + 20
+                png = png.crop((0, 0, png.width, photo_h))
             assert abs(png.width / png.height - SIZE[0] / SIZE[1]) < 0.02
         # the page shows png_base64 in place of the photo: it must be the photo, not a bare heat layer
-        shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(doc[key]["png_base64"]))).resize((60, 40)), float)
+        shown = Image.open(io.BytesIO(base64.b64decode(doc[key]["png_base64"])))
+        shown = np.asarray(shown.crop((0, 0, shown.width, round(shown.width * SIZE[1] / SIZE[0]))).resize((60, 40)), float)
         photo = np.asarray(patch_photo("right").resize((60, 40)), float)
         assert np.corrcoef(shown.ravel(), photo.ravel())[0, 1] > 0.5
     assert doc["seconds"]["occlusion"] > 0 and doc["seconds"]["total"] >= doc["seconds"]["occlusion"]
@@ -316,7 +321,66 @@ def test_characterize_with_embeddings_looks_at_the_most_typical_photos(predictor
     assert {c["country"] for c in summary["countries"]} == {"JP", "US", "FR"}
     for cc in ("JP", "US"):
         rows = np.flatnonzero(df["id"].str.startswith(cc).to_numpy())
-        p = probs[rows][:, fine_places(model)["country"] == cc].sum(1)
+        p = probs[rows] @ country_weights(model, cc)  # the places weighted by their share of the country
         best = set(df["id"].iloc[rows[np.argsort(-p)[:2]]])
         used = {c["id"] for c in json.loads((tmp_path / "char" / f"{cc}.json").read_text())["crops"]}
         assert used <= best, (cc, used, best)
+
+
+def _sheet_rows(folder: Path, cc: str) -> dict[int, list[str]]:
+    rows: dict[int, list[str]] = {}
+    for c in json.loads((folder / f"{cc}.json").read_text())["crops"]:
+        rows.setdefault(c["cluster"], []).append(c["path"])
+    return rows
+
+
+@pytest.mark.parametrize("per_photo", [None, 2])
+def test_characterize_never_shows_a_photo_twice_in_a_row(predictor, tmp_path, per_photo):
+    """Two crops of one photo look alike, cluster together and sat side by side: by default a photo gives one crop;
+    allowed more, a row (cluster) still shows it once."""
+    manifest = _generated_manifest(tmp_path)
+    cfg = CharacterizeConfig(min_photos=2, max_photos=4, crops_per_country=6, clusters=2)
+    if per_photo is not None:
+        cfg.max_crops_per_photo = per_photo
+    summary = characterize(manifest, None, tmp_path / "char", cfg=cfg, predictor=predictor)
+    assert sorted(c["country"] for c in summary["countries"]) == ["FR", "JP", "US"]
+    for cc in TOWNS:
+        rows = _sheet_rows(tmp_path / "char", cc)
+        for row in rows.values():
+            assert len(row) == len(set(row)), (cc, rows)
+        shown = [p for row in rows.values() for p in row]
+        if per_photo is None:
+            assert len(shown) == len(set(shown)) == 3, (cc, rows)  # three photos, one crop each
+        else:
+            assert max(shown.count(p) for p in shown) <= 2
+
+
+def test_characterize_lists_a_country_whose_places_sit_across_a_border(predictor, tmp_path):
+    """The bundled model has no place whose point is in Poland, but its Prague place holds the Polish training
+    photos: Poland is characterised (and explained) through that share, not skipped as having no place."""
+    model = predictor.model
+    assert not (fine_places(model)["country"] == "PL").any()  # the situation the issue met
+    w = country_weights(model, "PL")
+    assert 0 < w.max() < 1 and (w > 0).sum() >= 1
+    heads = model.heads
+    j = int(np.argmax(w))
+    in_j = np.asarray(heads.gallery_place) == j
+    assert w[j] == pytest.approx((np.asarray(heads.gallery_country)[in_j] == "PL").mean())
+    # every place's shares over the countries add up to one
+    codes = sorted(set(np.asarray(heads.gallery_country).astype(str)) | set(fine_places(model)["country"]))
+    total = sum(country_weights(model, c) for c in codes)
+    assert np.allclose(total, 1.0)
+
+    rows = []
+    for k, (lat, lon) in enumerate([(50.0614, 19.9366), (52.2297, 21.0122), (51.1079, 17.0385)]):  # Krakow, Warsaw, Wroclaw
+        path = tmp_path / "photos" / f"PL_{k}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        patch_photo("left", size=(320, 240), seed=70 + k).save(path, quality=90)
+        rows.append({"id": f"PL_{k}", "path": str(path), "lat": lat, "lon": lon})
+    manifest = write_parquet(pd.DataFrame(rows), tmp_path / "manifest.parquet")
+    cfg = CharacterizeConfig(min_photos=2, max_photos=3, crops_per_country=3, clusters=1)
+    summary = characterize(manifest, None, tmp_path / "char", cfg=cfg, predictor=predictor)
+    assert [c["country"] for c in summary["countries"]] == ["PL"], summary["skipped"]
+    assert summary["countries"][0]["name"] == "Poland" and not summary["skipped"]
+    res = explain_photo(predictor, patch_photo("left"), "PL", occlusion=False)
+    assert res["target"]["value"] == "PL" and res["target"]["n_places"] == int((w > 0).sum())

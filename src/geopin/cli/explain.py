@@ -59,9 +59,15 @@ def explain_cmd(
                    + "  (numbered boxes in text.png)")
     occ = result.get("occlusion")
     if occ:
-        typer.echo(f"  occlusion    {occ['quantity']} = {occ['base']:.1%} (raw posterior mass); hiding these drops it most:")
+        noise = occ["noise"]["threshold"] * 100
+        if occ["crops"]:
+            typer.echo(f"  occlusion    {occ['quantity']} = {occ['base']:.1%} (raw posterior mass); hiding these drops it most "
+                       f"(drops up to {noise:.2g} points are noise):")
+        else:
+            typer.echo(f"  occlusion    {occ['quantity']} = {occ['base']:.1%} (raw posterior mass); no region's drop exceeds "
+                       f"the noise ({noise:.2g} points)")
         for i, c in enumerate(occ["crops"], 1):
-            typer.echo(f"    {i}. box {c['box']}  -{c['drop']:.1%}")
+            typer.echo(f"    {i}. box {c['box']}  -{c['drop'] * 100:.1f} points")
     secs = "  ".join(f"{k} {v:.2f}s" for k, v in result["seconds"].items())
     typer.echo(f"  seconds      {secs}")
     typer.echo(f"  wrote        {', '.join(str(f) for f in files.values())}")

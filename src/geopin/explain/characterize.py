@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from geopin.explain.render import default_font, save_png
-from geopin.explain.target import fine_places
+from geopin.explain.target import country_weights, countries_with_places
 from geopin.io import write_json, write_text
 from geopin.locate.posterior import classifier_probs
 from geopin.log import progress
@@ -39,7 +39,9 @@ class CharacterizeConfig:
     clusters: int = 4  # rows of the contact sheet: distinct kinds of evidence
     max_photos: int = 40
     crop_scale: float = 0.5
-    max_crops_per_photo: int = 2  # among the kept crops, so one photo cannot fill the sheet
+    # among the kept crops, so one photo cannot fill the sheet. 1: two crops of one photo look alike, cluster
+    # together and sat side by side (the same photo twice in a row); above 1, a row still shows a photo once.
+    max_crops_per_photo: int = 1
     max_countries: int | None = None
     tile: int = 160  # contact-sheet tile side, px
     seed: int = 0
@@ -62,11 +64,12 @@ def crop_boxes(width: int, height: int, scale: float) -> list[tuple[int, int, in
     return list(dict.fromkeys(boxes))
 
 
-def _country_logprob(model, emb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _country_logprob(model, emb: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """log P(country | crop): the classifier's places weighted by their share of the country (`country_weights`)."""
     from geopin.locate.heads import classifier_logits
 
     probs = classifier_probs(model.heads.places, classifier_logits(model.heads.classifier, emb), model.params.t_clf)
-    return np.log(np.maximum(probs[:, mask].sum(1), 1e-300))
+    return np.log(np.maximum(probs @ np.asarray(weight, dtype=np.float64), 1e-300))
 
 
 def _embed_crops(predictor, img: Image.Image, boxes) -> np.ndarray:
@@ -126,12 +129,12 @@ def characterize(
     emb_all = load_embeddings(embeddings, df)[0] if embeddings is not None else None
     df = df.reset_index(drop=True)
     df["_cc"] = _countries_of(df, name)
-    fine_cc = fine_places(predictor.model)["country"]
     counts = df.loc[df["_cc"] != "", "_cc"].value_counts()
     summary: dict[str, Any] = {"out_dir": str(out_dir), "countries": [], "skipped": [], "failed": [], "config": asdict(cfg)}
-    chosen = _choose_countries(counts, fine_cc, cfg, summary["skipped"])
+    chosen = _choose_countries(counts, countries_with_places(predictor.model), cfg, summary["skipped"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    plans = {cc: _photos_of(cc, df, predictor.model, fine_cc == cc, emb_all, cfg) for cc in chosen}
+    weights = {cc: country_weights(predictor.model, cc) for cc in chosen}
+    plans = {cc: _photos_of(cc, df, predictor.model, weights[cc], emb_all, cfg) for cc in chosen}
     n_crops = 0
     work_seconds = 0.0
     bar = progress(total=sum(len(r) for r in plans.values()), desc="characterize", unit="photo")
@@ -151,7 +154,7 @@ def characterize(
                 summary["skipped"].append({"country": cc, "n_photos": int(counts[cc]), "reason": "no readable photo"})
                 continue
             n_crops += len(emb)
-            rows_out = _typical_crops(predictor.model, crops, emb, fine_cc == cc, cfg)
+            rows_out = _typical_crops(predictor.model, crops, emb, weights[cc], cfg)
             info = _write_country(cc, rows_out, int(counts[cc]), len(rows), len(failed), len(emb), cfg, key, failed,
                                   json_path, png_path)
             summary["countries"].append(info)
@@ -192,13 +195,14 @@ def _countries_of(df, name: str) -> np.ndarray:
         raise ValueError(f"{name}: {exc}") from None
 
 
-def _choose_countries(counts, fine_cc: np.ndarray, cfg: CharacterizeConfig, skipped: list[dict]) -> list[str]:
-    """Countries with enough photos and a place in the model, most photos first; the others go to `skipped`."""
+def _choose_countries(counts, known: set[str], cfg: CharacterizeConfig, skipped: list[dict]) -> list[str]:
+    """Countries with enough photos and a place in the model (`countries_with_places`), most photos first; the
+    others go to `skipped`."""
     chosen = []
     for cc, n in counts.items():
         if n < cfg.min_photos:
             skipped.append({"country": cc, "n_photos": int(n), "reason": f"fewer than {cfg.min_photos} photos"})
-        elif not (fine_cc == cc).any():
+        elif cc not in known:
             skipped.append({"country": cc, "n_photos": int(n), "reason": "the model has no place in this country"})
         else:
             chosen.append(cc)
@@ -209,12 +213,12 @@ def _choose_countries(counts, fine_cc: np.ndarray, cfg: CharacterizeConfig, skip
     return chosen
 
 
-def _photos_of(cc: str, df, model, mask: np.ndarray, emb_all, cfg: CharacterizeConfig) -> np.ndarray:
+def _photos_of(cc: str, df, model, weight: np.ndarray, emb_all, cfg: CharacterizeConfig) -> np.ndarray:
     """A country's rows, at most max_photos: the most typical by their embeddings when given, else a seeded sample."""
     rows = np.flatnonzero(df["_cc"].to_numpy() == cc)
     if len(rows) > cfg.max_photos:
         if emb_all is not None:  # the photos the model already finds most typical of the country
-            score = _country_logprob(model, np.asarray(emb_all[rows], dtype=np.float32), mask)
+            score = _country_logprob(model, np.asarray(emb_all[rows], dtype=np.float32), weight)
             rows = rows[np.argsort(-score, kind="stable")[: cfg.max_photos]]
         else:
             rng = np.random.default_rng([cfg.seed, *map(ord, cc)])
@@ -249,14 +253,29 @@ def _embed_country(predictor, df, rows: np.ndarray, cc: str, cfg: CharacterizeCo
     return crops, (np.concatenate(embs) if embs else None), failed
 
 
-def _typical_crops(model, crops: list[dict], emb: np.ndarray, mask: np.ndarray, cfg: CharacterizeConfig) -> list[dict]:
-    """The best-scoring crops with their probability and cluster, clusters and crops best first."""
-    logp = _country_logprob(model, emb, mask)
+def _typical_crops(model, crops: list[dict], emb: np.ndarray, weight: np.ndarray, cfg: CharacterizeConfig) -> list[dict]:
+    """The best-scoring crops with their probability and cluster, clusters and crops best first; a photo at most
+    once in a row (cluster)."""
+    logp = _country_logprob(model, emb, weight)
     kept = _keep_top(crops, logp, cfg)
     labels = _cluster(emb[kept], cfg.clusters)
     rows_out = [{**crops[i], "log_prob": float(logp[i]), "probability": float(np.exp(logp[i])), "cluster": int(lab)}
                 for i, lab in zip(kept, labels)]
-    return _order_clusters(rows_out)
+    return _once_per_row(_order_clusters(rows_out))
+
+
+def _once_per_row(rows: list[dict]) -> list[dict]:
+    """Rows ordered by cluster then score, with a photo's weaker crops in a cluster it already shows dropped."""
+    seen: set[tuple[int, str]] = set()
+    out = []
+    for r in rows:
+        key = (r["cluster"], r["path"])  # the file, not the id: a manifest may list one photo under two ids
+        if key in seen:
+            log.debug("contact sheet: %s already in row %d; its weaker crop %s left out", r["id"], r["cluster"] + 1, r["box"])
+            continue
+        seen.add(key)
+        out.append(r)
+    return out
 
 
 def _write_country(cc: str, rows_out: list[dict], n_photos: int, n_chosen: int, n_failed: int, n_crops: int,
@@ -290,11 +309,11 @@ def _read_done(json_path: Path, png_path: Path, key: str) -> dict | None:
 
 
 def _keep_top(crops: list[dict], logp: np.ndarray, cfg: CharacterizeConfig) -> list[int]:
-    """The best-scoring crops, at most max_crops_per_photo from any one photo."""
+    """The best-scoring crops, at most max_crops_per_photo from any one photo (file)."""
     per_photo: dict[str, int] = {}
     kept = []
     for i in np.argsort(-logp, kind="stable"):
-        pid = crops[i]["id"]
+        pid = crops[i]["path"]
         if per_photo.get(pid, 0) >= cfg.max_crops_per_photo:
             continue
         per_photo[pid] = per_photo.get(pid, 0) + 1

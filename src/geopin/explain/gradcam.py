@@ -49,6 +49,8 @@ def feature_map(predictor, x):
 def target_log_prob(model, pooled, mask: np.ndarray):
     """log of the hierarchical classifier probability summed over the masked fine places, differentiable.
 
+    `mask` is (K,) bool, or (K,) float weights (a country's share of each place): the sum is then weighted.
+
     Reproduces `classifier_logits` (l2-normalised pooled embedding into CellClassifier) and
     `classifier_probs` (sum over levels of log_softmax(logit / t_clf) at each place's ancestor).
     """
@@ -61,8 +63,10 @@ def target_log_prob(model, pooled, mask: np.ndarray):
     total = 0
     for lg, anc in zip(logits, heads.places.ancestors):
         total = total + torch.log_softmax(lg.double() / t, dim=1)[:, torch.from_numpy(np.asarray(anc, dtype=np.int64))]
-    m = torch.from_numpy(mask)
-    return torch.logsumexp(total[:, m], dim=1) - torch.logsumexp(total, dim=1)
+    w = np.asarray(mask, dtype=np.float64)
+    m = torch.from_numpy(w > 0)
+    log_w = torch.from_numpy(np.log(w[w > 0]))
+    return torch.logsumexp(total[:, m] + log_w, dim=1) - torch.logsumexp(total, dim=1)
 
 
 def gradcam_from_features(predictor, feats, mask: np.ndarray) -> tuple[np.ndarray, float]:

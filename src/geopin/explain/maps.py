@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 from geopin.explain.gradcam import feature_map, gradcam_from_features, input_tensor
-from geopin.explain.occlusion import OcclusionConfig, occlusion_drops, top_boxes
-from geopin.explain.render import heat_layer, occlusion_display, overlay, png_b64, save_png
+from geopin.explain.occlusion import OcclusionConfig, noise_threshold, null_drops, occlusion_drops, top_boxes
+from geopin.explain.render import heat_layer, occlusion_display, overlay, png_b64, save_png, with_legend
 from geopin.explain.target import OCCLUSION_KM, Target, mass_within, posterior, resolve_target, target_mass
 from geopin.io import write_json
 from geopin.locate.posterior import CONFIDENCE_KM
@@ -77,8 +77,8 @@ def explain_with_maps(predictor, image: Image.Image, target: str = "guess", *, o
     result["gradcam"]["layer_png_base64"] = png_b64(heat_layer(parts["_gradcam"]))
     if occlusion:
         occ = parts["occlusion"]
-        shown = occlusion_display(parts["_occlusion"])
-        occ["png_base64"] = png_b64(overlay(img, shown, [c["box"] for c in occ["crops"]]))
+        shown, _ = occlusion_display(parts["_occlusion"], occ["noise"]["threshold"])
+        occ["png_base64"] = png_b64(occlusion_picture(img, parts["_occlusion"], occ))
         occ["layer_png_base64"] = png_b64(heat_layer(shown))
         result["occlusion"] = occ
     else:
@@ -95,6 +95,14 @@ def explain_with_maps(predictor, image: Image.Image, target: str = "guess", *, o
     return result, maps
 
 
+def occlusion_picture(img: Image.Image, drop_map: np.ndarray, occ: dict) -> Image.Image:
+    """The photo with the drops above the noise drawn on, the crops above it outlined, and a colour scale below."""
+    shown, vmax = occlusion_display(drop_map, occ["noise"]["threshold"])
+    occ["scale"] = {"min": 0.0, "max": vmax, "threshold": occ["noise"]["threshold"], "unit": "probability"}
+    drawn = overlay(img, shown, [c["box"] for c in occ["crops"]])
+    return with_legend(drawn, vmax, occ["noise"]["threshold"], occ["quantity"])
+
+
 def text_overlay(img: Image.Image, lines: list[dict]) -> Image.Image:
     """The photo with each line of text read outlined and numbered (the numbers are the lines' order in the JSON)."""
     return overlay(img, np.zeros((img.height, img.width)), [line["box"] for line in lines])
@@ -106,8 +114,7 @@ def write_explanation(result: dict, maps: dict, out_dir: str | Path) -> dict[str
     out_dir = Path(out_dir)
     files = {"gradcam": save_png(overlay(maps["image"], maps["gradcam"]), out_dir / "gradcam.png")}
     if result.get("occlusion"):
-        boxes = [c["box"] for c in result["occlusion"]["crops"]]
-        files["occlusion"] = save_png(overlay(maps["image"], occlusion_display(maps["occlusion"]), boxes), out_dir / "occlusion.png")
+        files["occlusion"] = save_png(occlusion_picture(maps["image"], maps["occlusion"], result["occlusion"]), out_dir / "occlusion.png")
     if result.get("text"):
         files["text"] = save_png(text_overlay(maps["image"], result["text"]["lines"]), out_dir / "text.png")
     doc = json.loads(json.dumps(result))
@@ -183,7 +190,7 @@ def _explain_parts(
 
 def _gradcam_part(predictor, feats, tgt: Target, box, img: Image.Image) -> tuple[np.ndarray, dict]:
     """The Grad-CAM map on the photo, peak 1, and what it reports."""
-    cam, logp = gradcam_from_features(predictor, feats, tgt.mask)
+    cam, logp = gradcam_from_features(predictor, feats, tgt.weights)
     full = np.clip(_to_photo(cam, box, img.size), 0.0, None)
     full = full / full.max() if full.max() > 0 else full  # resizing lowers the peak a little
     return full, {"shape": [img.height, img.width], "log_prob": logp, "probability": math.exp(logp),
@@ -195,10 +202,12 @@ def _occlusion_part(predictor, x, tgt: Target, box, img: Image.Image, post, cfg:
     model = predictor.model
     ev, cell, nb = post
     base = float(target_mass(model, tgt, ev, cell, nb)[0])
+    null = null_drops(predictor, x, tgt, base, cfg)
+    threshold = noise_threshold(null, cfg)
     drop_map, boxes, drops = occlusion_drops(predictor, x, tgt, base, cfg)
     sx, sy = (box[2] - box[0]) / x.shape[2], (box[3] - box[1]) / x.shape[1]
     crops = []
-    for i in top_boxes(boxes, drops, cfg.top_crops, cfg.max_overlap):
+    for i in top_boxes(boxes, drops, cfg.top_crops, cfg.max_overlap, threshold):
         _, y0, x0, y1, x1 = boxes[i]
         crops.append({
             "box": [int(round(box[0] + x0 * sx)), int(round(box[1] + y0 * sy)), int(round(box[0] + x1 * sx)), int(round(box[1] + y1 * sy))],
@@ -215,7 +224,15 @@ def _occlusion_part(predictor, x, tgt: Target, box, img: Image.Image, post, cfg:
         "passes": len(boxes),
         "scales": list(cfg.scales),
         "max_drop": float(drops.max()) if len(drops) else 0.0,
-        "crops": crops,
+        "crops": crops,  # only patches whose drop exceeds the noise threshold
+        "noise": {
+            "threshold": threshold,  # drops at or below it are not drawn, in the picture or as crops
+            "null_drops": [float(v) for v in null],
+            "null_rms": float(np.sqrt(np.mean(np.square(null)))) if len(null) else None,
+            "method": (f"the photo against itself shifted by 1-2 px ({len(null)} passes): threshold = max({cfg.min_drop:g}, "
+                       f"{cfg.noise_k:g} x RMS of those drops)"),
+        },
+        "patches_above_noise": int((drops > threshold).sum()),
     }
 
 

@@ -27,11 +27,66 @@ def colorize(map01: np.ndarray) -> np.ndarray:
     return np.round(_RAMP[lo] * (1 - f) + _RAMP[hi] * f).astype(np.uint8)
 
 
-def occlusion_display(drop_map: np.ndarray) -> np.ndarray:
-    """The positive part of a drop map scaled to [0, 1] (what hiding makes the target less likely)."""
-    pos = np.clip(drop_map, 0, None)
-    top = pos.max()
-    return pos / top if top > 0 else pos
+def occlusion_display(drop_map: np.ndarray, threshold: float = 0.0) -> tuple[np.ndarray, float]:
+    """(map in [0, 1], the drop that 1 stands for): drops scaled by the largest, zero (not drawn) at or below `threshold`.
+
+    The colour is proportional to the drop itself (0 = no drop), so the legend reads in probability
+    points; what does not exceed the noise threshold stays transparent.
+    """
+    drop_map = np.asarray(drop_map, dtype=np.float64)
+    top = float(drop_map.max()) if drop_map.size else 0.0
+    if top <= max(threshold, 0.0):
+        return np.zeros_like(drop_map), max(threshold, 0.0)
+    return np.where(drop_map > threshold, np.clip(drop_map, 0, None) / top, 0.0), top
+
+
+def _ticks(vmax: float) -> list[float]:
+    """Round tick values (probability units) from 0 up to vmax, at most 6."""
+    pp = vmax * 100
+    for step in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 25, 50):
+        if pp / step <= 5:
+            break
+    return [v * step / 100 for v in range(int(pp / step + 1e-9) + 1)]
+
+
+def with_legend(img: Image.Image, vmax: float, threshold: float, quantity: str, min_width: int = 360) -> Image.Image:
+    """`img` above a colour scale: the drop in `quantity` (probability points) that each colour stands for, 0 to
+    vmax, with the part at or below `threshold` greyed out as noise (not drawn on the photo)."""
+    width = max(img.width, min_width)
+    font_px = max(11, round(width / 48))
+    font = default_font(font_px)
+    pad = max(4, font_px // 2)
+    bar_h = max(8, font_px)
+    band_h = pad + font_px + pad // 2 + bar_h + pad // 2 + font_px + pad
+    out = Image.new("RGB", (width, img.height + band_h), (255, 255, 255))
+    out.paste(img.convert("RGB"), ((width - img.width) // 2, 0))
+    draw = ImageDraw.Draw(out)
+    y = img.height + pad
+    title = f"drop in {quantity} when hidden (probability points); grey: noise, up to {threshold * 100:.2g}, not drawn"
+    while draw.textlength(title, font=font) > width - 2 * pad and font_px > 8:  # a narrow photo: smaller words
+        font_px -= 1
+        font = default_font(font_px)
+    draw.text((pad, y), title, fill=(20, 20, 20), font=font)
+    y += font_px + pad // 2
+    x0, x1 = pad + font_px, width - pad - font_px
+    vmax = max(vmax, 1e-12)
+    ramp = colorize(np.linspace(0, 1, max(2, x1 - x0))[None, :])[0]
+    cut = x0 + int(round(min(max(threshold, 0.0) / vmax, 1.0) * (x1 - x0)))
+    for i, c in enumerate(ramp):
+        x = x0 + i
+        draw.line((x, y, x, y + bar_h - 1), fill=tuple(int(v) for v in c) if x >= cut else (200, 200, 200))
+    draw.rectangle((x0, y, x1 - 1, y + bar_h - 1), outline=(80, 80, 80))
+    ty = y + bar_h + pad // 4
+    last_right = -1e9
+    for v in _ticks(vmax):
+        text = f"{v * 100:g}"
+        tw = draw.textlength(text, font=font)
+        left = min(max(x0 + (x1 - x0) * v / vmax - tw / 2, 0), width - tw)
+        if left < last_right + pad:
+            continue  # a label that would overlap its neighbour is left out
+        draw.text((left, ty), text, fill=(20, 20, 20), font=font)
+        last_right = left + tw
+    return out
 
 
 def heat_layer(map01: np.ndarray, max_side: int = 384) -> Image.Image:
@@ -88,4 +143,4 @@ def save_png(img: Image.Image, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["colorize", "occlusion_display", "heat_layer", "overlay", "default_font", "png_b64", "save_png"]
+__all__ = ["colorize", "occlusion_display", "with_legend", "heat_layer", "overlay", "default_font", "png_b64", "save_png"]

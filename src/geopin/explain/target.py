@@ -3,6 +3,11 @@
 Occlusion measures a target by the posterior's raw mass on it: within OCCLUSION_KM of its point (the
 guess, a cell), or inside its country, read with the posterior's own functions (`mixture`,
 `mass_within`).
+
+A country is not only the fine places whose representative point lies in it: a place near a border
+holds photos of several countries (the bundled model's Prague cell holds the three Polish photos, and
+no place's point is in Poland). So a country's places are weighted by the share of their training
+photos taken in it (`country_weights`): P(country) = sum over places of P(place) x that share.
 """
 
 from __future__ import annotations
@@ -28,6 +33,12 @@ class Target:
     lat: float
     lon: float
     mask: np.ndarray = field(repr=False)  # (K,) bool over the model's fine places
+    weight: np.ndarray | None = field(default=None, repr=False)  # (K,) share of each place in the target; None: the mask
+
+    @property
+    def weights(self) -> np.ndarray:
+        """(K,) float: how much of each fine place belongs to the target (the mask as 0/1 when no weights)."""
+        return self.mask.astype(np.float64) if self.weight is None else self.weight
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "value": self.value, "lat": self.lat, "lon": self.lon, "n_places": int(self.mask.sum())}
@@ -42,6 +53,33 @@ def fine_places(model) -> dict[str, np.ndarray]:
         "token": f.token.to_numpy(dtype=str),
         "country": f.country.to_numpy(dtype=str),
     }
+
+
+def country_weights(model, cc: str) -> np.ndarray:
+    """(K,) share of each fine place's training photos taken in country `cc` (ISO2).
+
+    Read from the model's gallery (each training photo's fine place and country). A place with no
+    gallery photo counts wholly for the country of its representative point, as before.
+    """
+    fine = fine_places(model)
+    k = len(fine["country"])
+    heads = model.heads
+    place = np.asarray(heads.gallery_place, dtype=np.int64)
+    country = np.asarray(heads.gallery_country).astype(str)
+    ok = (place >= 0) & (place < k)
+    total = np.bincount(place[ok], minlength=k).astype(np.float64)
+    inside = np.bincount(place[ok & (country == cc)], minlength=k).astype(np.float64)
+    return np.where(total > 0, inside / np.maximum(total, 1.0), (fine["country"] == cc).astype(np.float64))
+
+
+def countries_with_places(model) -> set[str]:
+    """The countries some fine place of the model holds training photos of (or has its representative point in)."""
+    heads = model.heads
+    k = len(model.fine_cells)
+    place = np.asarray(heads.gallery_place, dtype=np.int64)
+    ok = (place >= 0) & (place < k)
+    codes = set(np.asarray(heads.gallery_country).astype(str)[ok].tolist())
+    return {c for c in codes | set(fine_places(model)["country"].tolist()) if c}
 
 
 def resolve_target(model, target: str, guess: tuple[float, float], cell_mass: np.ndarray | None = None) -> Target:
@@ -64,17 +102,18 @@ def resolve_target(model, target: str, guess: tuple[float, float], cell_mass: np
         return Target("guess", token, float(guess[0]), float(guess[1]), mask)
     if len(text) == 2 and text.isalpha():
         cc = text.upper()
-        mask = fine["country"] == cc
+        weight = country_weights(model, cc)
+        mask = weight > 0
         if not mask.any():
-            known = sorted({c for c in fine["country"].tolist() if c})
+            known = sorted(countries_with_places(model))
             raise ValueError(
                 f"target {target!r}: the model has no place in country {cc} "
                 f"(it knows {len(known)} countries: {', '.join(known[:40])}{' ...' if len(known) > 40 else ''})"
             )
         idx = np.flatnonzero(mask)
         # where the country is represented: its most probable place for this photo, else its first
-        j = int(idx[np.argmax(cell_mass[idx])]) if cell_mass is not None else int(idx[0])
-        return Target("country", cc, float(fine["lat"][j]), float(fine["lon"][j]), mask)
+        j = int(idx[np.argmax(cell_mass[idx] * weight[idx])]) if cell_mass is not None else int(idx[np.argmax(weight[idx])])
+        return Target("country", cc, float(fine["lat"][j]), float(fine["lon"][j]), mask, weight)
     token = text.lower()
     if _TOKEN_RE.match(token):
         mask = fine["token"] == token
@@ -99,8 +138,9 @@ def target_mass(model, target: Target, ev, cell: np.ndarray, nb: np.ndarray) -> 
     """Posterior mass (raw, uncalibrated) on the target: within OCCLUSION_KM of its point, or inside its country."""
     if target.kind == "country":
         nb_cc = ev.nb_country if ev.nb_country is not None else np.full(ev.nb_lat.shape, "")
-        return cell[:, target.mask].sum(1) + (nb * (nb_cc == target.value)).sum(1)
+        return cell @ target.weights + (nb * (nb_cc == target.value)).sum(1)
     return mass_within(model.heads.places, ev, cell, nb, target.lat, target.lon, (OCCLUSION_KM,))[:, 0]
 
 
-__all__ = ["OCCLUSION_KM", "Target", "resolve_target", "fine_places", "posterior", "target_mass"]
+__all__ = ["OCCLUSION_KM", "Target", "resolve_target", "fine_places", "country_weights", "countries_with_places", "posterior",
+           "target_mass"]
