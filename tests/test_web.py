@@ -409,6 +409,40 @@ def test_a_bad_upload_is_said_on_the_page_and_the_next_photo_works(server, brows
     assert not drv.find_elements(By.CSS_SELECTOR, ".guess-marker")
 
 
+def test_a_heic_photo_is_shown_from_the_server_preview_and_its_regions_are_one_level_each(server, browser, tmp_path):
+    """Chromium cannot decode HEIC: the page shows the server's JPEG of it (/api/preview), and the answer's
+    regions are drawn with cells of one S2 level each."""
+    import s2sphere
+    from imagefiles import heic_bytes
+    from selenium.webdriver.common.by import By
+
+    drv = browser
+    drv.get(f"{server}/?token={TOKEN}")
+    _wait(drv, "the base map", lambda: drv.execute_script("return document.body.dataset.mapReady === '1'"), 60)
+    jpeg = _photo_with_gps(tmp_path / "landscape.jpg")
+    photo = tmp_path / "IMG_0042.HEIC"
+    photo.write_bytes(heic_bytes(Image.open(jpeg)))
+    drv.find_element(By.ID, "photo-input").send_keys(str(photo))
+    _wait(drv, "the server's preview", lambda: drv.execute_script(
+        "var p=document.getElementById('photo'); return p.dataset.preview==='server' && p.complete && p.naturalWidth > 0;"), 60)
+    size = drv.execute_script("var p=document.getElementById('photo'); return [p.naturalWidth, p.naturalHeight];")
+    assert size == [640, 427], size
+    assert drv.find_element(By.ID, "photo").is_displayed()
+    state = _wait(drv, "the answer", lambda: drv.execute_script(
+        "var s=document.getElementById('status').dataset.state; return (s==='done'||s==='error') && s;"))
+    assert state == "done", drv.find_element(By.ID, "status").text
+    _wait(drv, "the regions", lambda: drv.execute_script("return !!document.body.dataset.regionsDrawn;"), 60)
+    res = drv.execute_script("return window.geopinLast;")
+    for label, tokens in res["regions"].items():
+        levels = {s2sphere.CellId.from_token(t).level() for t in tokens}
+        assert len(levels) == 1, (label, sorted(levels))
+    n50 = len(drv.find_elements(By.CSS_SELECTOR, "path.region-50"))
+    assert n50 == len(res["regions"]["50%"])
+    shot = _artifacts(tmp_path) / "web_page_heic.png"
+    drv.save_screenshot(str(shot))
+    print(f"screenshot: {shot}")
+
+
 def test_without_the_token_the_page_says_how_to_give_it(server, browser):
     from selenium.webdriver.common.by import By
 

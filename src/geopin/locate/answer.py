@@ -157,20 +157,120 @@ def most_likely(place: Place) -> dict:
     return out
 
 
-def confidence_regions(order: list[Place], targets: tuple[float, ...]) -> dict[str, list[str]]:
-    """Smallest sets of places, by mass, that hold each target share of the posterior (e.g. 50 %, 90 %)."""
-    regions: dict[str, list[str]] = {}
+def confidence_regions(order: list[Place], targets: tuple[float, ...], max_cells: int | None = None) -> dict[str, list[str]]:
+    """Smallest sets of places, by mass, that hold each target share of the posterior (e.g. 50 %, 90 %),
+    each drawn as S2 cells of one level (one_level_tokens: at most `max_cells`, REGION_MAX_CELLS by default)."""
+    return {label: one_level_tokens(places, max_cells) for label, places in region_places(order, targets).items()}
+
+
+def region_places(order: list[Place], targets: tuple[float, ...]) -> dict[str, list[Place]]:
+    """The places of each confidence region: the heaviest first (`order`), until the target mass is held."""
+    regions: dict[str, list[Place]] = {}
     cum = 0.0
-    tokens: list[str] = []
+    taken: list[Place] = []
     left = list(targets)
     for p in order:
         cum += p.mass
-        tokens.append(p.cell or f"near:{p.lat:.4f},{p.lon:.4f}")
+        taken.append(p)
         while left and cum >= left[0] - 1e-9:
-            regions[f"{int(round(left.pop(0) * 100))}%"] = list(tokens)
+            regions[f"{int(round(left.pop(0) * 100))}%"] = list(taken)
         if not left:
             break
     return regions
+
+
+#: Most S2 cells one confidence region is drawn with (the page asks /api/cells for at most 2,000 at a time).
+#: The places of a region span S2 levels 1 to 20 (a level-1 class covers Siberia, a level-11 one a town): at
+#: the finest level a 90 % region would be millions of cells, so its level is the finest that fits this cap.
+REGION_MAX_CELLS = 1000
+#: A training photo's own spot (a place with no cell) weighs, when a region's level is chosen, as a cell of
+#: this level (about the 25 km disc the page drew for it); at the chosen level it is the cell that holds it.
+SPOT_LEVEL = 8
+
+
+def one_level_tokens(places: list[Place], max_cells: int | None = None) -> list[str]:
+    """A region's places as S2 cell tokens of one level, the heaviest place's cells first.
+
+    The level is the finest among the places' cells (a spot counting as SPOT_LEVEL) at which the region is
+    at most `max_cells` cells. A coarser cell is split into its children at that level: the same area, the
+    same mass. A finer cell, or a spot, becomes the cell of that level holding it: a little more area around
+    it, so the region holds at least its mass (and every place it held); nothing of the region is dropped.
+    """
+    from geopin.dataset.cells import cell_levels, leaf_cell_ids, token_to_cell_id
+
+    if not places:
+        return []
+    cap = REGION_MAX_CELLS if max_cells is None else int(max_cells)
+    if cap < 6:
+        raise ValueError(f"max_cells must be at least 6 (the S2 faces), got {cap}")
+    ids = np.zeros(len(places), dtype=np.uint64)
+    spot = np.array([not p.cell for p in places])
+    if spot.any():
+        ids[spot] = leaf_cell_ids([p.lat for p, s in zip(places, spot) if s], [p.lon for p, s in zip(places, spot) if s])
+    ids[~spot] = [token_to_cell_id(p.cell) for p, s in zip(places, spot) if not s]
+    ids = _outermost(ids)  # a cell (or spot) inside another of the region's cells adds nothing to it
+    levels = cell_levels(ids)
+    finest = int(max(levels.max(initial=0, where=levels < 30), SPOT_LEVEL if (levels == 30).any() else 0))
+    # the coarsest cell alone is 4^(level - its level) cells: no finer level can fit
+    top = min(finest, int(levels.min()) + int(np.floor(np.log(cap) / np.log(4) + 1e-9)))
+    level = next(lv for lv in range(top, -1, -1) if _count_at(ids, levels, lv) <= cap)
+    return _tokens(_cells_at(ids, levels, level), level)
+
+
+def _outermost(ids: np.ndarray) -> np.ndarray:
+    """The cells not inside another one of `ids` (S2 cells are nested or disjoint), in their given order."""
+    from geopin.dataset.cells import cell_levels, cell_ranges
+
+    lo, hi = cell_ranges(ids)
+    by_lo = np.lexsort((cell_levels(ids), lo))  # of cells starting at one leaf, the biggest (coarsest) first
+    inside = np.zeros(len(ids), dtype=bool)
+    end = None
+    for k in by_lo:
+        if end is not None and lo[k] <= end:
+            inside[k] = True
+        else:
+            end = hi[k]
+    return ids[~inside]
+
+
+def _count_at(ids: np.ndarray, levels: np.ndarray, level: int) -> float:
+    """How many cells of `level` the disjoint cells `ids` (of `levels`) become: children of the coarser ones,
+    the distinct ancestors of the finer ones (an ancestor of one can hold no other's child: they are disjoint)."""
+    from geopin.dataset.cells import parent_ids
+
+    coarse = levels <= level
+    split = float(np.sum(4.0 ** (level - levels[coarse])))
+    return split + len(np.unique(parent_ids(ids[~coarse], level))) if not coarse.all() else split
+
+
+def _cells_at(ids: np.ndarray, levels: np.ndarray, level: int) -> np.ndarray:
+    """The distinct cells of `level` covering `ids`, in the order of `ids` (a cell's children in curve order)."""
+    lsb = np.uint64(1) << np.uint64(2 * (30 - level))
+    coarse = levels <= level
+    n = np.where(coarse, 4 ** (level - np.minimum(levels, level)), 1)
+    own_lsb = np.uint64(1) << (np.uint64(2) * (np.uint64(30) - levels.astype(np.uint64)))
+    # a coarser cell's first child at `level`, then every other id from there; a finer cell's ancestor
+    first = np.where(coarse, ids - own_lsb + lsb, _ancestors(ids, level, coarse))
+    step = np.arange(int(n.sum()), dtype=np.uint64) - np.repeat((np.cumsum(n) - n).astype(np.uint64), n)
+    cells = np.repeat(first, n) + step * (lsb << np.uint64(1))
+    _, keep = np.unique(cells, return_index=True)
+    return cells[np.sort(keep)]
+
+
+def _ancestors(ids: np.ndarray, level: int, coarse: np.ndarray) -> np.ndarray:
+    """Each finer cell's ancestor at `level`; the coarse ones as they are."""
+    from geopin.dataset.cells import parent_ids
+
+    out = ids.copy()
+    out[~coarse] = parent_ids(ids[~coarse], level)
+    return out
+
+
+def _tokens(cells: np.ndarray, level: int) -> list[str]:
+    """S2 tokens of cells of one level: the hex id without its trailing zeros, all of one length there."""
+    digits = 16 - (2 * (30 - level)) // 4
+    hexes = np.frombuffer(cells.astype(">u8").tobytes().hex().encode("ascii"), dtype="S16")
+    return hexes.astype(f"S{digits}").astype(str).tolist()
 
 
 __all__ = [
@@ -182,4 +282,8 @@ __all__ = [
     "top_places",
     "most_likely",
     "confidence_regions",
+    "region_places",
+    "one_level_tokens",
+    "REGION_MAX_CELLS",
+    "SPOT_LEVEL",
 ]

@@ -17,6 +17,8 @@ Why it is built this way:
 - every error is JSON `{"error": reason_code, "detail": message}`; one bad upload costs one request;
 - binding to anything but loopback needs a token, checked on every /api route; the access log never shows
   a `?token=` the page passed in its address;
+- a photo the browser cannot show (HEIC/HEIF in Chromium) comes back as a small JPEG from /api/preview,
+  decoded like any upload (pillow-heif, EXIF orientation, the one pixel limit);
 - /docs and /redoc load their scripts from this server (src/geopin/web/vendor/docs), never from a CDN.
 """
 
@@ -49,7 +51,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from geopin.dataset.images import PILLOW_MAX_PIXELS, ImageError
 from geopin.io import json_default
 from geopin.locate.predict import PredictConfig, Predictor
-from geopin.serve.schemas import Explanation, Health, Prediction, error_responses
+from geopin.serve.schemas import (
+    Explanation,
+    Health,
+    Prediction,
+    error_responses,
+    image_response,
+)
 from geopin.serve.work import (
     ExplainCancelled,
     ExplainJob,
@@ -69,6 +77,10 @@ TOKEN_ENV = "GEOPIN_TOKEN"
 MULTIPART_OVERHEAD = 64 * 1024
 #: The swagger-ui and redoc files /docs and /redoc load (vendored: they must work offline).
 DOCS_ASSETS = WEB_DIR / "vendor" / "docs"
+
+#: Longest side of /api/preview's JPEG by default, and at most (pixels).
+PREVIEW_LONG_SIDE = 1024
+PREVIEW_MAX_LONG_SIDE = 2048
 
 #: HTTP status for each geopin.dataset.images reason: bytes that are no image are the wrong media type, a
 #: decompression bomb is too large, a broken or empty photo cannot be processed.
@@ -394,7 +406,7 @@ class Service:
             try:
                 results = p.predict_images([jobs[i].image for i in idx], [jobs[i].name for i in idx], top_k=k,
                                            readings=[readings[i] for i in idx] if p.reads_text else None)
-            except Exception as exc:  # noqa: BLE001 - one photo must not fail the others: retry them one by one
+            except Exception as exc:
                 if len(idx) == 1:
                     out[idx[0]] = _unexpected("prediction", exc)
                     continue
@@ -403,7 +415,7 @@ class Service:
                     try:
                         results += p.predict_images([jobs[i].image], [jobs[i].name], top_k=k,
                                                     readings=[readings[i]] if p.reads_text else None)
-                    except Exception as exc:  # noqa: BLE001 - this request fails with 500, the server goes on
+                    except Exception as exc:
                         results.append(_unexpected("prediction", exc))
             for i, res in zip(idx, results):
                 if isinstance(res, ApiError):
@@ -424,8 +436,19 @@ class Service:
         try:
             return await self._in(self.decode_pool, deadline, self._decode, data)
         except ImageError as exc:
-            raise ApiError(_IMAGE_STATUS.get(exc.reason, 422), exc.reason,
-                           f"{name}: not a usable image ({exc.reason}: {_one_pixel_limit(exc.detail)})") from None
+            raise _image_error(exc, name) from None
+
+    async def preview(self, data: bytes, name: str, long_side: int, deadline: float) -> bytes:
+        """The upload as a JPEG of at most `long_side` pixels a side, upright, for a browser that cannot show
+        its format (Chromium and HEIC); decoded in the decode pool, with the pixel limit of every upload."""
+        self._admit()
+        self.pending += 1
+        try:
+            return await self._in(self.decode_pool, deadline, preview_jpeg, data, long_side)
+        except ImageError as exc:
+            raise _image_error(exc, name) from None
+        finally:
+            self.pending -= 1
 
     async def predict(self, data: bytes, name: str, k: int, deadline: float) -> dict:
         """Decode the upload, then predict it in the next batch, all before the deadline."""
@@ -505,6 +528,25 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable, *args: Any) -> Non
 
 class _ClientGone(Exception):
     """The client left before its answer was ready: nothing to send."""
+
+
+def _image_error(exc: ImageError, name: str) -> ApiError:
+    return ApiError(_IMAGE_STATUS.get(exc.reason, 422), exc.reason,
+                    f"{name}: not a usable image ({exc.reason}: {_one_pixel_limit(exc.detail)})")
+
+
+def preview_jpeg(data: bytes, long_side: int = PREVIEW_LONG_SIDE) -> bytes:
+    """The photo decoded as geopin decodes any upload (HEIC/HEIF through pillow-heif, EXIF orientation applied,
+    the one pixel limit), scaled to at most `long_side` pixels a side, as JPEG bytes; ImageError if unusable."""
+    from PIL import Image
+
+    from geopin.dataset.images import decode_rgb
+
+    img = decode_rgb(data, draft=(long_side, long_side))  # a JPEG decodes at a reduced scale: fast on big photos
+    img.thumbnail((long_side, long_side), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
 
 
 _PILLOW_BOMB = re.compile(r"Image size \((\d+) pixels\) exceeds limit of \d+ pixels.*", re.DOTALL)
@@ -633,7 +675,7 @@ def _deadline(request: Request, cfg: ServeConfig) -> float:
 
 
 def _add_api_routes(app: FastAPI, service: Service) -> None:
-    """GET /api/health, POST /api/predict and POST /api/explain."""
+    """GET /api/health, POST /api/predict, POST /api/preview and POST /api/explain."""
     import geopin
 
     cfg = service.cfg
@@ -678,6 +720,23 @@ def _add_api_routes(app: FastAPI, service: Service) -> None:
         k = cfg.top_k if k is None else k
         return JSONResponse(await service.predict(data, name, k, _deadline(request, cfg)))
 
+    @app.post("/api/preview", response_class=Response, responses={
+        **image_response("image/jpeg", "The photo as a JPEG, upright, at most `long_side` pixels a side."),
+        **error_responses(*upload_errors)})
+    async def preview(
+        request: Request,
+        photo: UploadFile = File(..., description="The photo (any format geopin reads, HEIC/HEIF included; judged by "
+                                                  "its bytes). An empty or truncated file is 422, bytes that are no photo 415."),
+        long_side: int = Form(PREVIEW_LONG_SIDE, ge=16, le=PREVIEW_MAX_LONG_SIDE,
+                              description="Longest side of the preview in pixels (a smaller photo is not enlarged)."),
+    ) -> Response:
+        """The uploaded photo as a small JPEG, for a browser that cannot show its format (HEIC/HEIF in Chromium).
+
+        Decoded as /api/predict decodes it (same formats, orientation and pixel limit); nothing is kept."""
+        data, name = await read_upload(photo)
+        jpeg = await service.preview(data, name, long_side, _deadline(request, cfg))
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
     @app.post("/api/explain", response_model=Explanation, responses=error_responses(*upload_errors, 501))
     async def explain(
         request: Request,
@@ -713,7 +772,7 @@ def _add_api_routes(app: FastAPI, service: Service) -> None:
                 if str(exc).startswith("target "):  # a target that names no country or cell
                     raise ApiError(422, "invalid_target", str(exc)) from None
                 raise _unexpected("explanation", exc) from None
-            except Exception as exc:  # noqa: BLE001 - one request fails with 500, the server goes on
+            except Exception as exc:
                 raise _unexpected("explanation", exc) from None
             return {"path": name, **out}
 

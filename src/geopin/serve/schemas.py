@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from geopin.locate.answer import REGION_MAX_CELLS
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -60,7 +62,12 @@ class Prediction(_Open):
     lon: float
     most_likely: Place = Field(description="The single most probable place.")
     top_k: list[TopPlace] = Field(description="The best guess first, then the most probable places.")
-    regions: dict[str, list[str]] = Field(description='{"50%": [cell tokens], "90%": [...]}: confidence regions.')
+    regions: dict[str, list[str]] = Field(
+        description='{"50%": [cell tokens], "90%": [...]}: the smallest sets of places holding that much of the '
+                    "posterior, each as S2 cells of ONE level (the finest of its places' cells at which it is at most "
+                    f"{REGION_MAX_CELLS:,} cells: coarser places split into their children, finer ones and training photos' own spots "
+                    "become the cell of that level holding them), the most probable place's cells first. A region "
+                    "holds at least its share; the 90 % region holds the 50 % one.")
     within_km: dict[str, float] = Field(description="Probability that the photo is within that many km of the guess.")
     summary: str
     evidence: list[Evidence] = Field(description="What was read off the photo, and how it moved the answer.")
@@ -111,6 +118,11 @@ ERROR_MEANINGS = {
 }
 
 
+def image_response(media_type: str, description: str) -> dict[int | str, dict]:
+    """FastAPI `responses=` for a 200 that is an image's bytes, not JSON (e.g. /api/preview's JPEG)."""
+    return {200: {"description": description, "content": {media_type: {"schema": {"type": "string", "format": "binary"}}}}}
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict]:
     """FastAPI `responses=` for these statuses, all with the {error, detail} body."""
     return {s: {"model": ErrorBody, "description": ERROR_MEANINGS[s]} for s in statuses}
@@ -126,4 +138,5 @@ __all__ = [
     "Prediction",
     "TopPlace",
     "error_responses",
+    "image_response",
 ]

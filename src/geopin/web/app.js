@@ -27,6 +27,7 @@
   var legend = null;
   var items = []; // one per photo, newest batch first: {id, name, size, time, file, status, res, error, truth, overlays}
   var shown = null; // the item (or crafted answer) on the map
+  var photoItem = null; // the item whose photo is in the photo box
   var showSeq = 0; // bumps when another answer is shown: late region/explanation replies are dropped
   var queue = []; // items waiting for /api/predict, sent one at a time
   var busy = false;
@@ -142,6 +143,7 @@
       })
       .catch(function (e) { $("health").textContent = "server not reachable: " + e.message; });
 
+    $("photo").addEventListener("error", photoFailed);
     var input = $("photo-input");
     input.addEventListener("change", function () {
       if (input.files && input.files.length) handleFiles(input.files);
@@ -282,16 +284,60 @@
   }
 
   function showPhoto(item) {
-    if (item.file) {
-      if (!item.url) item.url = URL.createObjectURL(item.file);
+    photoItem = item;
+    if (item.file && !item.url && !needsPreview(item.file) && !item.browserFailed) item.url = URL.createObjectURL(item.file);
+    if (item.file && item.url) {
       $("photo").src = (item.overlays && item.overlays[currentView()]) || item.url;
       $("photo").hidden = false;
     } else {
       $("photo").removeAttribute("src");
       $("photo").hidden = true;
+      if (item.file) loadPreview(item);
     }
-    $("photo-name").textContent = item.name + " (" + fileSize(item.size || 0) + ")" + (item.file ? "" : ", from your history");
+    $("photo").dataset.preview = item.previewed ? "server" : "";
+    $("photo-name").textContent = item.name + " (" + fileSize(item.size || 0) + ")" + (item.file ? "" : ", from your history") +
+      (item.previewing ? ", preparing a preview…" : item.previewError ? " (no preview: " + item.previewError + ")" : "");
     $("photo-box").hidden = false;
+  }
+
+  /** Browsers (Chromium) cannot show HEIC/HEIF: those photos are shown from the server's JPEG (/api/preview). */
+  function needsPreview(file) {
+    return /^image\/(heic|heif)/i.test(file.type || "") || /\.(heic|heif|hif)$/i.test(file.name || "");
+  }
+
+  /** The photo as a small JPEG made by the server: for a HEIC/HEIF photo, or any the browser failed to show. */
+  function loadPreview(item) {
+    if (item.previewing || item.previewed || item.previewError) return;
+    item.previewing = true;
+    var form = new FormData();
+    form.append("photo", item.file, item.name);
+    fetch("api/preview", { method: "POST", body: form, headers: authHeaders() })
+      .then(function (r) {
+        if (!r.ok) return readJson(r).then(function (b) { throw new Error(errorText(r, b)); });
+        return r.blob();
+      })
+      .then(function (blob) {
+        if (item.url) URL.revokeObjectURL(item.url);
+        item.url = URL.createObjectURL(blob);
+        item.previewed = true;
+        if (item.overlays) item.overlays.photo = item.url;
+      })
+      .catch(function (e) { item.previewError = e.message; })
+      .then(function () {
+        item.previewing = false;
+        if (photoItem === item) showPhoto(item);
+      });
+  }
+
+  /** A photo the browser could not decode after all (a format it does not know): ask the server for a preview. */
+  function photoFailed() {
+    var it = photoItem;
+    if (it && it.file && !it.previewed && $("photo").getAttribute("src") === it.url) {
+      if (it.url) URL.revokeObjectURL(it.url);
+      it.url = null;
+      it.browserFailed = true;
+      showPhoto(it);
+    }
   }
 
   function clearAnswer() {
@@ -486,11 +532,13 @@
         var fc = { type: "FeatureCollection", features: feats.filter(function (f) { return !!inner[f.properties.token] === in50; }) };
         if (!fc.features.length) return;
         drawn[in50 ? "r50" : "r90"] = true;
+        // a region is cells of one S2 level, often hundreds of them: thin edges, or the grid hides the fill
+        var thin = fc.features.length > 100 ? 0.5 : 1;
         var layer = L.geoJSON(fc, {
           style: function () {
             return in50
-              ? { className: "region-50", color: "#b35900", weight: 1, fillColor: "#e67e22", fillOpacity: 0.45 }
-              : { className: "region-90", color: "#c9a100", weight: 0.8, fillColor: "#f1c40f", fillOpacity: 0.25 };
+              ? { className: "region-50", color: "#b35900", weight: thin, fillColor: "#e67e22", fillOpacity: 0.45 }
+              : { className: "region-90", color: "#c9a100", weight: 0.8 * thin, fillColor: "#f1c40f", fillOpacity: 0.25 };
           },
           pointToLayer: function (f, latlng) { // a training photo's own spot: a 25 km disc
             return L.circle(latlng, {
@@ -499,7 +547,8 @@
             });
           },
           onEachFeature: function (f, layer) {
-            layer.bindTooltip((in50 ? "50 %" : "90 %") + " region: " + f.properties.token);
+            layer.bindTooltip((in50 ? "50 %" : "90 %") + " region: " + f.properties.token +
+              (f.properties.level !== undefined ? " (S2 level " + f.properties.level + ")" : ""));
           },
         }).addTo(answerLayer);
         layer.eachLayer(function (l) { if (l.getBounds) bounds.extend(l.getBounds()); else bounds.extend(l.getLatLng()); });
