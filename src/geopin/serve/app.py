@@ -797,8 +797,11 @@ class ExplainTargets:
 
 
 def explain_targets(predictor: Predictor) -> ExplainTargets:
+    from geopin.explain.target import countries_with_places
+
     fine = predictor.model.fine_cells
-    countries = tuple(sorted({str(c) for c in fine.country if isinstance(c, str) and len(c) == 2 and c.isalpha()}))
+    # a country some place holds training photos of, even where that place's point lies across a border
+    countries = tuple(sorted(c for c in countries_with_places(predictor.model) if len(c) == 2 and c.isalpha()))
     return ExplainTargets(countries, tuple(str(t) for t in fine.token))
 
 
