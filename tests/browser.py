@@ -34,3 +34,17 @@ def chromium(width: int = 1400, height: int = 900):
     drv = webdriver.Chrome(service=Service(driver), options=opts)
     drv.set_page_load_timeout(60)
     return drv, profile
+
+
+def wait_for(drv, what: str, cond, timeout: float = 60.0, poll: float = 0.25):
+    """cond()'s first truthy value, polled; on time-out a failure naming what was awaited, with the page's
+    status line and the last console messages."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(poll)
+    status = drv.execute_script("var s=document.getElementById('status'); return s && s.dataset.state + ': ' + s.textContent;")
+    console = [e.get("message") for e in drv.get_log("browser")][-10:]
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; page status: {status}; console: {console}")

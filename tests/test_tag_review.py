@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from browser import chromium
+from browser import chromium, wait_for
 from libgen import make_trip_library
 from PIL import Image
 
@@ -255,15 +255,7 @@ def browser():
 
 
 def _wait(drv, what: str, cond, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    status = drv.execute_script("var s=document.getElementById('status'); return s && s.dataset.state + ': ' + s.textContent;")
-    console = [e.get("message") for e in drv.get_log("browser")][-10:]
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; page status: {status}; console: {console}")
+    return wait_for(drv, what, cond, timeout)
 
 
 def _artifacts(tmp_path: Path) -> Path:

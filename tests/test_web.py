@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import chromium, wait_for
 from imagefiles import gps_exif_bytes
 from PIL import Image, ImageDraw
 
@@ -166,29 +167,9 @@ def test_cells_endpoint_answers_geojson_and_names_a_bad_token(server):
 # ------------------------------------------------------------------ the browser
 
 
-def _browser():
-    """Headless Debian Chromium via chromedriver, or a skip saying what is missing."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install '.[test]')")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("Debian chromium + chromium-driver are not installed (apt-get install chromium chromium-driver; .ci/run does it)")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"geopin-chromium-{os.getpid()}-{time.monotonic_ns()}"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1400,900", f"--user-data-dir={profile}"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for failure messages
-    return webdriver.Chrome(service=Service(driver), options=opts), profile
-
-
 @pytest.fixture(scope="module")
 def browser():
-    drv, profile = _browser()
+    drv, profile = chromium()
     drv.set_page_load_timeout(60)
     yield drv
     drv.quit()
@@ -217,15 +198,7 @@ def _photo_with_gps(path: Path) -> Path:
 
 
 def _wait(drv, what: str, cond, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.25)
-    status = drv.execute_script("var s=document.getElementById('status'); return s && s.dataset.state + ': ' + s.textContent;")
-    console = [e.get("message") for e in drv.get_log("browser")][-10:]
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; page status: {status}; console: {console}")
+    return wait_for(drv, what, cond, timeout)
 
 
 def _countries_cutting_bands(drv) -> list:

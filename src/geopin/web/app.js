@@ -112,15 +112,7 @@
   // ------------------------------------------------------------------ start-up
 
   function init() {
-    fetch("vendor/world-atlas/countries-50m.json")
-      .then(function (r) {
-        if (!r.ok) throw new Error("country borders: HTTP " + r.status);
-        return r.json();
-      })
-      .catch(function (e) {
-        setStatus("error", "The country borders did not load (" + e.message + "); the map is blank.");
-        return null;
-      })
+    geopinLoadBorders(function (message) { setStatus("error", message); })
       .then(function (topo) {
         map = geopinBaseMap("map", topo);
         window.geopinMap = map; // for tests and the browser console

@@ -110,7 +110,22 @@
     return 2 * 6371.0088 * Math.asin(Math.min(1, Math.sqrt(a)));
   }
 
+  /** The shipped country borders (a promise of the TopoJSON, or of null when they did not load, after
+   * `onError(message)` was told why): the pages draw the map either way. */
+  function geopinLoadBorders(onError) {
+    return fetch("vendor/world-atlas/countries-50m.json")
+      .then(function (r) {
+        if (!r.ok) throw new Error("country borders: HTTP " + r.status);
+        return r.json();
+      })
+      .catch(function (e) {
+        onError("The country borders did not load (" + e.message + "); the map is blank.");
+        return null;
+      });
+  }
+
   window.geopinBaseMap = geopinBaseMap;
+  window.geopinLoadBorders = geopinLoadBorders;
   window.geopinNearLon = nearLon;
   window.geopinPanLon = PAN_LON;
   window.geopinHaversineKm = haversineKm;

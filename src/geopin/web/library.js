@@ -168,15 +168,7 @@
     $("write").addEventListener("click", write);
     $("undo").addEventListener("click", undo);
     $("include-undecided").addEventListener("change", updateCounts);
-    fetch("vendor/world-atlas/countries-50m.json")
-      .then(function (r) {
-        if (!r.ok) throw new Error("country borders: HTTP " + r.status);
-        return r.json();
-      })
-      .catch(function (e) {
-        setStatus("error", "The country borders did not load (" + e.message + "); the map is blank.");
-        return null;
-      })
+    geopinLoadBorders(function (message) { setStatus("error", message); })
       .then(function (topo) {
         map = geopinBaseMap("map", topo);
         map.setMaxZoom(18); // no tiles: any zoom is free, and pins a few metres apart must come apart
