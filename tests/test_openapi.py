@@ -45,7 +45,8 @@ if os.environ.get("SCHEMATHESIS_HOOKS") == __name__:  # loaded by schemathesis a
 else:
     pytest.importorskip("fastapi", reason="the server needs fastapi")
     httpx = pytest.importorskip("httpx")
-    from test_serve import TOKEN, RunningServer, assert_error  # noqa: E402
+    from servers import RunningServer  # noqa: E402
+    from test_serve import TOKEN, assert_error  # noqa: E402
 
     from geopin.serve.app import ServeConfig, create_app  # noqa: E402
 

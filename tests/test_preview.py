@@ -14,7 +14,8 @@ pytest.importorskip("fastapi", reason="the server needs fastapi: pip install 'ge
 httpx = pytest.importorskip("httpx")
 
 from imagefiles import heic_bytes, png_header_only
-from test_serve import TOKEN, RunningServer, assert_error
+from servers import RunningServer
+from test_serve import TOKEN, assert_error
 
 from geopin.dataset.images import PILLOW_MAX_PIXELS
 from geopin.serve.app import PREVIEW_LONG_SIDE, ServeConfig, create_app

@@ -12,9 +12,7 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -26,12 +24,6 @@ from PIL import Image
 httpx = pytest.importorskip("httpx")
 
 TOKEN = "review-test-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _files(root: Path) -> dict[str, str]:
@@ -65,30 +57,20 @@ def library(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(library, predictor):
-    """`create_app` with --library and a token, served by uvicorn in a thread on loopback: (base URL, client)."""
-    uvicorn = pytest.importorskip("uvicorn")
+    """`create_app` with --library and a token, served on loopback: (base URL, client sending the token)."""
+    pytest.importorskip("uvicorn")
+    from servers import RunningServer
+
     from geopin.library.tag import TagConfig
     from geopin.serve.app import ServeConfig, create_app
     from geopin.serve.library import LibraryOptions
 
-    root = library[0]
-    port = _free_port()
-    cfg = ServeConfig(host="127.0.0.1", port=port, token=TOKEN, library=root,
+    cfg = ServeConfig(host="127.0.0.1", token=TOKEN, library=library[0],
                       library_options=LibraryOptions(tag=TagConfig()))
     app = create_app(cfg, predictor)  # plans the library now: the photos are embedded once
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the geopin server did not start within 60 s")
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client:
-        yield base, client
-    srv.should_exit = True
-    thread.join(timeout=10)
+    s = RunningServer(app, headers={"Authorization": f"Bearer {TOKEN}"}, start_timeout_s=60)
+    yield s.url, s.client
+    s.close()
 
 
 def _plan(client) -> dict:

@@ -13,8 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -116,30 +114,16 @@ def test_the_page_loads_nothing_from_the_internet():
 # ------------------------------------------------------------------ a real server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    """`geopin.serve.app.create_app` with a token, served by uvicorn in a thread on loopback: base URL."""
-    uvicorn = pytest.importorskip("uvicorn")
+    """`geopin.serve.app.create_app` with a token, served on loopback: base URL."""
+    pytest.importorskip("uvicorn")
     serve = pytest.importorskip("geopin.serve.app")
-    port = _free_port()
-    app = serve.create_app(serve.ServeConfig(host="127.0.0.1", port=port, token=TOKEN))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the geopin server did not start within 60 s")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    from servers import RunningServer
+
+    s = RunningServer(serve.create_app(serve.ServeConfig(host="127.0.0.1", token=TOKEN)), start_timeout_s=60)
+    yield s.url
+    s.close()
 
 
 def _get(url: str, token: str | None = TOKEN) -> tuple[int, dict]:
