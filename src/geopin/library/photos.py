@@ -61,6 +61,11 @@ class LibraryPhoto:
     def has_gps(self) -> bool:
         return self.lat is not None and self.lon is not None
 
+    @property
+    def is_reference(self) -> bool:
+        """A position to learn from and interpolate between: GPS that geopin did not write, a readable file."""
+        return self.has_gps and not self.placed_by_geopin and not self.problem
+
 
 # ------------------------------------------------------------------------------------------------ exiv2 setup
 

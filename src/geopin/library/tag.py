@@ -110,7 +110,7 @@ def writable(prop: Proposal, cfg: TagConfig) -> tuple[bool, str]:
 
 def references(photos: list[LibraryPhoto]) -> list[int]:
     """Indexes of the photos whose position is a measurement: GPS not written by geopin, readable file."""
-    return [i for i, p in enumerate(photos) if p.has_gps and not p.placed_by_geopin and not p.problem]
+    return [i for i, p in enumerate(photos) if p.is_reference]
 
 
 def embed_library(photos: list[LibraryPhoto], predictor, progress: bool = True) -> np.ndarray:
@@ -214,7 +214,7 @@ def plan_library(root: str | Path, cfg: TagConfig | None = None, progress: bool 
         if p.rel in dup_of:
             prop.detail["duplicate_of"] = dup_of[p.rel]
         proposals.append(prop)
-    cameras = [s.to_dict() if hasattr(s, "to_dict") else asdict(s) for s in shifts.values()]
+    cameras = [s.to_dict() for s in shifts.values()]
     counts: dict[str, int] = defaultdict(int)
     for prop in proposals:
         counts[prop.source or f"unplaced:{prop.reason}"] += 1
@@ -336,7 +336,7 @@ def apply_plan(plan: Plan, cfg: TagConfig, decisions: dict[str, Decision] | None
 
     decisions = decisions or {}
     state = cfg.state_for(plan.root)
-    todo: list[tuple[LibraryPhoto, Proposal, str]] = []
+    todo: list[tuple[LibraryPhoto, Proposal]] = []
     skipped: list[dict] = []
     for prop in plan.proposals:
         d = decisions.get(prop.rel)
@@ -353,12 +353,12 @@ def apply_plan(plan: Plan, cfg: TagConfig, decisions: dict[str, Decision] | None
         elif not prop.placed:  # accepted, but there is nothing to accept
             skipped.append({"rel": prop.rel, "reason": prop.reason})
             continue
-        todo.append((plan.photos[prop.rel], prop, ""))
+        todo.append((plan.photos[prop.rel], prop))
     outcomes = []
     if not todo:  # nothing to write: no run in the journal (an undo then undoes the last real one)
         return {"run": None, "state_dir": str(state), "mode": cfg.write, "not_written": skipped, "skipped": []}
     with Journal(state, plan.root, mode=cfg.write, params={"root": str(plan.root), "config": _cfg_dict(cfg)}) as journal:
-        for photo, prop, _ in bar(todo, desc="writing positions", unit="photo", disable=None if progress else True):
+        for photo, prop in bar(todo, desc="writing positions", unit="photo", disable=None if progress else True):
             placement = Placement(lat=prop.lat, lon=prop.lon, radius_km=prop.radius_km, confidence=prop.confidence,
                                   source=prop.source, run_id=journal.run_id)
             outcome = write_placement(photo, placement, mode=cfg.write, journal=journal,
@@ -379,7 +379,7 @@ def undo_last(root: str | Path, cfg: TagConfig | None = None, run_id: str | None
 
     cfg = cfg or TagConfig()
     report = undo(cfg.state_for(Path(root)), run_id=run_id)
-    return report.to_dict() if hasattr(report, "to_dict") else asdict(report)
+    return asdict(report)
 
 
 # ------------------------------------------------------------------------------------------------------------

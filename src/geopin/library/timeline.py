@@ -113,11 +113,6 @@ def photo_utc_how(photo: LibraryPhoto, shifts: Mapping[str, CameraShift]) -> tup
     return photo.taken - timedelta(seconds=shift.shift_s), f"camera clock − {shift.describe()}"
 
 
-def is_reference(photo: LibraryPhoto) -> bool:
-    """A photo whose position can be trusted: GPS that geopin did not write, and no problem reading it."""
-    return photo.has_gps and not photo.placed_by_geopin and not photo.problem
-
-
 def needs_position(photo: LibraryPhoto) -> bool:
     """A photo geopin may place: no GPS of its own (or only what an earlier run wrote), and readable."""
     return (not photo.has_gps or photo.placed_by_geopin) and not photo.problem
@@ -238,7 +233,7 @@ class References:
 def references(photos: Sequence[LibraryPhoto], shifts: Mapping[str, CameraShift]) -> References:
     rows = []
     for p in photos:
-        if not is_reference(p):
+        if not p.is_reference:
             continue
         utc, how = photo_utc_how(p, shifts)
         if utc is not None:

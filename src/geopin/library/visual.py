@@ -70,11 +70,6 @@ class VisualConfig:
             raise ValueError(f"min_references must be at least 1, got {self.min_references}")
 
 
-def is_reference(photo: LibraryPhoto) -> bool:
-    """A photo with its own GPS (not one geopin placed) and no problem: ground truth for the rest."""
-    return photo.has_gps and not photo.placed_by_geopin and not photo.problem
-
-
 def with_references(model: GeoModel, emb: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> GeoModel:
     """The model with the references added to its retrieval gallery (same mixing and calibration).
 

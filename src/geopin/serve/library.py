@@ -229,7 +229,7 @@ class LibraryReview:
             entries.append(e)
         # the library's own geotagged photos: the map shows the route the time source follows
         refs = [{"rel": p.rel, "lat": p.lat, "lon": p.lon, "taken": p.taken.isoformat() if p.taken else None}
-                for p in self.plan.photos.values() if p.has_gps and not p.placed_by_geopin and not p.problem]
+                for p in self.plan.photos.values() if p.is_reference]
         return {
             "root": str(self.root), "state_dir": str(self.state), "write_mode": self.cfg.write,
             "references": sorted(refs, key=lambda r: (r["taken"] or "", r["rel"])),
