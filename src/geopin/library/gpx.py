@@ -21,7 +21,6 @@ from geopin.geo import haversine_km
 from geopin.library.combine import Candidate
 from geopin.library.photos import LibraryPhoto
 from geopin.library.timeline import (
-    KIND_NAMES,
     NEAREST,
     NONE,
     Fixes,
@@ -29,6 +28,7 @@ from geopin.library.timeline import (
     from_seconds,
     interpolate,
     interpolate_pair,
+    placed_candidates,
     timed_targets,
     to_seconds,
 )
@@ -174,18 +174,7 @@ def gpx_candidates(photos: Sequence[LibraryPhoto], tracks: Sequence[Track], shif
     radius = cal.radius_km(pl.dt_s, pl.kind == NEAREST)
     conf = cal.confidence_at(pl.dt_s)
     files = [tr.path for tr in tracks]
-    out: dict[str, Candidate] = {}
-    for k, (rel, utc, how) in enumerate(todo):
-        if pl.kind[k] == NONE:
-            continue
-        used = sorted({int(pl.i0[k]), int(pl.i1[k])})
-        detail = {
-            "kind": KIND_NAMES[int(pl.kind[k])],
-            "tracks": files,
-            "fixes_utc": [from_seconds(fixes.t[i]).isoformat() for i in used],
-            "seconds": [round(float(fixes.t[i] - t[k]), 3) for i in used],
-            "utc": utc.isoformat(),
-            "utc_from": how,
-        }
-        out[rel] = Candidate("gpx", float(pl.lat[k]), float(pl.lon[k]), float(radius[k]), float(conf[k]), detail)
-    return out
+    return placed_candidates("gpx", todo, t, fixes, pl, radius, conf, lambda used: {
+        "tracks": files,
+        "fixes_utc": [from_seconds(fixes.t[i]).isoformat() for i in used],
+    })

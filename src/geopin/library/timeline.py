@@ -354,23 +354,29 @@ def time_candidates(photos: Sequence[LibraryPhoto], shifts: Mapping[str, CameraS
     radius = cal.radius_km(pl.dt_s)
     conf = cal.confidence_at(pl.dt_s)
     ft = refs.fixes.t
+    return placed_candidates("time", todo, t, refs.fixes, pl, radius, conf, lambda used: {
+        "references": [refs.rels[i] for i in used],
+        "reference_utc_from": [refs.how[i] for i in used],
+        "gap_s": round(float(ft[used[-1]] - ft[used[0]]), 3),
+        "speed_kmh": round(cal.speed_kmh, 2),
+        "calibration": cal.describe(),
+    })
+
+
+def placed_candidates(source: str, todo: Sequence[tuple[str, datetime, str]], t: np.ndarray, fixes: Fixes,
+                      pl, radius: np.ndarray, conf: np.ndarray, detail_of) -> dict[str, Candidate]:
+    """One Candidate per photo of `todo` that `interpolate` placed (`pl`), shared by the time and the GPX sources.
+    detail: the kind, the seconds from the photo to each fix used, the photo's UTC and how it was found, and
+    what `detail_of(indexes of the fixes used)` adds for the source."""
     out: dict[str, Candidate] = {}
     for k, (rel, utc, how) in enumerate(todo):
         if pl.kind[k] == NONE:
             continue
         used = sorted({int(pl.i0[k]), int(pl.i1[k])})
-        detail = {
-            "kind": KIND_NAMES[int(pl.kind[k])],
-            "references": [refs.rels[i] for i in used],
-            "seconds": [round(float(ft[i] - t[k]), 3) for i in used],
-            "reference_utc_from": [refs.how[i] for i in used],
-            "gap_s": round(float(ft[used[-1]] - ft[used[0]]), 3),
-            "utc": utc.isoformat(),
-            "utc_from": how,
-            "speed_kmh": round(cal.speed_kmh, 2),
-            "calibration": cal.describe(),
-        }
-        out[rel] = Candidate("time", float(pl.lat[k]), float(pl.lon[k]), float(radius[k]), float(conf[k]), detail)
+        detail = {"kind": KIND_NAMES[int(pl.kind[k])], **detail_of(used),
+                  "seconds": [round(float(fixes.t[i] - t[k]), 3) for i in used],
+                  "utc": utc.isoformat(), "utc_from": how}
+        out[rel] = Candidate(source, float(pl.lat[k]), float(pl.lon[k]), float(radius[k]), float(conf[k]), detail)
     return out
 
 
