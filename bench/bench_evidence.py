@@ -39,7 +39,7 @@ from geopin.geo import haversine_km
 from geopin.io import write_json
 from geopin.locate.model import GeoModel
 from geopin.locate.posterior import CONFIDENCE_KM
-from geopin.locate.train import TrainConfig, manifest_clues, train_model
+from geopin.locate.train import TrainConfig, manifest_clues, manifest_readings, text_gate_of, train_model
 from geopin.log import setup_logging
 from shared_photos import shared_embedded
 from geopin.metrics import BootstrapDraws, bootstrap_ece, bootstrap_mean, geoscore
@@ -56,8 +56,10 @@ def _answers(model: GeoModel, emb: np.ndarray, clues, weights: dict[str, float])
     return dec.lat, dec.lon, conf
 
 
-def run_folds(emb, man, clues, folds: int, seed: int) -> tuple[pd.DataFrame, dict]:
-    """Per test photo: the truth and each variant's guess (and stated confidences for pixels/all)."""
+def run_folds(emb, man, clues, folds: int, seed: int, found: list | None = None) -> tuple[pd.DataFrame, dict]:
+    """Per test photo: the truth and each variant's guess (and stated confidences for pixels/all). With `found`
+    (each photo's Reading), also "all sources, gated": the text gate fit on the fold's training readings decides
+    which test photos are read, the others count as read with nothing found (what predict does by default)."""
     lat, lon, groups = man.lat.to_numpy(), man.lon.to_numpy(), man.group.to_numpy()
     fold_of = group_kfold(groups, k=folds, seed=seed)
     sources = sorted({c.source for cl in clues for c in cl})
@@ -69,15 +71,27 @@ def run_folds(emb, man, clues, folds: int, seed: int) -> tuple[pd.DataFrame, dic
         w = dict(model.params.clue_weights)
         weights_per_fold.append({"fold": f, "weights": w, "report": model.meta["fit_report"].get("clue_weights", {})})
         te_clues = [clues[r] for r in te]
+        gated_clues = None
+        if found is not None:
+            gate = text_gate_of(emb[tr], [found[r] for r in tr], [clues[r] for r in tr], groups[tr], TrainConfig(scenario="group"))
+            read = gate.wants(emb[te]) if gate is not None else np.ones(len(te), dtype=bool)
+            gated_clues = [c if read[j] else [] for j, c in enumerate(te_clues)]
+            has_text = np.array([found[r] is not None and len(found[r].lines) > 0 for r in te])
+            has_clue = np.array([bool(c) for c in te_clues])
+            weights_per_fold[-1]["gate"] = {"read_share": float(read.mean()), "text_recall": float(read[has_text].mean()),
+                                            "clue_recall": float(read[has_clue].mean()) if has_clue.any() else None,
+                                            "clue_photos": int(has_clue.sum())}
         variants = {"pixels only": {}, "all sources": w}
+        if gated_clues is not None:
+            variants["all sources, gated"] = w
         for s in sources:
             variants[f"only {s}"] = {s: w.get(s, 0.0)}
             variants[f"all but {s}"] = {k: v for k, v in w.items() if k != s}
         df = pd.DataFrame({"row": te, "fold": f, "true_lat": lat[te], "true_lon": lon[te], "group": groups[te]})
         for name, weights in variants.items():
-            p_lat, p_lon, conf = _answers(model, emb[te], te_clues, weights)
+            p_lat, p_lon, conf = _answers(model, emb[te], gated_clues if name == "all sources, gated" else te_clues, weights)
             df[f"{name}|lat"], df[f"{name}|lon"] = p_lat, p_lon
-            if name in ("pixels only", "all sources"):
+            if name in ("pixels only", "all sources", "all sources, gated"):
                 for r_i, r in enumerate(CONFIDENCE_KM):
                     df[f"{name}|conf_{int(r)}"] = conf[:, r_i]
         rows.append(df)
@@ -112,6 +126,19 @@ def variant_metrics(df: pd.DataFrame, draws: BootstrapDraws) -> dict:
                 e = bootstrap_ece(df[f"{name}|conf_{int(r)}"].to_numpy(), hit, draws)
                 out[name]["ece"][str(int(r))] = {**e.to_dict(), "stated": float(df[f"{name}|conf_{int(r)}"].mean()), "observed": float(hit.mean())}
     return out
+
+
+def paired_difference(df: pd.DataFrame, a: str, b: str, draws: BootstrapDraws) -> dict:
+    """a - b per photo (GeoScore, <=25 km, country), as means with intervals over the same photographer draws."""
+    t_lat, t_lon = df.true_lat.to_numpy(), df.true_lon.to_numpy()
+    true_cc = country_of(t_lat, t_lon)
+    vals = []
+    for name in (a, b):
+        km = haversine_km(df[f"{name}|lat"].to_numpy(), df[f"{name}|lon"].to_numpy(), t_lat, t_lon)
+        cc = country_of(df[f"{name}|lat"].to_numpy(), df[f"{name}|lon"].to_numpy())
+        vals.append(np.stack([geoscore(km), km <= 25, (cc == true_cc) & (true_cc != "")], axis=1).astype(float))
+    diff = bootstrap_mean(vals[0] - vals[1], draws)
+    return {"geoscore": diff[0].to_dict(), "within_25km": diff[1].to_dict(), "country": diff[2].to_dict()}
 
 
 def source_accuracy(man: pd.DataFrame, clues) -> dict:
@@ -185,9 +212,10 @@ def main() -> None:
     if readings is None:
         readings = args.work / "readings"
         read_manifest_engine(manifest_path, readings, engine=EngineConfig("local"))
-    clues, info = manifest_clues(man["id"].astype(str).tolist(), readings)
+    found = manifest_readings(man["id"].astype(str).tolist(), readings)
+    clues, info = manifest_clues(man["id"].astype(str).tolist(), readings, found)
     t0 = time.perf_counter()
-    df, weights = run_folds(emb, man, clues, args.folds, args.seed)
+    df, weights = run_folds(emb, man, clues, args.folds, args.seed, found)
     draws = BootstrapDraws.of(df.group.to_numpy(), n_boot=1000, seed=args.seed)
     metrics = variant_metrics(df, draws)
     fired = np.array([bool(clues[r]) for r in df.row])
@@ -196,9 +224,11 @@ def main() -> None:
     doc = {
         "n": int(len(df)), "folds": args.folds, "seconds": round(time.perf_counter() - t0, 1), "evidence": info,
         "sources": source_accuracy(man, clues), "weights": weights, "variants": metrics,
-        "variants_on_photos_with_clues": {k: v for k, v in on_fired.items() if k in ("pixels only", "all sources")},
+        "variants_on_photos_with_clues": {k: v for k, v in on_fired.items() if k in ("pixels only", "all sources", "all sources, gated")},
         "n_with_clues": int(fired.sum()),
     }
+    if "all sources, gated|lat" in df:
+        doc["gated_vs_all"] = paired_difference(df, "all sources, gated", "all sources", draws)
     if not args.no_speed:
         with tempfile.TemporaryDirectory() as tmp:
             doc["predict_p50_s"] = predict_speed(Path(tmp))
@@ -221,12 +251,22 @@ def print_tables(doc: dict) -> None:
         v = m["vs_pixels_only"]
         print(f"{name:<24}{_iv(m['geoscore']):>20}{_iv(v['geoscore']):>20}{_iv(m['within_25km'], 100, '{:.1f}'):>20}"
               f"{_iv(v['within_25km'], 100, '{:.1f}'):>18}{_iv(m['country'], 100, '{:.1f}'):>20}{_iv(v['country'], 100, '{:.1f}'):>18}{m['changed_guesses']:>8}")
-    for name in ("pixels only", "all sources"):
-        e = doc["variants"][name].get("ece", {})
+    for name in ("pixels only", "all sources", "all sources, gated"):
+        e = doc["variants"].get(name, {}).get("ece", {})
         print(f"ECE {name:<14}" + "  ".join(f"{r} km {100 * x['estimate']:.1f} pts (stated {x['stated']:.1%}, observed {x['observed']:.1%})" for r, x in e.items()))
     for name, m in doc["variants_on_photos_with_clues"].items():
         print(f"on photos with a clue, {name:<14} GeoScore {_iv(m['geoscore'])}, vs pixels only {_iv(m['vs_pixels_only']['geoscore'])}")
     print("weights per fold:", [f["weights"] for f in doc["weights"]["folds"]])
+    gates = [f["gate"] for f in doc["weights"]["folds"] if "gate" in f]
+    if gates:
+        print("text gate per fold (held-out photos): " + "; ".join(
+            f"reads {g['read_share']:.0%}, text recall {g['text_recall']:.0%}, clue recall "
+            + ("-" if g["clue_recall"] is None else f"{g['clue_recall']:.0%} of {g['clue_photos']}") for g in gates))
+    if "all sources, gated" in doc["variants"]:
+        gated, full = doc["variants"]["all sources, gated"], doc["variants"]["all sources"]
+        print(f"gated - all sources GeoScore: {gated['vs_pixels_only']['geoscore']['estimate'] - full['vs_pixels_only']['geoscore']['estimate']:+.1f} "
+              f"(paired: gated - all = {doc['gated_vs_all']['geoscore']['estimate']:+.1f} [{doc['gated_vs_all']['geoscore']['lo']:+.1f}, "
+              f"{doc['gated_vs_all']['geoscore']['hi']:+.1f}])")
     for label, t in (doc.get("predict_p50_s") or {}).items():
         print(f"predict p50, {label}: text on {t['text on']:.2f} s, off {t['text off']:.2f} s, ratio {t['ratio']:.1f}x")
 

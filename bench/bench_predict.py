@@ -47,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--omp-wait-policy", choices=["default", "PASSIVE", "ACTIVE"], default="default",
                     help="OMP_WAIT_POLICY for torch (set before torch loads); default: leave the environment as is")
     ap.add_argument("--threads", type=int, default=None, help="threads of the forward pass (default: all cores)")
+    ap.add_argument("--text-photos", type=int, default=None,
+                    help="photos timed with text never / auto (the text gate) / always read (default: --n; 0: skip)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "predict.json")
     return ap.parse_args(argv)
 
@@ -147,6 +149,37 @@ def time_latency(predictor, cfgs: dict, photos: list[Path], warmup: int) -> tupl
     return e2e, embed, errors
 
 
+TEXT_MODES = ("never", "auto", "always")
+
+
+def time_text_modes(args, embed_cfg, photos: list[Path], warmup: int) -> dict:
+    """End-to-end ms per photo with text never read, read where the model's text gate expects text ("auto", the
+    default) and always read: the same photos, modes interleaved, ONNX Runtime; and how many photos each read."""
+    from geopin.locate.predict import PredictConfig, Predictor
+
+    predictors = {}
+    for mode in TEXT_MODES:
+        p = Predictor(PredictConfig(model_dir=args.model, top_k=args.top_k, text=mode))
+        p.embed_cfg = embed_cfg
+        if p.reads_text:
+            p.prepare_text()
+        predictors[mode] = p
+    ms = {m: [] for m in TEXT_MODES}
+    read = {m: 0 for m in TEXT_MODES}
+    for i, path in enumerate(photos):
+        order = TEXT_MODES if i % 2 == 0 else tuple(reversed(TEXT_MODES))
+        for mode in order:
+            t = time.perf_counter()
+            (res,) = list(predictors[mode].predict_paths([path]))
+            took = (time.perf_counter() - t) * 1e3
+            if i >= warmup and "error" not in res:
+                ms[mode].append(took)
+                read[mode] += int(bool(res.get("text_read")))
+    gate = predictors["auto"].model.text_gate
+    return {"modes": {m: {**stats(ms[m]), "photos_read": read[m]} for m in TEXT_MODES},
+            "gate": None if gate is None else {"threshold": gate.threshold, "trained": gate.quality}}
+
+
 def compare_guesses(predictor, cfgs: dict, photos: list[Path], top_k: int, scratch: Path) -> dict:
     """Embed every photo on each runtime (embed pipeline, cache off), predict from the embeddings, count differences."""
     import numpy as np
@@ -213,6 +246,8 @@ def main(argv=None) -> None:
         e2e, embed, errors = time_latency(predictor, cfgs, photos, args.warmup)
         if not e2e["torch"]:
             sys.exit(f"error: every photo failed, first: {errors[0] if errors else 'no photos'}")
+        n_text = args.n if args.text_photos is None else args.text_photos
+        text = time_text_modes(args, cfgs["onnx"], photos[: n_text + args.warmup], args.warmup) if n_text else None
         guesses = None
         if args.guesses != 0:
             gphotos, gsource = guess_photos(args, scratch)
@@ -240,6 +275,7 @@ def main(argv=None) -> None:
         "p50_speedup_torch_over_onnx": ratio,
         "goal_end_to_end_p50_ms": 35,
         "guesses": guesses,
+        "text_modes": text,
         "environment": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -264,6 +300,11 @@ def main(argv=None) -> None:
             s = stats(v[r])
             print(f"{stage:<20} {r:<8} {s['p50_ms']:9.1f} {s['p95_ms']:9.1f} {s['mean_ms']:9.1f} {s['max_ms']:9.1f}")
         print(f"{'':<20} {'ratio':<8} {ratio[stage]:9.2f}   (torch p50 / onnx p50)")
+    if text is not None:
+        print("\nwith text, ONNX Runtime, the same photos, modes interleaved:")
+        print(f"{'text':<20} {'p50 ms':>9} {'p95 ms':>9} {'mean ms':>9} {'read':>9}")
+        for m, s in text["modes"].items():
+            print(f"{m:<20} {s['p50_ms']:9.1f} {s['p95_ms']:9.1f} {s['mean_ms']:9.1f} {s['photos_read']:>5}/{s['n']}")
     if guesses is not None:
         g = guesses
         print(f"\nguesses on {g['photos']} photos ({g['source']}): max |embedding difference| {g['max_abs_embedding_difference']:.2g}; "

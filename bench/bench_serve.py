@@ -44,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-upload-mb", type=float, default=2.0, help="the server's upload limit")
     ap.add_argument("--timeout-s", type=float, default=30.0, help="the server's per-request time limit")
     ap.add_argument("--explainers", type=int, default=2, help="clients asking for explanations meanwhile")
+    ap.add_argument("--photos", default="shared",
+                    help="good uploads: 'shared' (64 shared Im2GPS3k photos; generated ones when absent), 'generated', or a folder")
+    ap.add_argument("--text", choices=["auto", "always", "never"], default="auto", help="the server's --text")
     ap.add_argument("--src", type=Path, default=SRC, help="the geopin source tree the server runs from")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "serve.json")
     return ap.parse_args(argv)
@@ -55,16 +58,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def good_photos(n: int = 8) -> list[bytes]:
-    """The landscape-like JPEGs of bench_predict.py, as bytes to upload."""
+def good_photos(photos: str, n: int = 64) -> tuple[list[bytes], str]:
+    """What good uploads send, as bytes: `n` shared Im2GPS3k photos drawn at random ("shared", the default when
+    they are there: real photos, so the text gate reads as many as it would for users), photos under a folder,
+    or ("generated") the landscape-like JPEGs of bench_predict.py."""
+    import random
     import tempfile
+
+    if photos != "generated":
+        from bench_predict import SHARED
+
+        folder = SHARED if photos == "shared" else Path(photos)
+        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")) if folder.is_dir() else []
+        if found:
+            chosen = random.Random(0).sample(found, min(n, len(found)))
+            return [p.read_bytes() for p in chosen], f"{len(chosen)} photos from {folder}"
+        if photos != "shared":
+            raise SystemExit(f"--photos {photos}: no JPEG or PNG photos there")
 
     from bench_predict import (
         generated_photos,  # beside this script: python puts its folder on sys.path
     )
 
     with tempfile.TemporaryDirectory() as tmp:
-        return [p.read_bytes() for p in generated_photos(Path(tmp), n)]
+        return [p.read_bytes() for p in generated_photos(Path(tmp), 8)], "8 generated landscape-like JPEGs"
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -102,7 +119,7 @@ def vm_kb(pid: int, field: str) -> int | None:
 
 def start_server(args, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-c", "from geopin.cli import main; main()", "serve", "--host", "127.0.0.1",
-           "--port", str(port), "--max-upload-mb", str(args.max_upload_mb), "--timeout-s", str(args.timeout_s)]
+           "--port", str(port), "--max-upload-mb", str(args.max_upload_mb), "--timeout-s", str(args.timeout_s), "--text", args.text]
     if args.model:
         cmd += ["--model", str(args.model)]
     env = {k: v for k, v in os.environ.items() if k != "GEOPIN_TOKEN"}
@@ -145,6 +162,8 @@ async def client(i: int, url: str, deadline: float, goods: list[bytes], bads: li
                 r = await http.post("/api/predict", files={field: (f"{name}.jpg", data, "image/jpeg")})
                 status, ok_json = r.status_code, _is_json(r)
                 err = None if status == 200 else r.text[:200]
+                if status == 200 and ok_json and name == "good":
+                    peak["text_read"] = peak.get("text_read", 0) + int(bool(r.json().get("text_read")))
             except httpx.HTTPError as exc:
                 status, ok_json, err = -1, False, f"{type(exc).__name__}: {exc}"
             log.append((name, want, status, ok_json, (time.perf_counter() - t) * 1e3, err))
@@ -206,7 +225,7 @@ def main(argv=None) -> int:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    goods = good_photos()
+    goods, goods_source = good_photos(args.photos)
     bads = bad_uploads(goods[0], args.max_upload_mb)
     load_before = os.getloadavg()
     proc = start_server(args, port)
@@ -248,6 +267,9 @@ def main(argv=None) -> int:
         "requests": len(log),
         "requests_per_s": round(len(log) / wall, 2),
         "good_uploads": len(good),
+        "good_photos": goods_source,
+        "text": args.text,
+        "good_read_by_ocr": peak.get("text_read", 0),
         "good_per_s": round(len(good_ok) / wall, 2),
         "good_latency_ms": {"p50": pct(good_ms, 50), "p95": pct(good_ms, 95), "max": pct(good_ms, 100)},
         "errors_on_good_uploads": len(good_errors),
@@ -281,6 +303,7 @@ def main(argv=None) -> int:
           f"({result['good_per_s']} good/s)")
     print(f"good uploads: {len(good)}, errors {len(good_errors)}; latency p50 {result['good_latency_ms']['p50']} ms, "
           f"p95 {result['good_latency_ms']['p95']} ms")
+    print(f"good photos: {goods_source}; text {args.text}: {result['good_read_by_ocr']} of {len(good_ok)} answered were read by OCR")
     print(f"explanations ({args.explainers} clients): {result['explanations']}")
     print(f"bad uploads: {len(bad)}, with an unexpected status or non-JSON body: {bad_unexpected}")
     for name, k in sorted(bad_by_kind.items()):

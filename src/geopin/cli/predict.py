@@ -13,6 +13,7 @@ from geopin.dataset.images import IMAGE_SUFFIXES
 from geopin.locate.predict import (
     EXAMPLE_PHOTO,
     EXAMPLE_TRUTH,
+    TEXT_HELP,
     PredictConfig,
     Predictor,
     distance_to_truth_km,
@@ -57,7 +58,7 @@ def predict_cmd(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder; default: the bundled model."),
     top_k: int = typer.Option(PredictConfig.top_k, "--top-k", "-k", help="How many candidate places to list."),
     as_json: bool = typer.Option(False, "--json", help="JSON array of results on stdout."),
-    text: str = typer.Option(PredictConfig.text, "--text", help="Read the text on each photo (OCR at its own resolution) for evidence: auto (when the model weighs a text source), always (also list what was read when nothing is weighed), never."),
+    text: str = typer.Option(PredictConfig.text, "--text", help=TEXT_HELP),
     engine: str = typer.Option(EngineConfig.name, "--engine", help="local: this process. ray: partitions on a Ray cluster, one model per worker; writes <out>/parts/part-NNNNN.parquet (a rerun skips finished parts), <out>/predictions.parquet and <out>/predictions.json. Needs `pip install 'geopin\\[cluster]'`; see docs/cluster.md."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder of the engine's parts and predictions (required with --engine ray)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: 'auto' (started on this node with `ray start`), HOST:PORT of the head, or ray://HOST:10001; default: start a local cluster of --engine-workers CPUs."),

@@ -9,6 +9,7 @@ import typer
 from geopin.cli._common import input_errors
 from geopin.library.tag import TagConfig
 from geopin.locate.model import ModelError
+from geopin.locate.predict import TEXT_HELP
 from geopin.serve.app import ServeConfig, serve
 from geopin.serve.library import LibraryOptions
 
@@ -28,6 +29,7 @@ def serve_cmd(
         ServeConfig.batch_window_ms, "--batch-window-ms",
         help="How long a prediction waits for concurrent ones to share its forward pass (0: no waiting)."),
     max_batch: int = typer.Option(ServeConfig.max_batch, "--max-batch", help="Most photos predicted in one batch."),
+    text: str = typer.Option(ServeConfig.text, "--text", help=TEXT_HELP),
     library: Path | None = typer.Option(
         None, "--library", help="Review `geopin tag`'s proposals for this photo library on the map at /library: "
                                 "accept, reject or drag photos and groups, then write (journalled; undo on the page "
@@ -62,6 +64,6 @@ def serve_cmd(
             options = LibraryOptions(tag=tag, replan=replan)
         cfg = ServeConfig(model_dir=model, host=host, port=port, token=token, max_upload_mb=max_upload_mb,
                           timeout_s=timeout_s, batch_window_ms=batch_window_ms, max_batch=max_batch,
-                          library=library, library_options=options)
+                          library=library, library_options=options, text=text)
         cfg.check()
         serve(cfg)

@@ -159,16 +159,13 @@ def _explain_parts(
     model = predictor.model
     lines: list[dict] = []
     readings = None
-    if predictor.reads_text:  # what the photo says, in the answer as predict gives it
+    wanted = predictor.text_wanted(emb)
+    if predictor.reads_text:  # what the photo says, in the answer as predict gives it (read where predict reads it)
         row: dict = {"path": name}
-        reading = predictor.reading_or_none(img, row)
+        reading = predictor.reading_or_none(img, row) if wanted[0] else None
         readings = [reading]
         lines = [line.to_dict() for line in reading.lines] if reading is not None else []
-    from geopin.locate.scene import image_information
-
-    prediction = model.predict_embeddings(emb, top_k=predictor.cfg.top_k, clues=None if readings is None else predictor.clues_of(readings),
-                                          information=[image_information(img)])[0]
-    prediction["path"] = name
+    prediction = predictor.answer(emb, [img], [name], readings=readings, wanted=wanted)[0]
     ev, cell, nb = posterior(model, emb)
     seconds["predict"] = time.perf_counter() - t0
     tgt = resolve_target(model, target, (prediction["lat"], prediction["lon"]), cell[0])

@@ -94,7 +94,8 @@ def with_references(model: GeoModel, emb: np.ndarray, lat: np.ndarray, lon: np.n
         h.k,
     )
     meta = {**model.meta, "references_in_gallery": len(emb)}
-    return GeoModel(heads, model.params, model.calibration, meta, model.backbone_config, model.format_version, model.scene)
+    return GeoModel(heads, model.params, model.calibration, meta, model.backbone_config, model.format_version, model.scene,
+                    model.text_gate)
 
 
 def library_model(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, cfg: VisualConfig | None = None) -> GeoModel:

@@ -50,6 +50,7 @@ from geopin.locate.heads import (
 )
 from geopin.locate.clues import applied, apply_clues
 from geopin.locate.scene import SceneProbe, information_keep, scene_words, widen
+from geopin.locate.text_gate import TextGate
 from geopin.locate.posterior import (
     CONFIDENCE_KM,
     Calibration,
@@ -114,6 +115,7 @@ class GeoModel:
     backbone_config: BackboneConfig | None = None
     format_version: int = FORMAT_VERSION  # the format of the folder it was read from
     scene: SceneProbe | None = None  # indoor / natural / urban from the embedding, where the training data had scene labels
+    text_gate: TextGate | None = None  # which photos are worth reading (fit on the training readings); None: read all
 
     # ---------------------------------------------------------------- prediction
 
@@ -410,6 +412,8 @@ class GeoModel:
         }
         if self.scene is not None:
             doc["scene"] = self.scene.to_dict()
+        if self.text_gate is not None:
+            doc["text_gate"] = self.text_gate.to_dict()
         write_json(doc, folder / MODEL_JSON)
         _file_digest(folder / MODEL_JSON)  # fsync
         _fsync_dir(folder)
@@ -485,7 +489,12 @@ class GeoModel:
         if doc.get("scene") is not None:
             with _reading(model_dir / MODEL_JSON):
                 scene = SceneProbe.from_dict(doc["scene"], f"{model_dir / MODEL_JSON}: scene")
-        return cls(heads, params, calibration, doc.get("meta", {}), _backbone_config(doc, model_dir), int(doc["format_version"]), scene)
+        gate = None
+        if doc.get("text_gate") is not None:
+            with _reading(model_dir / MODEL_JSON):
+                gate = TextGate.from_dict(doc["text_gate"], f"{model_dir / MODEL_JSON}: text_gate")
+        return cls(heads, params, calibration, doc.get("meta", {}), _backbone_config(doc, model_dir), int(doc["format_version"]),
+                   scene, gate)
 
 
 def _name_towns(rows: list[dict]) -> None:

@@ -12,8 +12,10 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 
 from geopin.dataset.images import IMAGE_SUFFIXES, ImageError, find_photos
@@ -41,6 +43,9 @@ EXAMPLE_TRUTH = (28.5619, -80.5772)
 
 #: When predict reads the text on photos: only when the model weighs a source (auto), always, or never.
 TEXT_MODES = ("auto", "always", "never")
+TEXT_HELP = ("Read the text on photos (OCR at their own resolution, ~0.4 s a photo) for evidence: auto (when the model "
+             "weighs a text source, on the photos its text gate expects text on), always (every photo; also list what "
+             "was read when nothing is weighed), never (pixels only).")
 
 
 @dataclass
@@ -48,8 +53,9 @@ class PredictConfig:
     model_dir: Path | None = None  # None: the model bundled with geopin
     top_k: int = 5
     batch_size: int = 16
-    # "auto": read text (OCR at the photo's own resolution) when the model gives any evidence source weight;
-    # "always": also when none counts (the answer lists what was read, unweighed); "never": pixels only
+    # "auto": read text (OCR at the photo's own resolution) when the model gives any evidence source weight, on the
+    # photos its text gate expects text on (geopin.locate.text_gate; all photos when the model has none);
+    # "always": every photo, also when no source counts (the answer lists what was read, unweighed); "never": pixels only
     text: str = "auto"
 
     def __post_init__(self) -> None:
@@ -141,21 +147,50 @@ class Predictor:
         _, sources = self._text
         return [[] if r is None else clues_of(r, sources) for r in readings]
 
-    def predict_images(self, images: list, names: list[str], top_k: int | None = None, readings: list | None = None) -> list[dict]:
-        """`top_k` overrides the configured number per call (the API takes it per request); `readings` (what
-        read_text found on each photo, None where nothing was read) become the answer's evidence."""
+    def text_wanted(self, emb: np.ndarray) -> np.ndarray:
+        """Which photos to read, (photos,) bool: none when text is not read; under "auto" those the model's text
+        gate expects text on (every photo when the model has no gate); under "always" every photo."""
+        n = len(emb)
+        if not self.reads_text:
+            return np.zeros(n, dtype=bool)
+        gate = self.model.text_gate
+        if self.cfg.text == "always" or gate is None or not gate.fits(emb):
+            return np.ones(n, dtype=bool)
+        return gate.wants(emb)
+
+    def embed(self, images: list) -> np.ndarray:
+        """The backbone's features of decoded photos, as the model was trained on them."""
         from geopin.features.embed import embed_images
 
+        return embed_images(images, self.backbone, self.embed_cfg)
+
+    def answer(self, emb: np.ndarray, images: list, names: list[str], top_k: int | None = None,
+               readings: list | None = None, wanted: np.ndarray | None = None) -> list[dict]:
+        """The answers from the features (`images` for how much each photo shows; `readings`: what was read off
+        each photo, None where nothing was; `wanted`: which photos the text gate sent to be read)."""
         from geopin.locate.scene import image_information
 
-        emb = embed_images(images, self.backbone, self.embed_cfg)
         clues = self.clues_of(readings) if readings is not None else None
         information = [image_information(img) for img in images]  # a blank or tiny image answers with the prior
         results = self.model.predict_embeddings(emb, top_k=self.cfg.top_k if top_k is None else top_k, clues=clues,
                                                 information=information)
-        for name, r in zip(names, results):
+        for i, (name, r) in enumerate(zip(names, results)):
             r["path"] = name
+            if self.reads_text:
+                r["text_read"] = bool(readings is not None and readings[i] is not None) if wanted is None else bool(wanted[i])
         return results
+
+    def predict_images(self, images: list, names: list[str], top_k: int | None = None, readings: list | None = None,
+                       read: Callable[[int], Reading | None] | None = None) -> list[dict]:
+        """`top_k` overrides the configured number per call (the API takes it per request). What was read off the
+        photos becomes the answer's evidence: either `readings` (one per photo, None where nothing was read), or
+        `read(i)`, called after the embedding for each photo the text gate sends to be read."""
+        emb = self.embed(images)
+        wanted = None
+        if read is not None and readings is None and self.reads_text:
+            wanted = self.text_wanted(emb)
+            readings = [read(i) if wanted[i] else None for i in range(len(images))]
+        return self.answer(emb, images, names, top_k, readings, wanted)
 
     def predict_paths(self, paths: Iterable[str | Path]) -> Iterator[dict]:
         """Yield one result per file, in input order; errors are results too (with an `error` key)."""
@@ -169,8 +204,6 @@ class Predictor:
                 # decoded exactly as for training (reduced-scale JPEG decoding, EXIF orientation)
                 row["_img"] = load_image(path, self.embed_cfg.mode, self.embed_cfg.long_side, self.backbone.native_size)
                 row.update(exif_info(path))
-                if self.reads_text:
-                    row["_reading"] = self.reading_or_none(path, row)
                 n_images += 1
             except FileNotFoundError:
                 row["error"] = f"{path}: no such file"
@@ -189,8 +222,9 @@ class Predictor:
     def _flush(self, rows: list[dict]) -> Iterator[dict]:
         good = [r for r in rows if "_img" in r]
         if good:
-            readings = [r.pop("_reading", None) for r in good] if self.reads_text else None
-            results = self.predict_images([r.pop("_img") for r in good], [r["path"] for r in good], readings=readings)
+            # the photo is read (OCR, at its own full resolution) only when the text gate expects text on it
+            read = lambda i: self.reading_or_none(good[i]["path"], good[i])  # noqa: E731
+            results = self.predict_images([r.pop("_img") for r in good], [r["path"] for r in good], read=read)
             for row, res in zip(good, results):
                 row.update(res)
         for row in rows:
@@ -224,7 +258,7 @@ def exif_info(path: Path) -> dict:
     return {"exif_gps": None if gps is None else {"lat": gps[0], "lon": gps[1]}}
 
 
-_KEY_ORDER = ["path", "lat", "lon", "country", "country_name", "continent", "cell", "within_km", "summary", "most_likely", "evidence", "top_k",
+_KEY_ORDER = ["path", "lat", "lon", "country", "country_name", "continent", "cell", "within_km", "summary", "most_likely", "evidence", "text_read", "top_k",
               "regions", "exif_gps"]
 
 

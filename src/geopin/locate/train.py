@@ -40,6 +40,7 @@ from geopin.locate.heads import (
 )
 from geopin.locate.clues import FoldPosterior, applied, apply_clues, fit_clue_weights
 from geopin.locate.model import GeoModel, Heads
+from geopin.locate.text_gate import TextGate, fit_text_gate
 from geopin.locate.posterior import (
     CONFIDENCE_KM,
     Calibration,
@@ -83,10 +84,17 @@ class TrainConfig:
     gallery_per_cell: int = 0
     prior_guard: bool = True  # fall back to the prior when the posterior clearly loses to it out of fold
     guard_z: float = 0.5  # standard errors by which the posterior must lose to the prior to fall back
+    # Share of the training photos with text that the text gate (geopin.locate.text_gate) must still have read,
+    # out of fold; 1: no gate, predict reads every photo. 0.9 read 33 % of the shared photos and kept 92 % of
+    # the photos with a clue (bench/bench_evidence.py).
+    text_gate_recall: float = 0.9
+    max_gate_photos: int = 50_000  # photos the gate is fit on at most (a random draw)
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
             raise ValueError(f"scenario must be one of {SCENARIOS}, not {self.scenario!r}")
+        if not 0.0 < self.text_gate_recall <= 1.0:
+            raise ValueError(f"text_gate_recall must be in (0, 1], got {self.text_gate_recall}")
 
 
 def fit_heads(emb: np.ndarray, lat: np.ndarray, lon: np.ndarray, cfg: TrainConfig) -> Heads:
@@ -356,10 +364,9 @@ def train_model(
     return GeoModel(heads, params, calibration, info, backbone_config)
 
 
-def manifest_clues(ids: Sequence[str], readings: str | Path) -> tuple[list[list[Clue]], dict]:
-    """Each photo's clues from a readings file (`geopin read`), in manifest order, and what to record of them."""
-    from geopin.evidence.readings import read_readings, readings_meta, readings_path
-    from geopin.evidence.registry import clues_of_readings, create_sources
+def manifest_readings(ids: Sequence[str], readings: str | Path) -> list:
+    """Each photo's Reading from a readings file (`geopin read`), in manifest order; None where it has none."""
+    from geopin.evidence.readings import read_readings, readings_path
 
     by_id = read_readings(readings)
     missing = sum(i not in by_id for i in ids)
@@ -368,13 +375,36 @@ def manifest_clues(ids: Sequence[str], readings: str | Path) -> tuple[list[list[
     if missing:
         log.warning("%s: %d of %d training photos have no reading; they count as photos where nothing was read",
                     readings_path(readings), missing, len(ids))
+    return [by_id.get(i) for i in ids]
+
+
+def manifest_clues(ids: Sequence[str], readings: str | Path, found: list | None = None) -> tuple[list[list[Clue]], dict]:
+    """Each photo's clues from a readings file (`geopin read`), in manifest order, and what to record of them
+    (`found`: manifest_readings' output, when the caller has it already)."""
+    from geopin.evidence.readings import readings_meta
+    from geopin.evidence.registry import clues_of_readings, create_sources
+
+    found = manifest_readings(ids, readings) if found is None else found
     sources = create_sources()
-    clues = clues_of_readings([by_id.get(i) for i in ids], sources)
+    clues = clues_of_readings(found, sources)
     fired = {s.name: sum(any(c.source == s.name for c in cl) for cl in clues) for s in sources}
-    info = {"sources": [s.name for s in sources], "photos_read": len(ids) - missing, "photos_with_clues": sum(bool(c) for c in clues),
-            "fired": fired, "ocr": readings_meta(readings)}
+    info = {"sources": [s.name for s in sources], "photos_read": sum(r is not None for r in found),
+            "photos_with_clues": sum(bool(c) for c in clues), "fired": fired, "ocr": readings_meta(readings)}
     log.info("evidence: %d of %d training photos gave clues (%s)", info["photos_with_clues"], len(ids), fired)
     return clues, info
+
+
+def text_gate_of(emb: np.ndarray, found: list, clues: Sequence[Sequence[Clue]], groups, cfg: TrainConfig,
+                 backbone: str = "") -> TextGate | None:
+    """The gate deciding which photos predict reads, fit on these photos' readings (a photo with a line of text
+    is a positive); on at most cfg.max_gate_photos of them, drawn at random, so a million photos stay cheap."""
+    has_text = np.array([r is not None and len(r.lines) > 0 for r in found])
+    has_clue = np.array([bool(c) for c in clues])
+    rows = np.arange(len(has_text))
+    if cfg.max_gate_photos and len(rows) > cfg.max_gate_photos:
+        rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, cfg.max_gate_photos, replace=False))
+    return fit_text_gate(np.asarray(emb[rows], dtype=np.float32), has_text[rows], None if groups is None else np.asarray(groups)[rows],
+                         recall=cfg.text_gate_recall, has_clue=has_clue[rows], backbone=backbone)
 
 
 def config_dict(cfg: TrainConfig) -> dict:
@@ -420,9 +450,10 @@ def train(
         emb = take_rows(emb, np.flatnonzero(keep))
     meta = {"backbone": emb_meta.get("backbone"), "embedding": {k: v for k, v in emb_meta.items() if k != "backbone_config"},
             "manifest": Path(manifest).name}
-    clues = None
+    clues = found = None
     if readings is not None:
-        clues, meta["evidence"] = manifest_clues(m["id"].astype(str).tolist(), readings)
+        found = manifest_readings(m["id"].astype(str).tolist(), readings)
+        clues, meta["evidence"] = manifest_clues(m["id"].astype(str).tolist(), readings, found)
     model = train_model(
         emb,
         m["lat"].to_numpy(),
@@ -433,5 +464,7 @@ def train(
         backbone_config=embeddings_backbone_config(emb_meta),
         clues=clues,
     )
+    if found is not None:  # which photos predict will read: the training photos' own readings say
+        model.text_gate = text_gate_of(emb, found, clues, groups, cfg, str(emb_meta.get("version") or ""))
     model.save(out_dir)
     return model

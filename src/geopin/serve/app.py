@@ -50,7 +50,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from geopin.dataset.images import PILLOW_MAX_PIXELS, ImageError
 from geopin.io import json_default
-from geopin.locate.predict import PredictConfig, Predictor
+from geopin.locate.predict import TEXT_MODES, PredictConfig, Predictor
 from geopin.serve.schemas import (
     Explanation,
     Health,
@@ -61,6 +61,7 @@ from geopin.serve.schemas import (
 from geopin.serve.work import (
     ExplainCancelled,
     ExplainJob,
+    NeedsText,
     PredictBatcher,
     PredictJob,
     hook_forward_passes,
@@ -114,6 +115,7 @@ class ServeConfig:
     occlusion_max_passes: int | None = None  # forward passes per occlusion map; None: geopin.explain's default
     library: Path | None = None  # `--library DIR`: the review page of `geopin tag` at /library (geopin.serve.library)
     library_options: Any = None  # geopin.serve.library.LibraryOptions; None: its defaults
+    text: str = PredictConfig.text  # when photos are read (OCR) for evidence: geopin.locate.predict.TEXT_MODES
 
     @property
     def max_upload_bytes(self) -> int:
@@ -135,6 +137,8 @@ class ServeConfig:
             raise ValueError(f"--max-upload-mb {self.max_upload_mb}: must be positive")
         if self.timeout_s <= 0:
             raise ValueError(f"--timeout-s {self.timeout_s}: must be positive")
+        if self.text not in TEXT_MODES:
+            raise ValueError(f"--text {self.text!r}: choose one of {', '.join(TEXT_MODES)}")
         if not 1 <= self.top_k <= self.max_k:
             raise ValueError(f"top_k {self.top_k}: must be between 1 and {self.max_k}")
         if self.batch_window_ms < 0 or self.max_batch < 1:
@@ -393,39 +397,58 @@ class Service:
         log.info("model warmed up in %.1f s", time.monotonic() - t0)
 
     def _predict_batch(self, jobs: list[PredictJob]) -> list[Any]:
-        """On the model thread: one predict_images call per k, each photo with what was read off it (per photo,
-        on the read thread); a result dict or an ApiError per job, in order."""
-        from geopin.locate.predict import exif_info, ordered_result
-
-        p = self.predictor
-        rows: list[dict] = [{"path": job.name, **job.row} for job in jobs]
-        readings = [job.reading for job in jobs]
+        """On the model thread: the photos embedded together, one answer per k; a photo the text gate sends to be
+        read gets a NeedsText (its features) instead, answered once read (`_read_and_answer`, on the read thread).
+        A result dict, a NeedsText or an ApiError per job, in order."""
         out: list[Any] = [None] * len(jobs)
         for k in sorted({job.k for job in jobs}):
             idx = [i for i, job in enumerate(jobs) if job.k == k]
             try:
-                results = p.predict_images([jobs[i].image for i in idx], [jobs[i].name for i in idx], top_k=k,
-                                           readings=[readings[i] for i in idx] if p.reads_text else None)
+                results = self._embed_and_answer([jobs[i] for i in idx], k)
             except Exception as exc:
                 if len(idx) == 1:
                     out[idx[0]] = _unexpected("prediction", exc)
                     continue
                 results = []
-                for i in idx:
+                for i in idx:  # one bad photo must not fail the others of its batch
                     try:
-                        results += p.predict_images([jobs[i].image], [jobs[i].name], top_k=k,
-                                                    readings=[readings[i]] if p.reads_text else None)
+                        results += self._embed_and_answer([jobs[i]], k)
                     except Exception as exc:
                         results.append(_unexpected("prediction", exc))
             for i, res in zip(idx, results):
-                if isinstance(res, ApiError):
-                    out[i] = res
-                    continue
-                row = rows[i]
-                row.update(exif_info(jobs[i].data))  # EXIF reading accepts bytes: no temp file needed
-                row.update(res)
-                out[i] = ordered_result(row)
+                out[i] = res
         return out
+
+    def _embed_and_answer(self, jobs: list[PredictJob], k: int) -> list[Any]:
+        p = self.predictor
+        emb = p.embed([job.image for job in jobs])
+        wanted = p.text_wanted(emb)
+        out: list[Any] = [NeedsText(emb[i : i + 1]) if wanted[i] else None for i in range(len(jobs))]
+        rest = [i for i in range(len(jobs)) if not wanted[i]]
+        if rest:
+            answers = p.answer(emb[rest], [jobs[i].image for i in rest], [jobs[i].name for i in rest], top_k=k,
+                               readings=[None] * len(rest) if p.reads_text else None, wanted=wanted[rest])
+            for i, res in zip(rest, answers):
+                out[i] = self._finish(jobs[i], res)
+        return out
+
+    def _read_and_answer(self, job: PredictJob, pending: NeedsText) -> dict:
+        """On the read thread: read the photo (OCR, ~0.4 s), then its answer from the features already computed."""
+        import numpy as np
+
+        p = self.predictor
+        reading = p.reading_or_none(job.data, job.row)
+        res = p.answer(pending.emb, [job.image], [job.name], top_k=job.k, readings=[reading], wanted=np.ones(1, dtype=bool))[0]
+        return self._finish(job, res)
+
+    @staticmethod
+    def _finish(job: PredictJob, res: dict) -> dict:
+        from geopin.locate.predict import exif_info, ordered_result
+
+        row = {"path": job.name, **job.row}
+        row.update(exif_info(job.data))  # EXIF reading accepts bytes: no temp file needed
+        row.update(res)
+        return ordered_result(row)
 
     def _admit(self) -> None:
         if self.pending >= self.cfg.max_pending:
@@ -459,13 +482,14 @@ class Service:
         try:
             image = await self._decode_upload(data, name, deadline)
             job = PredictJob(image, data, name, k)
-            if self.predictor.reads_text:
-                job.reading = await self._in(self.read_pool, deadline, self.predictor.reading_or_none, data, job.row)
             fut = self.batcher.submit(job)
             try:
-                return await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))  # cancels (drops) the job
+                res = await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))  # cancels (drops) the job
             except TimeoutError:
                 raise self._timeout() from None
+            if isinstance(res, NeedsText):  # the text gate expects text: read it beside the model thread
+                res = await self._in(self.read_pool, deadline, self._read_and_answer, job, res)
+            return res
         finally:
             self.pending -= 1
             self.predictions -= 1
@@ -567,7 +591,7 @@ def create_app(cfg: ServeConfig | None = None, predictor: Predictor | None = Non
 
     cfg = ServeConfig() if cfg is None else cfg
     if predictor is None:
-        predictor = Predictor(PredictConfig(model_dir=cfg.model_dir, top_k=cfg.top_k))
+        predictor = Predictor(PredictConfig(model_dir=cfg.model_dir, top_k=cfg.top_k, text=cfg.text))
     service = Service(cfg, predictor)
 
     @contextlib.asynccontextmanager

@@ -71,6 +71,8 @@ class Prediction(_Open):
     within_km: dict[str, float] = Field(description="Probability that the photo is within that many km of the guess.")
     summary: str
     evidence: list[Evidence] = Field(description="What was read off the photo, and how it moved the answer.")
+    text_read: bool | None = Field(None, description="Whether the photo was read (OCR): the model's text gate reads only "
+                                                     "the photos it expects text on. Absent when the server reads no text.")
     scene: dict[str, Any] | None = None
     exif_gps: LatLon | None = Field(description="The position in the photo's EXIF, when it has one.")
 

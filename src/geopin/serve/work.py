@@ -40,7 +40,16 @@ class PredictJob:
     name: str
     k: int
     row: dict = field(default_factory=dict)  # the answer's first fields (path; evidence_error when reading failed)
-    reading: Any = None  # what was read off the photo (None: nothing read, or the model reads no text)
+
+
+@dataclass
+class NeedsText:
+    """A photo embedded in a batch whose text the gate wants read first: its features, answered once read.
+
+    Reading (~0.4 s) then happens beside the model thread, so a batch never waits for one photo's OCR, and
+    the photos the gate expects no text on are answered at once."""
+
+    emb: Any  # (1, dim) features of the photo
 
 
 class PredictBatcher:
@@ -176,4 +185,4 @@ def run_explain_job(job: ExplainJob, work: Callable[[], Any]) -> Any:
         _current.job = None
 
 
-__all__ = ["ExplainCancelled", "ExplainJob", "PredictBatcher", "PredictJob", "hook_forward_passes", "run_explain_job"]
+__all__ = ["ExplainCancelled", "ExplainJob", "NeedsText", "PredictBatcher", "PredictJob", "hook_forward_passes", "run_explain_job"]
