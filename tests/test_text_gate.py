@@ -193,3 +193,49 @@ def test_the_server_reads_only_what_the_gate_sends_and_answers_as_predict(gated,
         want = next(gated.predict_paths([tmp_path / name]))
         for key in ("lat", "lon", "summary", "text_read"):
             assert got[key] == pytest.approx(want[key]) if isinstance(want[key], float) else got[key] == want[key], (name, key)
+
+
+def test_a_busy_reader_answers_from_the_pixels_and_says_so(gated):
+    """max_read_pending=1: of three signs sent at once, one is read and the others are answered unread at once,
+    each answer saying why; /api/health counts them."""
+    import io
+    import threading
+
+    pytest.importorskip("fastapi", reason="the server needs fastapi: pip install 'geopin[serve]'")
+    from servers import RunningServer
+
+    from geopin.serve.app import ServeConfig, create_app
+
+    buf = io.BytesIO()
+    sign_photo("PRAIANO", (1200, 800)).save(buf, format="JPEG", quality=92)
+    data = buf.getvalue()
+    gated.prepare_text()
+    server = RunningServer(create_app(ServeConfig(batch_window_ms=200, max_read_pending=1), gated), start_timeout_s=120)
+    try:
+        answers = []
+
+        def ask(i):
+            answers.append(server.client.post("/api/predict", files={"photo": (f"sign{i}.jpg", data, "image/jpeg")}).json())
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        health = server.client.get("/api/health").json()
+    finally:
+        server.close()
+    read = [a for a in answers if a["text_read"]]
+    unread = [a for a in answers if not a["text_read"]]
+    assert len(answers) == 3 and read and unread, [(a["text_read"], a.get("evidence_error")) for a in answers]
+    assert all(any(e["source"] == "placename" for e in a["evidence"]) for a in read)
+    for a in unread:
+        assert a["evidence"] == [] and "the server is busy" in a["evidence_error"]
+    assert health["text"]["unread_busy"] == len(unread) and health["text"]["reading"] == 0
+
+
+def test_serve_refuses_a_bad_read_bound():
+    from geopin.serve.app import ServeConfig
+
+    with pytest.raises(ValueError, match="--max-read-pending -1: must be positive"):
+        ServeConfig(max_read_pending=-1).check()

@@ -9,6 +9,10 @@ Why it is built this way:
   and reject uploads; decoding runs in a small pool of its own (Pillow releases the GIL);
 - explanations run on a thread of their own, bounded (503 beyond `max_explain_pending`), and yield to
   predictions before every forward pass; one whose client disconnected is stopped at its next pass;
+- text is read (OCR, ~0.4 s a photo) only on the photos the model's text gate sends, after their batch, on a
+  thread of its own; when `max_read_pending` photos already wait to be read, a photo is answered from its
+  pixels at once and its answer says so (`text_read` false, `evidence_error`), rather than every answer
+  queueing behind the reader under load;
 - `timeout_s` counts from the request's arrival: a body that does not arrive in time is 408, work that
   does not finish in time (queueing included) is 504;
 - an upload is counted while it streams in and cut off at the limit (413), so an oversized body never
@@ -111,6 +115,9 @@ class ServeConfig:
     batch_window_ms: float = 5.0  # how long a prediction waits for others to share its batch
     max_batch: int = 8  # photos per prediction batch
     max_explain_pending: int = 2  # explanations queued or running beyond this get 503
+    # Photos waiting for OCR or being read, at which the next one the gate sends is answered unread (its answer
+    # says so); None: no bound, every such answer waits for its reading. 4 x ~0.4 s keeps a reading within ~2 s.
+    max_read_pending: int | None = 4
     explain_yield_s: float = 1.0  # how long an explanation waits for predictions before each forward pass
     occlusion_max_passes: int | None = None  # forward passes per occlusion map; None: geopin.explain's default
     library: Path | None = None  # `--library DIR`: the review page of `geopin tag` at /library (geopin.serve.library)
@@ -144,6 +151,8 @@ class ServeConfig:
         if self.batch_window_ms < 0 or self.max_batch < 1:
             raise ValueError(f"batch window {self.batch_window_ms} ms, max batch {self.max_batch}: "
                              f"the window must be >= 0 and the batch >= 1")
+        if self.max_read_pending is not None and self.max_read_pending < 1:
+            raise ValueError(f"--max-read-pending {self.max_read_pending}: must be positive (0 on the command line: no bound)")
         if self.max_explain_pending < 1:
             raise ValueError(f"max_explain_pending {self.max_explain_pending}: must be at least 1")
 
@@ -345,6 +354,8 @@ class Service:
         self.predictions_idle = threading.Event()
         self.predictions_idle.set()
         self.explanations = 0  # explanations queued or running (until the worker is done with them)
+        self.reading = 0  # photos waiting for OCR or being read
+        self.unread_busy = 0  # photos the gate sent that were answered unread because the reader was busy
         #: how explanations ended: finished, stopped midway (client gone or too late), dropped before they started
         self.explain_stats = {"finished": 0, "stopped": 0, "dropped": 0}
         hook_forward_passes(predictor.backbone.model)
@@ -441,6 +452,16 @@ class Service:
         res = p.answer(pending.emb, [job.image], [job.name], top_k=job.k, readings=[reading], wanted=np.ones(1, dtype=bool))[0]
         return self._finish(job, res)
 
+    def _answer_unread(self, job: PredictJob, pending: NeedsText, reason: str) -> dict:
+        """A photo the gate sent to be read, answered from its pixels alone (the reader is busy), saying why."""
+        import numpy as np
+
+        log.info("%s: %s", job.name, reason)
+        job.row["evidence_error"] = reason
+        res = self.predictor.answer(pending.emb, [job.image], [job.name], top_k=job.k, readings=[None],
+                                    wanted=np.zeros(1, dtype=bool))[0]
+        return self._finish(job, res)
+
     @staticmethod
     def _finish(job: PredictJob, res: dict) -> dict:
         from geopin.locate.predict import exif_info, ordered_result
@@ -488,7 +509,17 @@ class Service:
             except TimeoutError:
                 raise self._timeout() from None
             if isinstance(res, NeedsText):  # the text gate expects text: read it beside the model thread
-                res = await self._in(self.read_pool, deadline, self._read_and_answer, job, res)
+                limit = self.cfg.max_read_pending
+                if limit is not None and self.reading >= limit:
+                    self.unread_busy += 1
+                    reason = (f"text not read: the server is busy ({self.reading} photos already waiting to be read); "
+                              f"ask again later, or run geopin predict")
+                    return await self._in(self.decode_pool, deadline, self._answer_unread, job, res, reason)
+                self.reading += 1
+                try:
+                    res = await self._in(self.read_pool, deadline, self._read_and_answer, job, res)
+                finally:
+                    self.reading -= 1
             return res
         finally:
             self.pending -= 1
@@ -727,6 +758,8 @@ def _add_api_routes(app: FastAPI, service: Service) -> None:
             "version": geopin.__version__,
             "explain": _explain_function() is not None,
             "max_upload_mb": cfg.max_upload_mb,
+            "text": {"reads": p.reads_text, "mode": p.cfg.text, "gate": p.model.text_gate is not None,
+                     "reading": service.reading, "unread_busy": service.unread_busy},
         })
 
     @app.post("/api/predict", response_model=Prediction, responses=error_responses(*upload_errors))

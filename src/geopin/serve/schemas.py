@@ -97,6 +97,9 @@ class Health(_Open):
     version: str
     explain: bool
     max_upload_mb: float
+    text: dict[str, Any] | None = Field(None, description="Text reading: whether photos are read (reads), the --text mode, "
+                                                           "whether the model has a text gate, photos being read now, and how "
+                                                           "many the gate sent were answered unread because the reader was busy.")
 
 
 class CellCollection(_Open):
