@@ -187,8 +187,15 @@ def read_every_place(model, emb: np.ndarray, top_k: int = 5, region_mass=(0.5, 0
         guess = {"lat": g_lat, "lon": g_lon, "country": cc, "cell": str(fine["token"][containing]) if containing >= 0 else ""}
         key = guess_key(places, (g_lat, g_lon), ev.nb_lat[i], ev.nb_lon[i], ev.nb_place[i], containing)
         by_mass = sorted(places.values(), key=lambda p: -p.mass)
+        codes, shares = model.place_country_shares
+        by_cc: dict[str, float] = {}
+        for place_key, place in places.items():  # a fine place's mass split by where its training photos were taken
+            split = ({str(codes[c]): float(shares[place_key, c]) for c in np.flatnonzero(shares[place_key])}
+                     if place_key >= 0 else {place.country: 1.0})
+            for code, share in split.items():
+                by_cc[code] = by_cc.get(code, 0.0) + place.mass * share
         out.append({
-            "region": read_region(list(places.values()), cc),
+            "region": read_region_masses(by_cc, cc),
             "top_k": top_places(places, guess, key, top_k),
             "regions": answer.confidence_regions(by_mass, region_mass),
             "within_km": {f"{int(r)}": float(conf[i, r_i]) for r_i, r in enumerate(CONFIDENCE_KM)},
@@ -220,6 +227,23 @@ def test_the_array_readout_names_what_reading_every_place_names():
         }
         for k in ("continent_probability", "country_probability", "guess_country_probability", "guess_continent_probability"):
             assert f["region"][k] == pytest.approx(s["region"][k], rel=1e-9, abs=1e-15)
+
+
+def test_a_country_without_a_place_of_its_own_still_gets_its_share():
+    """The bundled model's Prague place holds the three Polish photos while no place's point lies in Poland:
+    predict's country masses and explain's country targets read the same shares, and Poland is among them."""
+    from geopin.explain.target import country_weights, countries_with_places
+    from geopin.locate.model import GeoModel, default_model_dir
+
+    model = GeoModel.load(default_model_dir())
+    codes, shares = model.place_country_shares
+    assert shares.shape == (len(model.fine_cells), len(codes))
+    assert np.allclose(shares.sum(axis=1), 1.0)
+    assert "PL" not in set(model.fine_cells.country) and "PL" in countries_with_places(model)
+    pl = country_weights(model, "PL")
+    assert 0 < pl.max() < 1 and np.array_equal(pl, shares[:, list(codes).index("PL")])
+    place = int(np.argmax(pl))  # a border place: its other photos are of its own point's country
+    assert shares[place, list(codes).index(model.fine_cells.country[place])] > 0
 
 
 def test_fine_cells_found_by_bisection_are_the_scanned_ones():

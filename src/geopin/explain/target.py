@@ -56,30 +56,17 @@ def fine_places(model) -> dict[str, np.ndarray]:
 
 
 def country_weights(model, cc: str) -> np.ndarray:
-    """(K,) share of each fine place's training photos taken in country `cc` (ISO2).
-
-    Read from the model's gallery (each training photo's fine place and country). A place with no
-    gallery photo counts wholly for the country of its representative point, as before.
-    """
-    fine = fine_places(model)
-    k = len(fine["country"])
-    heads = model.heads
-    place = np.asarray(heads.gallery_place, dtype=np.int64)
-    country = np.asarray(heads.gallery_country).astype(str)
-    ok = (place >= 0) & (place < k)
-    total = np.bincount(place[ok], minlength=k).astype(np.float64)
-    inside = np.bincount(place[ok & (country == cc)], minlength=k).astype(np.float64)
-    return np.where(total > 0, inside / np.maximum(total, 1.0), (fine["country"] == cc).astype(np.float64))
+    """(K,) share of each fine place's training photos taken in country `cc` (ISO2): the model's own
+    `place_country_shares`, which predict's country masses read too."""
+    codes, shares = model.place_country_shares
+    at = np.flatnonzero(codes == cc)
+    return shares[:, at[0]].copy() if len(at) else np.zeros(shares.shape[0])
 
 
 def countries_with_places(model) -> set[str]:
     """The countries some fine place of the model holds training photos of (or has its representative point in)."""
-    heads = model.heads
-    k = len(model.fine_cells)
-    place = np.asarray(heads.gallery_place, dtype=np.int64)
-    ok = (place >= 0) & (place < k)
-    codes = set(np.asarray(heads.gallery_country).astype(str)[ok].tolist())
-    return {c for c in codes | set(fine_places(model)["country"].tolist()) if c}
+    codes, shares = model.place_country_shares
+    return {str(c) for c, held in zip(codes, shares.sum(axis=0) > 0) if c and held}
 
 
 def resolve_target(model, target: str, guess: tuple[float, float], cell_mass: np.ndarray | None = None) -> Target:

@@ -228,7 +228,6 @@ class GeoModel:
         """
         from geopin.locate import answer
 
-        fine = self._fine
         mass = cell_row.astype(np.float64)  # a copy
         present = mass > 0
         own: list[answer.Place] = []
@@ -242,11 +241,12 @@ class GeoModel:
             # p == -2: padding of a batch whose photos named different numbers of spots
         idx = np.flatnonzero(present)
         m_idx = mass[idx]
-        # mass per country: the fine places' by bincount, the own spots' added
-        codes = fine["cc_codes"]
-        cc_i = fine["cc_idx"][idx]
-        cc_mass = np.bincount(cc_i, weights=m_idx, minlength=len(codes))
-        by_cc = {str(codes[c]): float(cc_mass[c]) for c in np.flatnonzero(np.bincount(cc_i, minlength=len(codes)))}
+        # mass per country: each fine place's split by where its training photos were taken (place_country_shares),
+        # the own spots' added
+        codes, shares = self.place_country_shares
+        split = shares[idx]
+        cc_mass = m_idx @ split
+        by_cc = {str(codes[c]): float(cc_mass[c]) for c in np.flatnonzero(split.any(axis=0))}
         for p in own:
             by_cc[p.country] = by_cc.get(p.country, 0.0) + p.mass
         # the places the answer can name: the heaviest, until need_mass is covered and top_k is filled
@@ -288,6 +288,28 @@ class GeoModel:
     def fine_cells(self) -> pd.DataFrame:
         c = self.heads.cells
         return c[c.granularity == self.heads.granularities[-1]].sort_values("class_id").reset_index(drop=True)
+
+    @functools.cached_property
+    def place_country_shares(self) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, shares): ISO codes ('' for sea or unknown) and a (fine places x codes) matrix of the share of
+        each place's training photos taken in each country; a place without a gallery photo counts wholly for
+        the country of its point. A place near a border holds photos of several countries (the bundled model's
+        Prague cell holds the three Polish photos, and no place's point is in Poland), so P(country) is the sum
+        over places of P(place) x its share: predict's country and explain's country targets read it here."""
+        fine = self._fine
+        k = len(fine["country"])
+        heads = self.heads
+        place = np.asarray(heads.gallery_place, dtype=np.int64)
+        country = np.asarray(heads.gallery_country).astype(str)
+        ok = (place >= 0) & (place < k)
+        codes, code_of = np.unique(np.concatenate([fine["country"], country[ok]]), return_inverse=True)
+        point_code, photo_code = code_of[:k], code_of[k:]
+        counts = np.zeros((k, len(codes)))
+        np.add.at(counts, (place[ok], photo_code), 1.0)
+        total = counts.sum(axis=1, keepdims=True)
+        none = total[:, 0] == 0
+        counts[none, point_code[none]] = 1.0
+        return codes, counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
 
     @functools.cached_property
     def _fine(self) -> dict[str, np.ndarray]:
