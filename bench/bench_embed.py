@@ -1,4 +1,4 @@
-"""Embed throughput on PyTorch and on ONNX Runtime, and is the pipeline limited by the network?
+"""Embed throughput on PyTorch, on ONNX Runtime at f32 and at int8, and is the pipeline limited by the network?
 
     python bench/bench_embed.py                       # first 512 photos of the shared Im2GPS3k labels
     python bench/bench_embed.py --n 2652               # all photos
@@ -6,12 +6,13 @@
     python bench/bench_embed.py --manifest M.parquet   # any manifest (id, path[, sha256])
     python bench/bench_embed.py --folder DIR           # every JPEG/PNG under a folder
 
-For each runtime ("torch", "onnx": EmbedConfig.runtime): (1) the forward pass alone on pre-decoded tensors,
-batched by the same shape buckets, with the same threads; (2) the full `embed_manifest` (cache disabled) on the
-same photos. Target: (2) >= 0.8 x (1), and ONNX Runtime's (2) >= 2 x PyTorch's (issue 23). Repeats interleave
-the runtimes, so that load drifting over time hits each alike; the best repeat is reported. The largest
-difference between the two runtimes' embeddings is reported too. The ONNX export is made (or read from the
-cache) before timing. Prints a table and writes bench/results/embed.json. Photos are read in place, never copied.
+For each run ("torch", "onnx": EmbedConfig.runtime at f32; "int8": runtime onnx at EmbedConfig.precision int8):
+(1) the forward pass alone on pre-decoded tensors, batched by the same shape buckets, with the same threads; (2)
+the full `embed_manifest` (cache disabled) on the same photos. Target: (2) >= 0.8 x (1), and ONNX Runtime's (2)
+>= 2 x PyTorch's (issue 23). Repeats interleave the runs, so that load drifting over time hits each alike; the
+best repeat is reported. The largest difference between the f32 runtimes' embeddings, and the cosine of the int8
+embeddings to PyTorch's, are reported too. The ONNX export and its int8 copy are made (or read from the cache)
+before timing. Prints a table and writes bench/results/embed.json. Photos are read in place, never copied.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("GEOPIN_SHARED_IM2GPS", HERE.parent.parent / "shared" / "data" / "im2gps3k"))
-RUNTIMES = ("torch", "onnx")
+# run name -> (EmbedConfig.runtime, EmbedConfig.precision)
+RUNS = {"torch": ("torch", "f32"), "onnx": ("onnx", "f32"), "int8": ("onnx", "int8")}
+RUNTIMES = tuple(RUNS)
 
 
 def _manifest(args):
@@ -157,13 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         backbone=args.backbone, mode=args.mode, long_side=args.long_side, batch_size=args.batch_size,
         threads=args.threads, workers=args.workers, use_cache=False,
     )
-    cfgs = {r: dataclasses.replace(base, runtime=r) for r in RUNTIMES}
+    cfgs = {r: dataclasses.replace(base, runtime=rt, precision=pr) for r, (rt, pr) in RUNS.items()}
     load_before = os.getloadavg()[0]
     backbone = create_backbone(args.backbone)
     threads = base.threads or os.cpu_count() or 1
     for r, cfg in cfgs.items():
-        if batch_forward(backbone, cfg).resolve() != r:  # exports (or loads) the ONNX file outside the timings
-            print(f"error: runtime {r} is not available for {args.backbone}", file=sys.stderr)
+        forward = batch_forward(backbone, cfg)  # exports (or loads) the ONNX files outside the timings
+        if (forward.resolve(), forward.precision_used) != RUNS[r]:
+            print(f"error: {r} ({cfg.runtime} at {cfg.precision}) is not available for {args.backbone}", file=sys.stderr)
             return 2
     buckets, batches = prepare_batches(backbone, df, base)
     other = None
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         except BackboneUnavailable as exc:
             print(f"comparison skipped: {exc}", file=sys.stderr)
         else:
-            ocfgs = {r: dataclasses.replace(c, backbone=args.compare) for r, c in cfgs.items()}
+            ocfgs = {r: dataclasses.replace(c, backbone=args.compare) for r, c in cfgs.items() if c.precision == "f32"}
             obuckets, obatches = prepare_batches(other, df, ocfgs["torch"])
     # Repeats interleave the runs (and alternate which runtime goes first), so that load from other processes
     # drifting over time hits each alike.
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in (RUNTIMES if rep % 2 == 0 else RUNTIMES[::-1]):
             fwd_times[r].append(time_forward(backbone, buckets, batches, cfgs[r]))
             pipes[r].append(time_pipeline(backbone, df, cfgs[r]))
-            if other is not None:
+            if other is not None and r in ocfgs:
                 other_times[r].append(time_forward(other, obuckets, obatches, ocfgs[r]))
     result = {"photos": len(df), "config": base.to_dict(), "runtimes": {}}
     rows = []
@@ -203,24 +207,29 @@ def main(argv: list[str] | None = None) -> int:
         result["runtimes"][r] = {"forward_alone": fwd, "pipeline": pipe, "pipeline_over_forward": round(ratio, 3)}
         rows.append((f"{args.backbone} forward alone", r, fwd["photos"], fwd["seconds"], fwd["photos_per_s"]))
         rows.append((f"{args.backbone} full pipeline", r, pipe["photos"], pipe["seconds"], pipe["photos_per_s"]))
-        if other is not None:
+        if other is not None and other_times[r]:
             ofwd = _forward_row(obuckets, obatches, other_times[r], threads)
             result["runtimes"][r]["compare_forward_alone"] = {"backbone": args.compare, **ofwd}
             rows.append((f"{args.compare} forward alone", r, ofwd["photos"], ofwd["seconds"], ofwd["photos_per_s"]))
-    t, o = result["runtimes"]["torch"], result["runtimes"]["onnx"]
-    emb_t, emb_o = pipes["torch"][0][1], pipes["onnx"][0][1]
-    both = np.isfinite(emb_t).all(axis=1) & np.isfinite(emb_o).all(axis=1)
+    t, o, q = (result["runtimes"][r] for r in ("torch", "onnx", "int8"))
+    emb_t, emb_o, emb_q = (pipes[r][0][1] for r in ("torch", "onnx", "int8"))
+    both = np.isfinite(emb_t).all(axis=1) & np.isfinite(emb_o).all(axis=1) & np.isfinite(emb_q).all(axis=1)
     max_diff = float(np.abs(emb_t[both] - emb_o[both]).max()) if both.any() else None
-    speedup = {
-        "forward_alone": round(o["forward_alone"]["photos_per_s"] / t["forward_alone"]["photos_per_s"], 3),
-        "pipeline": round(o["pipeline"]["photos_per_s"] / t["pipeline"]["photos_per_s"], 3),
-    }
+    cos = (emb_t[both] * emb_q[both]).sum(1) / np.linalg.norm(emb_t[both], axis=1) / np.linalg.norm(emb_q[both], axis=1)
+
+    def over_torch(x: dict) -> dict:
+        return {k: round(x[k]["photos_per_s"] / t[k]["photos_per_s"], 3) for k in ("forward_alone", "pipeline")}
+
+    speedup, speedup8 = over_torch(o), over_torch(q)
     result.update({
         "onnx_over_torch": speedup,
+        "int8_over_torch": speedup8,
         "max_abs_embedding_difference": max_diff,
+        "int8_cosine_to_torch": {"mean": round(float(cos.mean()), 4), "min": round(float(cos.min()), 4)} if both.any() else None,
         "targets": {"pipeline_over_forward": 0.8, "onnx_over_torch_pipeline": 2.0},
         "meets_targets": {"pipeline_over_forward": {r: result["runtimes"][r]["pipeline_over_forward"] >= 0.8 for r in RUNTIMES},
-                          "onnx_over_torch_pipeline": speedup["pipeline"] >= 2.0},
+                          "onnx_over_torch_pipeline": speedup["pipeline"] >= 2.0,
+                          "int8_over_torch_pipeline": speedup8["pipeline"] >= 2.0},
     })
     result["machine"] = {
         "cpu_count": os.cpu_count(),
@@ -234,13 +243,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_json(result, args.out)
 
-    print(f"{'run':<36} {'runtime':<8} {'photos':>7} {'seconds':>9} {'photos/s':>9}")
+    torch_pps = {name: pps for name, r, _, _, pps in rows if r == "torch"}
+    print(f"{'run':<36} {'runtime':<8} {'photos':>7} {'seconds':>9} {'photos/s':>9} {'x torch':>8}")
     for name, r, n, sec, pps in rows:
-        print(f"{name:<36} {r:<8} {n:>7} {sec:>9.2f} {pps:>9.2f}")
-    print(f"onnx / torch photos/s: forward alone {speedup['forward_alone']:.2f}, full pipeline {speedup['pipeline']:.2f} "
-          f"(target >= 2) ; pipeline / forward: torch {t['pipeline_over_forward']:.2f}, onnx {o['pipeline_over_forward']:.2f} "
-          f"(target >= 0.8)")
-    print(f"max |embedding difference| between runtimes: {max_diff:.2g} ; {args.mode} mode, long side {args.long_side}, "
+        print(f"{name:<36} {r:<8} {n:>7} {sec:>9.2f} {pps:>9.2f} {pps / torch_pps[name]:>8.2f}")
+    for name, sp in (("onnx f32", speedup), ("onnx int8", speedup8)):
+        print(f"{name} / torch photos/s: forward alone {sp['forward_alone']:.2f}, full pipeline {sp['pipeline']:.2f} (target >= 2)")
+    print(f"pipeline / forward: torch {t['pipeline_over_forward']:.2f}, onnx {o['pipeline_over_forward']:.2f}, "
+          f"int8 {q['pipeline_over_forward']:.2f} (target >= 0.8)")
+    if both.any():
+        print(f"int8 embeddings' cosine to torch's: mean {cos.mean():.4f}, min {cos.min():.4f}")
+    print(f"max |embedding difference| torch vs onnx f32: {max_diff:.2g} ; {args.mode} mode, long side {args.long_side}, "
           f"batch {args.batch_size}, {threads} threads ; load avg {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"wrote {args.out}")
     return 0

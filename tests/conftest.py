@@ -20,6 +20,25 @@ SHARED_IM2GPS = Path(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_geopin_cache(tmp_path_factory):
+    """geopin's cache root for the session is a temporary folder, so exported networks (13 MB each, one per
+    fine-tuned temporary model) never land in the user's ~/.cache/geopin/onnx. Its other folders (the embedding
+    cache, the gazetteer index) link to the user's ones, which tests reuse across runs on purpose. Costs one
+    Lite0 export per session (~6 s on 2 cores)."""
+    from geopin.io import cache_root
+
+    user = cache_root()
+    root = tmp_path_factory.mktemp("geopin-cache")
+    (user / "embeddings").mkdir(parents=True, exist_ok=True)
+    for entry in sorted(user.iterdir()):
+        if entry.name != "onnx" and entry.is_dir():
+            (root / entry.name).symlink_to(entry, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GEOPIN_CACHE", str(root))
+        yield root
+
+
 @pytest.fixture(scope="session")
 def im2gps_dir() -> Path:
     """The Im2GPS3k folder beside the project; tests that need it skip with the reason where absent."""
@@ -32,7 +51,8 @@ def im2gps_dir() -> Path:
 def im2gps_embedded(im2gps_dir, tmp_path_factory):
     """The shared photos ingested (by photographer) and embedded with the default backbone: (manifest, embeddings).
 
-    The embedding cache is the user's default one, so a second test run reuses the vectors.
+    The embedding cache is the user's default one (linked from the session's cache root, see
+    private_geopin_cache), so a second test run reuses the vectors.
     """
     import numpy as np
 

@@ -40,6 +40,7 @@ def embed(
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads for the forward pass (default: all cores)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode threads (default: min(4, cores))."),
     runtime: str = typer.Option(EmbedConfig.runtime, "--runtime", help="Forward pass: onnx (ONNX Runtime; the network is exported once and cached under $GEOPIN_CACHE/onnx), torch, or auto (onnx when the export works and agrees with PyTorch, else torch, saying why)."),
+    precision: str = typer.Option(EmbedConfig.precision, "--precision", help="Forward pass numbers: f32, or int8 (ONNX Runtime static quantization with ranges shipped for the backbone: about 2x faster, features within cosine ~0.99 of f32 but not the same; cached apart, and recorded so that a model trained on one precision is not fed the other)."),
     shard_size: int = typer.Option(EmbedConfig.shard_size, "--shard-size", help="Photos per cache shard (the most an interruption can lose)."),
     json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary to stdout."),
     engine: str = typer.Option(EngineConfig.name, "--engine", help="local: this process (cached by content). ray: partitions on a Ray cluster, one backbone per worker, written to <out>/parts/part-NNNNN.parquet (a rerun skips finished parts), then the same embeddings.npy/.json. Needs `pip install 'geopin\\[cluster]'`; see docs/cluster.md."),
@@ -54,6 +55,7 @@ def embed(
             backbone=backbone, mode=mode, long_side=long_side, batch_size=batch_size,
             tta=tuple(t.strip() for t in tta.split(",") if t.strip()), cache_dir=cache_dir,
             threads=threads, workers=workers, shard_size=shard_size, use_cache=not no_cache, runtime=runtime,
+            precision=precision,
         )
         engine_cfg = EngineConfig(engine, address=address, workers=engine_workers, partition_size=partition_size)
         try:

@@ -23,10 +23,19 @@ How:
 The embedding cache key does not name the runtime: features from ONNX Runtime are checked here to agree with
 PyTorch's within TOLERANCE (1e-4; measured ~1e-5 on real photos), far below what changes a guess, so vectors
 from either runtime are interchangeable.
+
+Precision "int8" (issue 23: ~2x the f32 forward) runs a static-quantized copy of the f32 export, built from it and
+the backbone's shipped activation ranges (geopin.features.quantize) and cached beside it under a hash of the f32
+file, the ranges, onnxruntime's version and INT8_FORMAT. Its features differ from f32 ones (cosine ~0.99), so
+the precision IS part of the embedding cache key and of the stored backbone config; each process checks the
+int8 session against PyTorch on a few generated photo-like images (cosine >= COSINE_FLOOR) to catch a broken
+quantization. Without a usable table, "int8" raises ExportFailed naming the fix, or under runtime "auto" runs
+at f32 with one warning (BatchForward.precision_used says which ran).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -42,7 +51,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geopin.features.backbones import Backbone, whole_size
-from geopin.io import atomic_path, cache_root
+from geopin.features.backbones.preprocess import PRECISIONS
+from geopin.io import atomic_path, cache_root, sha256_file
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -58,6 +68,11 @@ OPSET = 17
 TOLERANCE = 1e-4
 INPUT, OUTPUT = "pixels", "features"
 _CHECK_SEED = 0
+#: Bump when the int8 build changes (pre-processing, quantizer call): part of every int8 file's hash.
+INT8_FORMAT = "i1"
+#: Least cosine between int8 and PyTorch features on the generated check images. Measured on Lite0: ~0.99 on
+#: the shared photos (least 0.96); a quantization with wrong ranges falls far below.
+COSINE_FLOOR = 0.95
 
 
 class ExportFailed(RuntimeError):
@@ -212,27 +227,170 @@ def checked_session(backbone: Backbone, threads: int, folder: Path | None = None
         return sess
 
 
-# Per backbone model (weakly held): its checked sessions by (threads, folder), or why ONNX Runtime cannot run
-# it, so that each process checks a model once and "auto" warns once.
+# Per backbone model (weakly held): its checked sessions by (precision, threads, folder), and per precision why
+# ONNX Runtime cannot run it, so that each process checks a model once and "auto" warns once.
 _CHECKED: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
-_FAILED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_FAILED: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
-def model_session(backbone: Backbone, threads: int, folder: Path | None = None) -> onnxruntime.InferenceSession:
-    """checked_session, once per backbone model, thread count and folder in this process."""
+def model_session(backbone: Backbone, threads: int, folder: Path | None = None,
+                  precision: str = "f32") -> onnxruntime.InferenceSession:
+    """checked_session (or int8_session), once per backbone model, precision, thread count and folder in this process."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     with _LOCK:
-        reason = _FAILED.get(backbone.model)
+        reason = _FAILED.get(backbone.model, {}).get(precision)
         if reason is not None:
             raise ExportFailed(reason)
         known = _CHECKED.setdefault(backbone.model, {})
-        key = (threads, str(folder or onnx_cache_dir()))
+        key = (precision, threads, str(folder or onnx_cache_dir()))
         if key not in known:
             try:
-                known[key] = checked_session(backbone, threads, folder)
+                make = checked_session if precision == "f32" else int8_session
+                known[key] = make(backbone, threads, folder)
             except ExportFailed as exc:
-                _FAILED[backbone.model] = str(exc)
+                _FAILED.setdefault(backbone.model, {})[precision] = str(exc)
                 raise
         return known[key]
+
+
+def _failed(model: Any, precision: str) -> bool:
+    return precision in _FAILED.get(model, {})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# int8
+
+
+def int8_path(f32_path: Path, table: dict) -> Path:
+    """The cached int8 file of an f32 export and a table (beside the export; the hash covers both, onnxruntime's
+    version and INT8_FORMAT, so any of them changing builds a new file)."""
+    import onnxruntime as ort
+
+    from geopin.features.quantize import table_digest
+
+    spec = {"f32": sha256_file(f32_path), "table": table_digest(table), "onnxruntime": ort.__version__,
+            "format": INT8_FORMAT}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return f32_path.with_name(f"{f32_path.stem}-int8-{digest}.onnx")
+
+
+def build_int8(backbone: Backbone, f32_path: Path, table: dict, path: Path) -> Path:
+    """Quantize the f32 export with the table's ranges into `path` (temp file, then rename); ExportFailed if
+    the table does not fit this export."""
+    import tempfile
+
+    from geopin.features.quantize import (
+        TableProblem,
+        check_names,
+        pre_process,
+        quantize,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="geopin-int8-") as tmp, _quiet_quantizer():
+        pre = pre_process(f32_path, Path(tmp) / "pre.onnx")
+        try:
+            check_names(table, pre, backbone.name)
+        except TableProblem as exc:
+            raise ExportFailed(str(exc)) from None
+        try:
+            with atomic_path(path) as out:
+                quantize(pre, out, table["ranges"])
+        except OSError as exc:
+            raise ExportFailed(f"cannot write {path}: {exc.strerror or exc}") from exc
+    logger.info("quantized %s to int8: %s (%.1f MB)", backbone.name, path, path.stat().st_size / 1e6)
+    return path
+
+
+class _QuantizerLogs(logging.Filter):
+    """ONNX Runtime's quantizer logs on the root logger about every shape tensor it leaves in float."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "onnxruntime" not in record.pathname or record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    flt = _QuantizerLogs()
+    logging.root.addFilter(flt)
+    try:
+        yield
+    finally:
+        logging.root.removeFilter(flt)
+
+
+def check_images(backbone: Backbone) -> list[np.ndarray]:
+    """(1, 3, H, W) inputs of seeded photo-like images (smooth colour fields, shapes, grain) as the backbone's
+    config prepares them: int8 ranges are calibrated on photos, so noise would not test them fairly."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(_CHECK_SEED)
+    out = []
+    for i, (w, h) in enumerate(((640, 480), (480, 640), (512, 512))):
+        img = Image.fromarray(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+        draw = ImageDraw.Draw(img)
+        for _ in range(12):
+            x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+            box = (x0, y0, x0 + int(rng.integers(20, w // 2)), y0 + int(rng.integers(20, h // 2)))
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            (draw.rectangle if rng.random() < 0.5 else draw.ellipse)(box, fill=colour)
+        img = img.filter(ImageFilter.GaussianBlur(1.5))
+        arr = np.asarray(img, dtype=np.int16) + rng.integers(-12, 13, (h, w, 3))
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        out.append(backbone.preprocess(img).numpy()[None])
+    return out
+
+
+def least_cosine(backbone: Backbone, sess: onnxruntime.InferenceSession) -> float:
+    """Least cosine between the session's and PyTorch's features over check_images."""
+    import torch
+
+    worst = 1.0
+    for x in check_images(backbone):
+        with torch.inference_mode():
+            want = backbone.model(torch.from_numpy(x)).float().cpu().numpy()[0]
+        got = sess.run([OUTPUT], {INPUT: x})[0][0]
+        denom = float(np.linalg.norm(got) * np.linalg.norm(want))
+        worst = min(worst, float(got @ want) / denom if denom > 0 else 0.0)
+    return worst
+
+
+def int8_session(backbone: Backbone, threads: int, folder: Path | None = None) -> onnxruntime.InferenceSession:
+    """A session of the int8 copy of the checked f32 export, built (or rebuilt when bad) and checked against
+    PyTorch. ExportFailed when f32 cannot run, when the backbone has no table that fits, or the check fails."""
+    from geopin.features.quantize import TableProblem, read_table
+
+    model_session(backbone, threads, folder, "f32")  # the f32 export, made and checked
+    try:
+        table = read_table(backbone.name, backbone.version)
+    except TableProblem as exc:
+        raise ExportFailed(str(exc)) from None
+    f32_path = export_path(backbone, folder)
+    path = int8_path(f32_path, table)
+    errors = _ort_errors()
+    with _LOCK:
+        if path.exists():
+            try:
+                sess = session(path, threads)
+                cos = least_cosine(backbone, sess)
+            except errors as exc:
+                logger.warning("rebuilding %s: cannot be loaded (%s)", path, _first_line(exc))
+            else:
+                if cos >= COSINE_FLOOR:
+                    return sess
+                logger.warning("rebuilding %s: its features are off PyTorch's (cosine %.3f < %g)", path, cos, COSINE_FLOOR)
+        build_int8(backbone, f32_path, table, path)
+        try:
+            sess = session(path, threads)
+            cos = least_cosine(backbone, sess)
+        except errors as exc:
+            raise ExportFailed(f"ONNX Runtime cannot run the int8 file: {_first_line(exc)}") from exc
+        if cos < COSINE_FLOOR:
+            raise ExportFailed(f"the int8 file's features are off PyTorch's (cosine {cos:.3f} < {COSINE_FLOOR:g} on the "
+                               f"check images): the calibration table does not suit these weights; make it again with "
+                               f"`python scripts/calibrate_int8.py --backbone {backbone.name}`")
+        logger.info("%s at int8 on ONNX Runtime: cosine >= %.3f to PyTorch", backbone.name, cos)
+        return sess
 
 
 def torch_forward(model: torch.nn.Module) -> Callable[[torch.Tensor], np.ndarray]:
@@ -242,27 +400,31 @@ def torch_forward(model: torch.nn.Module) -> Callable[[torch.Tensor], np.ndarray
 
 @dataclass
 class BatchForward:
-    """(B, 3, H, W) float tensor -> (B, dim) float32 features, on the runtime asked for.
+    """(B, 3, H, W) float tensor -> (B, dim) float32 features, on the runtime and precision asked for.
 
     Chosen on the first batch, so a run whose photos are all cached never exports. `runtime` says which
-    one ran ("onnx" or "torch"; None before the first batch).
+    one ran ("onnx" or "torch"; None before the first batch), `precision_used` at which precision ("f32" when
+    "int8" was asked under runtime "auto" but cannot run here).
     """
 
     backbone: Backbone
     requested: str = "auto"
     threads: int | None = None
     folder: Path | None = None  # where exports are cached; None: onnx_cache_dir()
+    precision: str = "f32"
     runtime: str | None = None
+    precision_used: str | None = None
 
     def __post_init__(self) -> None:
         if self.requested not in RUNTIMES:
             raise ValueError(f"unknown runtime {self.requested!r}; choose one of {', '.join(RUNTIMES)}")
+        check_precision(self.precision, self.requested)
         self._run: Callable | None = None
 
     def resolve(self) -> str:
         """Pick the runtime now (export if needed); the name of the one chosen."""
         if self._run is None:
-            self._run, self.runtime = self._choose()
+            self._run, self.runtime, self.precision_used = self._choose()
         return self.runtime
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
@@ -270,24 +432,45 @@ class BatchForward:
             self.resolve()
         return self._run(batch)
 
-    def _choose(self) -> tuple[Callable, str]:
+    def _choose(self) -> tuple[Callable, str, str]:
         if self.requested == "torch":
-            return torch_forward(self.backbone.model), "torch"
+            return torch_forward(self.backbone.model), "torch", "f32"
         model = self.backbone.model
         if model is None:
             raise ValueError(f"backbone {self.backbone.name!r} has no model")
-        warned = model in _FAILED
+        threads = self.threads or os.cpu_count() or 1
+        warned = _failed(model, "f32")
+        int8_reason = None
+        if self.precision == "int8":
+            warned_int8 = _failed(model, "int8")
+            try:
+                return _onnx_run(model_session(self.backbone, threads, self.folder, "int8")), "onnx", "int8"
+            except ExportFailed as exc:
+                if self.requested == "onnx":
+                    raise ExportFailed(f"backbone {self.backbone.name!r} cannot run at int8 on ONNX Runtime: {exc}") from None
+                int8_reason = None if warned_int8 else str(exc)
         try:
-            sess = model_session(self.backbone, self.threads or os.cpu_count() or 1, self.folder)
+            sess = model_session(self.backbone, threads, self.folder, "f32")
         except ExportFailed as exc:
             reason = str(exc)
             if self.requested == "auto" and not warned:
                 logger.warning("%s runs on PyTorch, not ONNX Runtime: %s", self.backbone.name, reason)
         else:
-            return _onnx_run(sess), "onnx"
+            if int8_reason is not None:
+                logger.warning("%s runs at f32, not int8: %s", self.backbone.name, int8_reason)
+            return _onnx_run(sess), "onnx", "f32"
         if self.requested == "onnx":
             raise ExportFailed(f"backbone {self.backbone.name!r} cannot run on ONNX Runtime: {reason}")
-        return torch_forward(model), "torch"
+        return torch_forward(model), "torch", "f32"
+
+
+def check_precision(precision: str, runtime: str) -> None:
+    """ValueError for an unknown precision, or int8 asked of PyTorch (only ONNX Runtime runs it here)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and runtime == "torch":
+        raise ValueError("precision 'int8' runs on ONNX Runtime only, not with runtime 'torch': "
+                         "choose runtime 'onnx' or 'auto', or precision 'f32'")
 
 
 def _onnx_run(sess: onnxruntime.InferenceSession) -> Callable[[torch.Tensor], np.ndarray]:

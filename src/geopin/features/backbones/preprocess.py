@@ -20,6 +20,9 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 MODES = ("whole", "center_crop")
+#: Numeric precision of the forward pass. "int8" (ONNX Runtime static quantization, geopin.features.quantize)
+#: gives other features than "f32" (cosine ~0.99), so it is part of the config: a head trained on one is not fed the other.
+PRECISIONS = ("f32", "int8")
 WHOLE_FITS = ("resize", "letterbox")
 INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 #: Long side in pixels of whole-mode inputs unless a config says otherwise (Lite0's native 224 x ~1.7).
@@ -55,6 +58,7 @@ class BackboneConfig:
     side_multiple: int = SIDE_MULTIPLE  # whole mode with whole_fit "resize": each side rounded to this
     whole_fit: str = "resize"  # "resize": own aspect ratio at long_side; "letterbox": onto a mean-coloured native square
     crop_padding: int = CROP_PADDING  # center_crop keeps the central native/(native + crop_padding) of the short side
+    precision: str = "f32"  # the forward pass's numbers (set by the embed config); configs stored before it read as f32
 
     def __post_init__(self) -> None:
         for name in ("mean", "std"):
@@ -72,6 +76,8 @@ class BackboneConfig:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.whole_fit not in WHOLE_FITS:
             raise ValueError(f"unknown whole_fit {self.whole_fit!r}; choose one of {', '.join(WHOLE_FITS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"unknown interpolation {self.interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
         for name, least in (("native_size", 1), ("long_side", 1), ("side_multiple", 1), ("crop_padding", 0)):
@@ -83,15 +89,21 @@ class BackboneConfig:
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
 
-    def for_input(self, mode: str | None = None, long_side: int | None = None) -> "BackboneConfig":
-        """The same backbone fed in another mode or at another long side (what an embed config chooses)."""
-        if (mode is None or mode == self.mode) and (long_side is None or long_side == self.long_side):
+    def for_input(self, mode: str | None = None, long_side: int | None = None,
+                  precision: str | None = None) -> "BackboneConfig":
+        """The same backbone fed in another mode, at another long side or precision (what an embed config chooses)."""
+        if ((mode is None or mode == self.mode) and (long_side is None or long_side == self.long_side)
+                and (precision is None or precision == self.precision)):
             return self
-        return dataclasses.replace(self, mode=mode or self.mode, long_side=self.long_side if long_side is None else long_side)
+        return dataclasses.replace(self, mode=mode or self.mode, long_side=self.long_side if long_side is None else long_side,
+                                   precision=precision or self.precision)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values; the precision only when not f32, so f32 models and embeddings read in geopin before it."""
         d = dataclasses.asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if d["precision"] == "f32":
+            del d["precision"]
         return d
 
     @classmethod
@@ -122,6 +134,11 @@ def check_backbone_config(stored: BackboneConfig, actual: BackboneConfig, source
     prepare photos otherwise than the stored config says; other weights versions are logged."""
     for name in _CHECKED:
         want, have = getattr(stored, name), getattr(actual, name)
+        if want != have and name == "precision":
+            raise BackboneMismatch(
+                f"{source}: made from {want} features, but backbone {actual.name!r} would run at {have}: {want} and "
+                f"{have} features differ; embed at precision {want} (--precision {want}), or embed again at {have} and retrain"
+            )
         if want != have:
             raise BackboneMismatch(
                 f"{source}: {name} is {_show(want)}, but backbone {actual.name!r} would run with {name} "
