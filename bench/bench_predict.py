@@ -32,6 +32,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("GEOPIN_SHARED_IM2GPS", HERE.parent.parent / "shared" / "data" / "im2gps3k"))
 RUNTIMES = ("torch", "onnx")
+#: what is timed: the two runtimes at f32, and ONNX Runtime at int8 (`--precision int8`: other features, whose
+#: accuracy bench/bench_int8_accuracy.py measures; not compared guess by guess here)
+TIMED = RUNTIMES + ("onnx-int8",)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -238,12 +241,13 @@ def main(argv=None) -> None:
     load_s = time.perf_counter() - t0
     base = dataclasses.replace(predictor.embed_cfg, threads=args.threads)
     cfgs = {r: dataclasses.replace(base, runtime=r) for r in RUNTIMES}
+    timed = {**cfgs, "onnx-int8": dataclasses.replace(base, runtime="onnx", precision="int8")}
     model, backbone = predictor.model, predictor.backbone
 
     with tempfile.TemporaryDirectory(prefix="geopin-bench-predict-") as scratch:
         scratch = Path(scratch)
         photos, source = choose_photos(args, scratch)
-        e2e, embed, errors = time_latency(predictor, cfgs, photos, args.warmup)
+        e2e, embed, errors = time_latency(predictor, timed, photos, args.warmup)
         if not e2e["torch"]:
             sys.exit(f"error: every photo failed, first: {errors[0] if errors else 'no photos'}")
         n_text = args.n if args.text_photos is None else args.text_photos
@@ -254,9 +258,11 @@ def main(argv=None) -> None:
             guesses = {"source": gsource, **compare_guesses(predictor, cfgs, gphotos, args.top_k, scratch)}
     load_after = os.getloadavg()
 
-    rows = {f"{stage} {r}": stats(v[r]) for stage, v in (("end_to_end", e2e), ("embed", embed)) for r in RUNTIMES}
+    rows = {f"{stage} {r}": stats(v[r]) for stage, v in (("end_to_end", e2e), ("embed", embed)) for r in TIMED}
     ratio = {stage: round(stats(v["torch"])["p50_ms"] / stats(v["onnx"])["p50_ms"], 3)
              for stage, v in (("end_to_end", e2e), ("embed", embed))}
+    ratio_int8 = {stage: round(stats(v["torch"])["p50_ms"] / stats(v["onnx-int8"])["p50_ms"], 3)
+                  for stage, v in (("end_to_end", e2e), ("embed", embed))}
     model_dir = Path(args.model) if args.model else default_model_dir()
     result = {
         "benchmark": "one-photo predict latency, model loaded, text never read; PyTorch vs ONNX Runtime interleaved",
@@ -273,6 +279,7 @@ def main(argv=None) -> None:
         "predictor_load_s": round(load_s, 2),
         "stages_ms": rows,
         "p50_speedup_torch_over_onnx": ratio,
+        "p50_speedup_torch_over_onnx_int8": ratio_int8,
         "goal_end_to_end_p50_ms": 35,
         "guesses": guesses,
         "text_modes": text,
@@ -296,10 +303,10 @@ def main(argv=None) -> None:
     print()
     print(f"{'stage':<20} {'runtime':<8} {'p50 ms':>9} {'p95 ms':>9} {'mean ms':>9} {'max ms':>9}")
     for stage, v in (("end_to_end", e2e), ("embed", embed)):
-        for r in RUNTIMES:
+        for r in TIMED:
             s = stats(v[r])
             print(f"{stage:<20} {r:<8} {s['p50_ms']:9.1f} {s['p95_ms']:9.1f} {s['mean_ms']:9.1f} {s['max_ms']:9.1f}")
-        print(f"{'':<20} {'ratio':<8} {ratio[stage]:9.2f}   (torch p50 / onnx p50)")
+        print(f"{'':<20} {'ratio':<8} {ratio[stage]:9.2f}   (torch p50 / onnx p50); int8 {ratio_int8[stage]:.2f}")
     if text is not None:
         print("\nwith text, ONNX Runtime, the same photos, modes interleaved:")
         print(f"{'text':<20} {'p50 ms':>9} {'p95 ms':>9} {'mean ms':>9} {'read':>9}")

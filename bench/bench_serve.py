@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--photos", default="shared",
                     help="good uploads: 'shared' (64 shared Im2GPS3k photos; generated ones when absent), 'generated', or a folder")
     ap.add_argument("--text", choices=["auto", "always", "never"], default="auto", help="the server's --text")
+    ap.add_argument("--precision", choices=["f32", "int8"], default=None, help="the server's --precision (default: the model's)")
     ap.add_argument("--src", type=Path, default=SRC, help="the geopin source tree the server runs from")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "serve.json")
     return ap.parse_args(argv)
@@ -119,13 +120,24 @@ def vm_kb(pid: int, field: str) -> int | None:
 
 def start_server(args, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-c", "from geopin.cli import main; main()", "serve", "--host", "127.0.0.1",
-           "--port", str(port), "--max-upload-mb", str(args.max_upload_mb), "--timeout-s", str(args.timeout_s), "--text", args.text]
+           "--port", str(port), "--max-upload-mb", str(args.max_upload_mb), "--timeout-s", str(args.timeout_s)]
+    if args.text != "auto":  # only when asked: a tree from before the flag (--src) still starts
+        cmd += ["--text", args.text]
+    if args.precision:
+        cmd += ["--precision", args.precision]
     if args.model:
         cmd += ["--model", str(args.model)]
     env = {k: v for k, v in os.environ.items() if k != "GEOPIN_TOKEN"}
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env["PYTHONPATH"] = os.pathsep.join(x for x in (str(args.src), env.get("PYTHONPATH", "")) if x)
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+    # the server's log goes to a file, not a pipe: a pipe nobody reads fills up and blocks the server's logging
+    import tempfile
+
+    log = open(Path(tempfile.gettempdir()) / f"geopin-bench-serve-{port}.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env, text=True)
+    proc.log_path = Path(log.name)
+    log.close()  # the child holds its own descriptor
+    return proc
 
 
 def wait_healthy(proc: subprocess.Popen, url: str, limit_s: float = 120.0) -> float:
@@ -134,7 +146,7 @@ def wait_healthy(proc: subprocess.Popen, url: str, limit_s: float = 120.0) -> fl
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit_s:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            raise RuntimeError(f"server exited with {proc.returncode}: {proc.log_path.read_text()[-2000:]}")
         try:
             if httpx.get(url + "/api/health", timeout=2).status_code == 200:
                 return time.monotonic() - t0
@@ -269,6 +281,7 @@ def main(argv=None) -> int:
         "good_uploads": len(good),
         "good_photos": goods_source,
         "text": args.text,
+        "precision": args.precision,
         "good_read_by_ocr": peak.get("text_read", 0),
         "good_per_s": round(len(good_ok) / wall, 2),
         "good_latency_ms": {"p50": pct(good_ms, 50), "p95": pct(good_ms, 95), "max": pct(good_ms, 100)},
@@ -310,6 +323,7 @@ def main(argv=None) -> int:
         print(f"  {name:13s} n={k['n']:4d} expected {k['expected_status']} got {k['statuses']}")
     print(f"server: started in {startup_s:.1f} s, RSS idle {result['server']['rss_idle_mb']} MB, "
           f"peak (VmHWM) {result['server']['vm_hwm_mb']} MB, healthy after: {still_up}")
+    print(f"server log: {proc.log_path}")
     print(f"wrote {args.out}")
     return 0 if not good_errors and not bad_unexpected and still_up else 1
 

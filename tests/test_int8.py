@@ -185,3 +185,32 @@ def test_a_table_for_another_graph_is_refused_with_the_fix(lite0, tmp_path):
         check_names(read_table(lite0.name, lite0.version), pre, "tiny_graph")
     with pytest.raises(TableProblem, match="calibrated for efficientnet_lite0 version"):
         read_table(lite0.name, "other-weights")
+
+
+def test_predict_and_explain_run_the_bundled_f32_model_at_int8_when_asked(tmp_path):
+    """PredictConfig.precision: the bundled model (trained on f32 features) predicts at int8 when asked, with features
+    close to f32 ones; the explanation's answer is predict's answer; a bad precision is named."""
+    from PIL import Image
+
+    from geopin.explain.maps import explain_with_maps
+    from geopin.locate.predict import EXAMPLE_PHOTO, PredictConfig, Predictor
+
+    f32 = Predictor(PredictConfig(text="never"))
+    int8 = Predictor(PredictConfig(text="never", precision="int8"))
+    assert f32.embed_cfg.precision == "f32" and int8.embed_cfg.precision == "int8"
+    with Image.open(EXAMPLE_PHOTO) as im:
+        img = im.convert("RGB")
+    a, b = f32.embed([img])[0], int8.embed([img])[0]
+    assert not np.array_equal(a, b) and a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.95
+    answer = next(int8.predict_paths([EXAMPLE_PHOTO]))
+    assert "error" not in answer and answer["summary"]
+    explained, _ = explain_with_maps(int8, img, occlusion=False, name=EXAMPLE_PHOTO.name)
+    direct = int8.predict_images([img], [EXAMPLE_PHOTO.name])[0]
+    assert (explained["prediction"]["lat"], explained["prediction"]["lon"]) == (direct["lat"], direct["lon"])
+    with pytest.raises(ValueError, match="precision must be one of f32, int8, not 'int4'"):
+        PredictConfig(precision="int4")
+
+
+def test_serve_refuses_a_bad_precision_before_loading():
+    result = CliRunner().invoke(app, ["serve", "--precision", "int4", "--port", "0"])
+    assert result.exit_code == 2 and "--precision 'int4': choose f32 or int8" in result.output

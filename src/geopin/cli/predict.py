@@ -13,6 +13,7 @@ from geopin.dataset.images import IMAGE_SUFFIXES
 from geopin.locate.predict import (
     EXAMPLE_PHOTO,
     EXAMPLE_TRUTH,
+    PRECISION_HELP,
     TEXT_HELP,
     PredictConfig,
     Predictor,
@@ -59,6 +60,7 @@ def predict_cmd(
     top_k: int = typer.Option(PredictConfig.top_k, "--top-k", "-k", help="How many candidate places to list."),
     as_json: bool = typer.Option(False, "--json", help="JSON array of results on stdout."),
     text: str = typer.Option(PredictConfig.text, "--text", help=TEXT_HELP),
+    precision: Optional[str] = typer.Option(PredictConfig.precision, "--precision", help=PRECISION_HELP),
     engine: str = typer.Option(EngineConfig.name, "--engine", help="local: this process. ray: partitions on a Ray cluster, one model per worker; writes <out>/parts/part-NNNNN.parquet (a rerun skips finished parts), <out>/predictions.parquet and <out>/predictions.json. Needs `pip install 'geopin\\[cluster]'`; see docs/cluster.md."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder of the engine's parts and predictions (required with --engine ray)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: 'auto' (started on this node with `ray start`), HOST:PORT of the head, or ray://HOST:10001; default: start a local cluster of --engine-workers CPUs."),
@@ -80,13 +82,13 @@ def predict_cmd(
             raise ValueError(f"--engine {engine} needs --out (the folder of its parts, the resume, and the predictions)")
     if engine_cfg.name != "local":
         with input_errors("predict", ValueError, FileNotFoundError, EngineUnavailable):
-            results, _ = predict_engine(photos, out, PredictConfig(model_dir=model, top_k=top_k, text=text), engine_cfg)
+            results, _ = predict_engine(photos, out, PredictConfig(model_dir=model, top_k=top_k, text=text, precision=precision), engine_cfg)
         typer.echo(json.dumps(results, indent=2) if as_json else _table(results))
         if results and all("error" in r for r in results):
             raise typer.Exit(1)
         return
     with input_errors("predict"):
-        predictor = Predictor(PredictConfig(model_dir=model, top_k=top_k, text=text))
+        predictor = Predictor(PredictConfig(model_dir=model, top_k=top_k, text=text, precision=precision))
     results = []
     for r in predictor.predict_paths(photos):
         results.append(r)

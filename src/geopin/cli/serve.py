@@ -9,7 +9,7 @@ import typer
 from geopin.cli._common import input_errors
 from geopin.library.tag import TagConfig
 from geopin.locate.model import ModelError
-from geopin.locate.predict import TEXT_HELP
+from geopin.locate.predict import PRECISION_HELP, TEXT_HELP
 from geopin.serve.app import ServeConfig, serve
 from geopin.serve.library import LibraryOptions
 
@@ -30,6 +30,7 @@ def serve_cmd(
         help="How long a prediction waits for concurrent ones to share its forward pass (0: no waiting)."),
     max_batch: int = typer.Option(ServeConfig.max_batch, "--max-batch", help="Most photos predicted in one batch."),
     text: str = typer.Option(ServeConfig.text, "--text", help=TEXT_HELP),
+    precision: str | None = typer.Option(ServeConfig.precision, "--precision", help=PRECISION_HELP),
     max_read_pending: int | None = typer.Option(
         ServeConfig.max_read_pending, "--max-read-pending",
         help="Photos waiting to be read (OCR) at which the next one is answered from its pixels, its answer saying so; "
@@ -68,7 +69,7 @@ def serve_cmd(
             options = LibraryOptions(tag=tag, replan=replan)
         cfg = ServeConfig(model_dir=model, host=host, port=port, token=token, max_upload_mb=max_upload_mb,
                           timeout_s=timeout_s, batch_window_ms=batch_window_ms, max_batch=max_batch,
-                          library=library, library_options=options, text=text,
+                          library=library, library_options=options, text=text, precision=precision,
                           max_read_pending=None if max_read_pending == 0 else max_read_pending)
         cfg.check()
         serve(cfg)

@@ -150,7 +150,7 @@ def _explain_parts(
     x, box = input_tensor(predictor, img)
     with torch_threads(predictor.embed_cfg.threads):
         feats = feature_map(predictor, x.unsqueeze(0)) if want_gradcam else None
-        if feats is not None and not predictor.embed_cfg.tta:
+        if feats is not None and not predictor.embed_cfg.tta and predictor.embed_cfg.precision == "f32":
             emb = feats.mean((2, 3)).numpy()  # what the backbone's forward returns: no second pass
         else:
             from geopin.features.embed import embed_images

@@ -123,6 +123,7 @@ class ServeConfig:
     library: Path | None = None  # `--library DIR`: the review page of `geopin tag` at /library (geopin.serve.library)
     library_options: Any = None  # geopin.serve.library.LibraryOptions; None: its defaults
     text: str = PredictConfig.text  # when photos are read (OCR) for evidence: geopin.locate.predict.TEXT_MODES
+    precision: str | None = PredictConfig.precision  # the forward pass: None, the model's own; "int8" (see PredictConfig)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -146,6 +147,8 @@ class ServeConfig:
             raise ValueError(f"--timeout-s {self.timeout_s}: must be positive")
         if self.text not in TEXT_MODES:
             raise ValueError(f"--text {self.text!r}: choose one of {', '.join(TEXT_MODES)}")
+        if self.precision not in (None, "f32", "int8"):
+            raise ValueError(f"--precision {self.precision!r}: choose f32 or int8")
         if not 1 <= self.top_k <= self.max_k:
             raise ValueError(f"top_k {self.top_k}: must be between 1 and {self.max_k}")
         if self.batch_window_ms < 0 or self.max_batch < 1:
@@ -456,7 +459,7 @@ class Service:
         """A photo the gate sent to be read, answered from its pixels alone (the reader is busy), saying why."""
         import numpy as np
 
-        log.info("%s: %s", job.name, reason)
+        log.debug("%s: %s", job.name, reason)  # counted in /api/health; under load one line a photo would flood
         job.row["evidence_error"] = reason
         res = self.predictor.answer(pending.emb, [job.image], [job.name], top_k=job.k, readings=[None],
                                     wanted=np.zeros(1, dtype=bool))[0]
@@ -622,7 +625,7 @@ def create_app(cfg: ServeConfig | None = None, predictor: Predictor | None = Non
 
     cfg = ServeConfig() if cfg is None else cfg
     if predictor is None:
-        predictor = Predictor(PredictConfig(model_dir=cfg.model_dir, top_k=cfg.top_k, text=cfg.text))
+        predictor = Predictor(PredictConfig(model_dir=cfg.model_dir, top_k=cfg.top_k, text=cfg.text, precision=cfg.precision))
     service = Service(cfg, predictor)
 
     @contextlib.asynccontextmanager
