@@ -39,6 +39,15 @@ def private_geopin_cache(tmp_path_factory):
         yield root
 
 
+@pytest.fixture(scope="module")
+def empty_geopin_cache(tmp_path_factory):
+    """An empty geopin cache root for one test module: what it exports or builds is made there, from nothing."""
+    root = tmp_path_factory.mktemp("geopin-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GEOPIN_CACHE", str(root))
+        yield root
+
+
 @pytest.fixture(scope="session")
 def im2gps_dir() -> Path:
     """The Im2GPS3k folder beside the project; tests that need it skip with the reason where absent."""

@@ -49,12 +49,9 @@ PHOTOS = [Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg",
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """geopin's cache root for this module: the exports and int8 files are made here."""
-    root = tmp_path_factory.mktemp("geopin-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GEOPIN_CACHE", str(root))
-        yield root
+def cache(empty_geopin_cache):
+    """geopin's cache root for this module only: exports are made here, not in the user's cache."""
+    return empty_geopin_cache
 
 
 @pytest.fixture(scope="module")

@@ -42,12 +42,9 @@ THREADS = 1  # a shared 2-core machine: one thread is as fast as two on these sm
 
 
 @pytest.fixture(scope="module")
-def onnx_cache(tmp_path_factory):
-    """geopin's cache root for this module only, so exports are made here and not in the user's cache."""
-    root = tmp_path_factory.mktemp("geopin-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GEOPIN_CACHE", str(root))
-        yield root
+def onnx_cache(empty_geopin_cache):
+    """geopin's cache root for this module only: exports are made here, not in the user's cache."""
+    return empty_geopin_cache
 
 
 @pytest.fixture(scope="module")

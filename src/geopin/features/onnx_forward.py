@@ -202,28 +202,41 @@ def checked_session(backbone: Backbone, threads: int, folder: Path | None = None
     """
     if any(p.device.type != "cpu" for p in backbone.model.parameters()):
         raise ExportFailed("the backbone is not on the CPU (ONNX Runtime runs here on the CPU only)")
-    errors = _ort_errors()
     path = export_path(backbone, folder)
+
+    def check(sess) -> str | None:
+        diff = max_difference(backbone, sess)
+        return None if diff <= TOLERANCE else f"differs from PyTorch by {diff:.2g} (> {TOLERANCE:g}) on the check inputs"
+
+    sess = _reuse_or_build(path, threads, lambda: export_onnx(backbone, path), check, "the export")
+    logger.info("%s on ONNX Runtime: within %g of PyTorch", backbone.name, TOLERANCE)
+    return sess
+
+
+def _reuse_or_build(path: Path, threads: int, build: Callable[[], Any], check: Callable[[Any], str | None], what: str,
+                    fix: str = "") -> onnxruntime.InferenceSession:
+    """The session of the cached file at `path` when it loads and passes `check` (None: good, else what is wrong);
+    otherwise (re)built by build() and checked again, ExportFailed naming `what` and `fix` when it still fails."""
+    errors = _ort_errors()
     with _LOCK:
         if path.exists():
             try:
                 sess = session(path, threads)
-                diff = max_difference(backbone, sess)
+                problem = check(sess)
             except errors as exc:
                 logger.warning("rebuilding %s: cannot be loaded (%s)", path, _first_line(exc))
             else:
-                if diff <= TOLERANCE:
+                if problem is None:
                     return sess
-                logger.warning("rebuilding %s: it differs from PyTorch by %.2g (> %g)", path, diff, TOLERANCE)
-        export_onnx(backbone, path)
+                logger.warning("rebuilding %s: %s", path, problem)
+        build()
         try:
             sess = session(path, threads)
-            diff = max_difference(backbone, sess)
+            problem = check(sess)
         except errors as exc:
-            raise ExportFailed(f"ONNX Runtime cannot run the export: {_first_line(exc)}") from exc
-        if diff > TOLERANCE:
-            raise ExportFailed(f"the export differs from PyTorch by {diff:.2g} (> {TOLERANCE:g}) on the check inputs")
-        logger.info("%s on ONNX Runtime: within %.1g of PyTorch", backbone.name, diff)
+            raise ExportFailed(f"ONNX Runtime cannot run {what}: {_first_line(exc)}") from exc
+        if problem is not None:
+            raise ExportFailed(f"{what} {problem}{fix}")
         return sess
 
 
@@ -367,30 +380,16 @@ def int8_session(backbone: Backbone, threads: int, folder: Path | None = None) -
         raise ExportFailed(str(exc)) from None
     f32_path = export_path(backbone, folder)
     path = int8_path(f32_path, table)
-    errors = _ort_errors()
-    with _LOCK:
-        if path.exists():
-            try:
-                sess = session(path, threads)
-                cos = least_cosine(backbone, sess)
-            except errors as exc:
-                logger.warning("rebuilding %s: cannot be loaded (%s)", path, _first_line(exc))
-            else:
-                if cos >= COSINE_FLOOR:
-                    return sess
-                logger.warning("rebuilding %s: its features are off PyTorch's (cosine %.3f < %g)", path, cos, COSINE_FLOOR)
-        build_int8(backbone, f32_path, table, path)
-        try:
-            sess = session(path, threads)
-            cos = least_cosine(backbone, sess)
-        except errors as exc:
-            raise ExportFailed(f"ONNX Runtime cannot run the int8 file: {_first_line(exc)}") from exc
-        if cos < COSINE_FLOOR:
-            raise ExportFailed(f"the int8 file's features are off PyTorch's (cosine {cos:.3f} < {COSINE_FLOOR:g} on the "
-                               f"check images): the calibration table does not suit these weights; make it again with "
+
+    def check(sess) -> str | None:
+        cos = least_cosine(backbone, sess)
+        return None if cos >= COSINE_FLOOR else f"gives features off PyTorch's (cosine {cos:.3f} < {COSINE_FLOOR:g} on the check images)"
+
+    sess = _reuse_or_build(path, threads, lambda: build_int8(backbone, f32_path, table, path), check, "the int8 file",
+                           fix=f": the calibration table does not suit these weights; make it again with "
                                f"`python scripts/calibrate_int8.py --backbone {backbone.name}`")
-        logger.info("%s at int8 on ONNX Runtime: cosine >= %.3f to PyTorch", backbone.name, cos)
-        return sess
+    logger.info("%s at int8 on ONNX Runtime: cosine >= %g to PyTorch", backbone.name, COSINE_FLOOR)
+    return sess
 
 
 def torch_forward(model: torch.nn.Module) -> Callable[[torch.Tensor], np.ndarray]:
