@@ -49,13 +49,7 @@ PHOTOS = [Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg",
 
 
 @pytest.fixture(scope="module")
-def cache(empty_geopin_cache):
-    """geopin's cache root for this module only: exports are made here, not in the user's cache."""
-    return empty_geopin_cache
-
-
-@pytest.fixture(scope="module")
-def lite0(cache) -> Backbone:
+def lite0(empty_geopin_cache) -> Backbone:
     return create_backbone("efficientnet_lite0")
 
 
@@ -89,11 +83,11 @@ def test_int8_features_are_close_to_f32_on_real_photos(lite0):
     assert np.abs(int8 - f32).max() > 1e-3  # really another forward pass, not the f32 one
 
 
-def test_int8_file_is_built_once_cached_and_a_torn_one_rebuilt(lite0, cache, caplog):
+def test_int8_file_is_built_once_cached_and_a_torn_one_rebuilt(lite0, empty_geopin_cache, caplog):
     int8_session(lite0, THREADS)
     f32 = export_path(lite0)
     path = int8_path(f32, read_table(lite0.name, lite0.version))
-    assert path.exists() and path.parent == cache / "onnx" and path.stat().st_size < f32.stat().st_size / 2
+    assert path.exists() and path.parent == empty_geopin_cache / "onnx" and path.stat().st_size < f32.stat().st_size / 2
     assert not list(path.parent.glob(".*.tmp"))
     made = path.stat().st_mtime_ns
     int8_session(lite0, THREADS)  # what another process does: the file is read and checked, not built again

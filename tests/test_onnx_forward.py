@@ -42,13 +42,7 @@ THREADS = 1  # a shared 2-core machine: one thread is as fast as two on these sm
 
 
 @pytest.fixture(scope="module")
-def onnx_cache(empty_geopin_cache):
-    """geopin's cache root for this module only: exports are made here, not in the user's cache."""
-    return empty_geopin_cache
-
-
-@pytest.fixture(scope="module")
-def lite0(onnx_cache) -> Backbone:
+def lite0(empty_geopin_cache) -> Backbone:
     return create_backbone("efficientnet_lite0")
 
 
@@ -111,7 +105,7 @@ def test_onnx_features_agree_with_torch_on_shared_photos(im2gps_dir, lite0):
     assert np.abs(onnx - torch).max() <= TOLERANCE
 
 
-def test_export_is_cached_and_a_corrupt_file_is_rebuilt(lite0, onnx_cache, tmp_path, caplog):
+def test_export_is_cached_and_a_corrupt_file_is_rebuilt(lite0, empty_geopin_cache, tmp_path, caplog):
     folder = tmp_path / "onnx"
     checked_session(lite0, THREADS, folder)
     path = export_path(lite0, folder)
@@ -119,7 +113,7 @@ def test_export_is_cached_and_a_corrupt_file_is_rebuilt(lite0, onnx_cache, tmp_p
     made = path.stat().st_mtime_ns
     checked_session(lite0, THREADS, folder)  # a second process's load: the file is read, not exported again
     assert path.stat().st_mtime_ns == made
-    assert export_path(lite0) == onnx_cache / "onnx" / path.name  # the default folder: geopin's cache root
+    assert export_path(lite0) == empty_geopin_cache / "onnx" / path.name  # the default folder: geopin's cache root
 
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a torn copy
     with caplog.at_level(logging.WARNING, logger="geopin.features.onnx_forward"):
