@@ -34,7 +34,9 @@ LIMIT_MB = 1.0
 
 @pytest.fixture(scope="module")
 def server(predictor):
-    s = RunningServer(create_app(ServeConfig(max_upload_mb=LIMIT_MB), predictor))
+    # no bound on the reader: concurrent photos the text gate sends are all read, so they answer as alone
+    # (answering from the pixels when the reader is busy is tests/test_text_gate.py's)
+    s = RunningServer(create_app(ServeConfig(max_upload_mb=LIMIT_MB, max_read_pending=None), predictor))
     yield s
     s.close()
 
@@ -158,12 +160,12 @@ def test_concurrent_requests_share_one_model(server):
 
 
 def test_concurrent_predictions_are_batched_and_answer_as_alone(predictor):
-    """Photos sent together run as one batch and each gets the answer it gets when sent alone; different k
-    in one batch each get their own k. The window is long because each photo is read for text first, one
-    at a time (~0.4 s each), so they reach the batcher staggered."""
+    """Photos sent together run as one batch and each gets the answer it gets when sent alone (the photos the
+    text gate sends are read after the batch, all of them: no bound on the reader); different k in one batch
+    each get their own k. The window is long so that six uploads decoded on a busy machine still meet."""
     from concurrent.futures import ThreadPoolExecutor
 
-    s = RunningServer(create_app(ServeConfig(batch_window_ms=3000, max_batch=8), predictor))
+    s = RunningServer(create_app(ServeConfig(batch_window_ms=3000, max_batch=8, max_read_pending=None), predictor))
     try:
         photos = [(f"p{i}.jpg", jpeg_bytes(20 + i), 2 + i % 2) for i in range(6)]
         alone = [s.client.post("/api/predict", files={"photo": (n, d)}, data={"k": str(k)}).json() for n, d, k in photos]

@@ -302,12 +302,15 @@ def test_the_page_shows_pins_and_groups_and_a_group_accepted_on_it_is_written(se
     drv.get(f"{base}/library?token={TOKEN}")
     _wait(drv, "the plan on the page", lambda: drv.execute_script("return document.body.dataset.planLoaded === '1'"))
     rel = next(iter(want))
-    drv.execute_script("var m = window.geopinLibrary.layers[arguments[0]].marker; "
+    # on top of every other pin and the group handle, so the drag below grabs this pin and no neighbour
+    drv.execute_script("var m = window.geopinLibrary.layers[arguments[0]].marker; m.setZIndexOffset(100000); "
                        "window.geopinMap.setView(m.getLatLng(), 16, {animate: false});", rel)
     pin = drv.execute_script("return window.geopinLibrary.layers[arguments[0]].marker.getElement();", rel)
     ActionChains(drv, duration=50).click_and_hold(pin).move_by_offset(20, 10).move_by_offset(20, 10).release().perform()
     _wait(drv, "the move", lambda: drv.execute_script("return document.body.dataset.decided === '1'"))
-    d = _plan(client)["decisions"][rel]
+    decisions = _plan(client)["decisions"]
+    assert rel in decisions, f"the drag of {rel} decided {decisions}"
+    d = decisions[rel]
     assert d["action"] == "move" and (d["lat"], d["lon"]) != (by_rel[rel]["lat"], by_rel[rel]["lon"])
     assert d["lat"] < by_rel[rel]["lat"] and d["lon"] > by_rel[rel]["lon"]  # dragged down and to the right
     cls = drv.execute_script("return window.geopinLibrary.layers[arguments[0]].marker.getElement().className;", rel)
