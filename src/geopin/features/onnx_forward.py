@@ -209,7 +209,7 @@ def checked_session(backbone: Backbone, threads: int, folder: Path | None = None
         return None if diff <= TOLERANCE else f"differs from PyTorch by {diff:.2g} (> {TOLERANCE:g}) on the check inputs"
 
     sess = _reuse_or_build(path, threads, lambda: export_onnx(backbone, path), check, "the export")
-    logger.info("%s on ONNX Runtime: within %g of PyTorch", backbone.name, TOLERANCE)
+    logger.debug("%s on ONNX Runtime: within %g of PyTorch", backbone.name, TOLERANCE)
     return sess
 
 
@@ -388,7 +388,7 @@ def int8_session(backbone: Backbone, threads: int, folder: Path | None = None) -
     sess = _reuse_or_build(path, threads, lambda: build_int8(backbone, f32_path, table, path), check, "the int8 file",
                            fix=f": the calibration table does not suit these weights; make it again with "
                                f"`python scripts/calibrate_int8.py --backbone {backbone.name}`")
-    logger.info("%s at int8 on ONNX Runtime: cosine >= %g to PyTorch", backbone.name, COSINE_FLOOR)
+    logger.debug("%s at int8 on ONNX Runtime: cosine >= %g to PyTorch", backbone.name, COSINE_FLOOR)
     return sess
 
 
