@@ -446,23 +446,19 @@ class Service:
                 out[i] = self._finish(jobs[i], res)
         return out
 
-    def _read_and_answer(self, job: PredictJob, pending: NeedsText) -> dict:
-        """On the read thread: read the photo (OCR, ~0.4 s), then its answer from the features already computed."""
+    def _read_and_answer(self, job: PredictJob, pending: NeedsText, busy: str | None = None) -> dict:
+        """A photo the text gate sent: read (OCR, ~0.4 s, on the read thread), then answered from the features
+        already computed; or, with `busy` (why the reader cannot take it), answered from its pixels, saying so."""
         import numpy as np
 
         p = self.predictor
-        reading = p.reading_or_none(job.data, job.row)
-        res = p.answer(pending.emb, [job.image], [job.name], top_k=job.k, readings=[reading], wanted=np.ones(1, dtype=bool))[0]
-        return self._finish(job, res)
-
-    def _answer_unread(self, job: PredictJob, pending: NeedsText, reason: str) -> dict:
-        """A photo the gate sent to be read, answered from its pixels alone (the reader is busy), saying why."""
-        import numpy as np
-
-        log.debug("%s: %s", job.name, reason)  # counted in /api/health; under load one line a photo would flood
-        job.row["evidence_error"] = reason
-        res = self.predictor.answer(pending.emb, [job.image], [job.name], top_k=job.k, readings=[None],
-                                    wanted=np.zeros(1, dtype=bool))[0]
+        if busy is None:
+            reading = p.reading_or_none(job.data, job.row)
+        else:
+            log.debug("%s: %s", job.name, busy)  # counted in /api/health; under load one line a photo would flood
+            job.row["evidence_error"], reading = busy, None
+        res = p.answer(pending.emb, [job.image], [job.name], top_k=job.k, readings=[reading],
+                       wanted=np.full(1, busy is None))[0]
         return self._finish(job, res)
 
     @staticmethod
@@ -517,7 +513,7 @@ class Service:
                     self.unread_busy += 1
                     reason = (f"text not read: the server is busy ({self.reading} photos already waiting to be read); "
                               f"ask again later, or run geopin predict")
-                    return await self._in(self.decode_pool, deadline, self._answer_unread, job, res, reason)
+                    return await self._in(self.decode_pool, deadline, self._read_and_answer, job, res, reason)
                 self.reading += 1
                 try:
                     res = await self._in(self.read_pool, deadline, self._read_and_answer, job, res)
